@@ -1,0 +1,16 @@
+"""Built-in synthetic long-horizon reasoning tasks with verifiable answers."""
+
+from .base import Problem, Task, in_test_split
+from .regs import RegsTask
+from .walk import WalkTask
+
+TASKS: dict[str, Task] = {t.name: t for t in (RegsTask(), WalkTask())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["Problem", "Task", "TASKS", "get_task", "in_test_split"]

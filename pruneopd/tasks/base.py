@@ -1,0 +1,94 @@
+"""What every built-in task provides: seeded problems, trace styles, answer checking.
+
+A task is a family of synthetic long-horizon reasoning problems. Each problem has one
+canonical chain of intermediate values (`steps`) and a final `answer`; a *style* is one
+way of writing that chain down as text. Styles differ in tokens and layout but reach the
+same answer, so a model trained on one style is "the same family" as the teacher and a
+model trained on another is "a different family".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+
+ANSWER_RE = re.compile(r"#([0-9A-Za-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: what the model sees, what it must answer, and the reference chain."""
+
+    task: str
+    prompt: str
+    answer: str
+    steps: tuple[str, ...]  # canonical value after each reasoning step
+    data: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class Task:
+    """Base class: subclasses implement `_make` (one problem) and `render` / `parse_steps`."""
+
+    name: str = ""
+    styles: tuple[str, ...] = ()
+    default_difficulty: int = 16
+
+    def _make(self, rng: random.Random, difficulty: int) -> Problem:
+        raise NotImplementedError
+
+    def render(self, problem: Problem, style: str) -> str:
+        """The reference response (chain of thought + final answer) in `style`."""
+        raise NotImplementedError
+
+    def parse_steps(self, text: str) -> list[str]:
+        """The step values a response writes, in order, whatever its style."""
+        raise NotImplementedError
+
+    # ---- shared machinery -------------------------------------------------------------
+
+    def problems(self, split: str, n: int, seed: int = 0, difficulty: int | None = None):
+        """`n` problems of `split` ("train" or "test"), deterministic in (split, seed).
+
+        Splits are disjoint by construction: a problem belongs to "test" iff a hash of its
+        prompt falls in a fixed 1/8 bucket, and each split only keeps its own problems.
+        """
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        difficulty = self.default_difficulty if difficulty is None else difficulty
+        if difficulty < 1:
+            raise ValueError(f"difficulty must be >= 1, got {difficulty}")
+        rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
+        out: list[Problem] = []
+        seen: set[str] = set()
+        while len(out) < n:
+            p = self._make(rng, difficulty)
+            if in_test_split(p.prompt) != (split == "test") or p.prompt in seen:
+                continue
+            seen.add(p.prompt)
+            out.append(p)
+        return out
+
+    def extract_answer(self, text: str) -> str | None:
+        """The final answer written after the last '#', or None if malformed."""
+        m = ANSWER_RE.search(text.strip())
+        return m.group(1) if m else None
+
+    def check(self, problem: Problem, text: str) -> bool:
+        """True iff the response ends with exactly the right final answer."""
+        return self.extract_answer(text) == problem.answer
+
+    def partial_credit(self, problem: Problem, text: str) -> float:
+        """Share of leading reasoning steps written correctly (stops at the first error)."""
+        got = self.parse_steps(text)
+        n_ok = 0
+        for ref, val in zip(problem.steps, got):
+            if ref != val:
+                break
+            n_ok += 1
+        return n_ok / len(problem.steps)
+
+
+def in_test_split(prompt: str) -> bool:
+    return hashlib.sha256(prompt.encode()).digest()[0] % 8 == 0

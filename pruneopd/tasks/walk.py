@@ -1,0 +1,75 @@
+"""`walk`: pointer chasing with tolls. Ten named places, two road maps ('>' and '~'), each
+sending every place to another place for a toll of 0-9. A labelled list of map choices
+is followed from a start place; the answer is the final place and the total toll mod 10.
+
+Prompt:   walk from oak ; oak>elm3 elm>ash5 ... ; oak~fig1 ... ; 1> 2~ 3~ ;
+terse:    1:oak>elm+3=3 2:elm~fig+1=4 ... #fig4
+verbose:  go elm via > pay 3 total 3 ; go fig via ~ pay 1 total 4 ; ... #fig4
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from .base import Problem, Task
+
+PLACES = (
+    "oak elm ash fig yew bay fir box pine lime palm rose sage iris lily moss fern reed "
+    "rock sand dune hill vale cove glen lake pond well gate barn mill farm fort tower "
+    "bell drum horn lamp rope sail boat cart road path bridge river stone cloud storm rain "
+    "snow frost ember flame coal gold iron copper silver salt honey wheat corn plum pear"
+).split()
+N_PLACES = 10
+ARROWS = (">", "~")
+_TERSE_STEP = re.compile(r"\d+:[a-z]+[>~]([a-z]+)\+\d=(\d)")
+_VERBOSE_STEP = re.compile(r"go ([a-z]+) via [>~] pay \d total (\d) ;")
+
+
+class WalkTask(Task):
+    name = "walk"
+    styles = ("terse", "verbose")
+    default_difficulty = 17  # number of moves
+
+    def _make(self, rng: random.Random, difficulty: int) -> Problem:
+        places = rng.sample(PLACES, N_PLACES)
+        maps = {
+            a: {p: (rng.choice([q for q in places if q != p]), rng.randrange(10)) for p in places}
+            for a in ARROWS
+        }
+        here, total = rng.choice(places), 0
+        start = here
+        moves, trace, steps = [], [], []
+        for _ in range(difficulty):
+            a = rng.choice(ARROWS)
+            nxt, toll = maps[a][here]
+            total = (total + toll) % 10
+            moves.append(a)
+            trace.append((here, a, nxt, toll, total))
+            steps.append(f"{nxt}{total}")
+            here = nxt
+        tables = [" ".join(f"{p}{a}{maps[a][p][0]}{maps[a][p][1]}" for p in places) for a in ARROWS]
+        prompt = (
+            f"walk from {start} ; "
+            + " ; ".join(tables)
+            + " ; "
+            + " ".join(f"{i + 1}{a}" for i, a in enumerate(moves))
+            + " ;\n"
+        )
+        return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
+
+    def render(self, problem: Problem, style: str) -> str:
+        parts = []
+        for i, (here, a, nxt, toll, total) in enumerate(problem.data["trace"]):
+            if style == "terse":
+                parts.append(f"{i + 1}:{here}{a}{nxt}+{toll}={total}")
+            elif style == "verbose":
+                parts.append(f"go {nxt} via {a} pay {toll} total {total} ;")
+            else:
+                raise ValueError(f"unknown style {style!r} for task walk (have {self.styles})")
+        return " ".join(parts) + f" #{problem.answer}"
+
+    def parse_steps(self, text: str) -> list[str]:
+        if _VERBOSE_STEP.search(text):
+            return ["".join(m) for m in _VERBOSE_STEP.findall(text)]
+        return ["".join(m) for m in _TERSE_STEP.findall(text)]

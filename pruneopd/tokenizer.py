@@ -1,0 +1,56 @@
+"""The shared tokenizer of every built-in model: a small byte-level BPE trained on task text.
+
+It is a real Hugging Face `PreTrainedTokenizerFast`, saved with `save_pretrained` and
+loaded with `AutoTokenizer.from_pretrained`, like any checkpoint's tokenizer. Pre-tokenisation
+keeps every digit and punctuation mark its own piece (so numbers are read digit by digit)
+and lets BPE merge only letters into words; the 256 byte symbols make any text encodable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+VOCAB_SIZE = 512
+_SPLIT = Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+")
+
+
+def corpus(n_per_task: int = 400, seed: int = 0) -> list[str]:
+    """Prompts and reference responses in every style of every built-in task."""
+    from .tasks import TASKS
+
+    texts = []
+    for task in TASKS.values():
+        for p in task.problems("train", n_per_task, seed=seed):
+            texts.append(p.prompt)
+            texts.extend(task.render(p, s) for s in task.styles)
+    return texts
+
+
+def build_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE on task text (deterministic for a given seed)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(_SPLIT, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    return AutoTokenizer.from_pretrained(str(path))
