@@ -1,0 +1,91 @@
+"""Model and tokenizer loading: built-in zoo names or any local Hugging Face checkpoint.
+
+The built-in zoo models are ordinary `transformers` Llama causal LMs (rotary positions,
+RMSNorm, SwiGLU) saved with `save_pretrained`; a zoo name is just a short name for a
+folder. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+PACKAGE_ZOO = Path(__file__).parent / "zoo_weights"
+ZOO_NAMES = ("teacher", "student-same", "student-cross")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int
+    layers: int
+    heads: int
+
+    def config(self, vocab_size: int, bos: int, eos: int, pad: int) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden,
+            intermediate_size=self.hidden * 8 // 3 // 32 * 32,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            max_position_embeddings=2048,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+
+
+def zoo_dir() -> Path:
+    """Where zoo models are looked up: $PRUNEOPD_ZOO if set, else the shipped weights."""
+    return Path(os.environ.get("PRUNEOPD_ZOO", PACKAGE_ZOO))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A zoo name ("teacher", "student-cross", ...) or a local folder -> folder path."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    z = zoo_dir() / name_or_path
+    if z.is_dir():
+        return z
+    raise FileNotFoundError(
+        f"model {name_or_path!r} is neither a local folder nor a zoo model in {zoo_dir()} "
+        f"(zoo names: {', '.join(ZOO_NAMES)}; build them with `pruneopd zoo build`)"
+    )
+
+
+def tokenizer_path(name_or_path: str) -> Path:
+    """Folder holding the tokenizer for a model: the model's own, else the zoo's shared one."""
+    p = resolve(name_or_path)
+    if (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists():
+        return p
+    shared = p.parent / "tokenizer"
+    if (shared / "tokenizer.json").exists():
+        return shared
+    raise FileNotFoundError(f"no tokenizer found in {p} or {shared}")
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    path = resolve(name_or_path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def load_tokenizer(name_or_path: str):
+    from .tokenizer import load_tokenizer as _load
+
+    return _load(tokenizer_path(name_or_path))
+
+
+def set_threads() -> None:
+    """Use every core for intra-op parallelism (the default on Linux is usually right)."""
+    n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
