@@ -116,3 +116,31 @@ def reliability_weights(
     multipliers_BT = torch.where(valid_BT, weights_BT + w_base, torch.zeros_like(weights_BT))
     effective_len_B = ((weights_BT > 1e-8) & valid_BT).sum(dim=-1).long()
     return weights_BT.float(), multipliers_BT.float(), effective_len_B
+
+
+def monitor(
+    metric: str,
+    student_topk_ids_BTK: torch.Tensor,
+    teacher_topk_ids_BTK: torch.Tensor,
+    teacher_topk_logprobs_BTK: torch.Tensor,
+    tokens_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The drift monitor as the trainer runs it: `(overlap_BT, events_BT)`.
+
+    Overlap is always the top-K overlap (it is logged either way); events come from
+    `metric`: "topk_overlap" (overlap < tau) or "teacher_top_p_accept" (sampled token
+    outside the teacher's top-p nucleus with p = tau, taken within its top-K).
+    """
+    overlap_BT = topk_overlap_from_ids(student_topk_ids_BTK, teacher_topk_ids_BTK)
+    overlap_BT = torch.where(mask_BT.bool(), overlap_BT, torch.zeros_like(overlap_BT))
+    if metric == "topk_overlap":
+        events_BT = drift_events(overlap_BT, mask_BT, tau)
+    elif metric == "teacher_top_p_accept":
+        events_BT = teacher_top_p_accept_events(
+            tokens_BT, teacher_topk_ids_BTK, teacher_topk_logprobs_BTK, mask_BT, tau
+        )
+    else:
+        raise ValueError(f"unknown drift metric {metric!r}")
+    return overlap_BT, events_BT

@@ -54,3 +54,13 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = 0) -> PreTrainedTo
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def encode_prompt(tok, text: str) -> list[int]:
+    """Token ids a model is prompted with: BOS + the prompt text (no EOS)."""
+    return [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+
+
+def decode_response(tok, ids: list[int]) -> str:
+    """Response text without special tokens (EOS, padding)."""
+    return tok.decode(ids, skip_special_tokens=True)

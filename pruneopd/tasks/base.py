@@ -83,7 +83,7 @@ class Task:
         """Share of leading reasoning steps written correctly (stops at the first error)."""
         got = self.parse_steps(text)
         n_ok = 0
-        for ref, val in zip(problem.steps, got):
+        for ref, val in zip(problem.steps, got, strict=False):
             if ref != val:
                 break
             n_ok += 1

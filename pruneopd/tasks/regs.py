@@ -59,7 +59,7 @@ class RegsTask(Task):
             steps.append("".join(map(str, state)))
         prompt = (
             "regs "
-            + " ".join(f"{r}={v}" for r, v in zip(REGS, init))
+            + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
             + " ; "
             + " ".join(f"{i + 1}:{o}" for i, o in enumerate(ops))
             + " ;\n"
@@ -72,7 +72,7 @@ class RegsTask(Task):
             if style == "terse":
                 parts.append(f"{i + 1}:{x}{op}{y}={r}>{''.join(map(str, st))}")
             elif style == "verbose":
-                regs = " ".join(f"{n}{v}" for n, v in zip(REGS, st))
+                regs = " ".join(f"{n}{v}" for n, v in zip(REGS, st, strict=True))
                 parts.append(f"s{i + 1} {_WORD[op]} {x} {y} = {r} so {regs} ;")
             else:
                 raise ValueError(f"unknown style {style!r} for task regs (have {self.styles})")

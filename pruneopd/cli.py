@@ -1,0 +1,144 @@
+"""`pruneopd` command line: zoo, eval, train.
+
+Bad input (config, files, models) ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other input error
+        self.exit(EXIT_USAGE, f"pruneopd: error: {message}\n")
+
+
+def _die(msg: str) -> None:
+    print(f"pruneopd: error: {msg}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def cmd_zoo_build(args) -> None:
+    from .models import PACKAGE_ZOO, set_threads
+    from .zoo import FAST, ZooSpec, build_zoo
+
+    set_threads()
+    out = Path(args.out) if args.out else PACKAGE_ZOO
+    spec = FAST if args.fast else ZooSpec()
+    report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr))
+    if not args.fast:
+        from .zoo_report import write_report
+
+        report = write_report(out, seed=args.seed)
+    print(json.dumps(report.get("models", report), indent=2))
+
+
+def cmd_zoo_report(args) -> None:
+    from .models import set_threads, zoo_dir
+    from .zoo_report import write_report
+
+    set_threads()
+    out = Path(args.zoo) if args.zoo else zoo_dir()
+    print(json.dumps(write_report(out, n=args.n, seed=args.seed), indent=2))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate
+    from .models import load_model, load_tokenizer, set_threads
+    from .tasks import get_task
+
+    set_threads()
+    task = get_task(args.task)
+    model, tok = load_model(args.model), load_tokenizer(args.model)
+    problems = task.problems("test", args.n, seed=args.seed, difficulty=args.difficulty or None)
+    res = evaluate(model, tok, task, problems, samples=args.samples, seed=args.seed,
+                   progress=not args.json)  # fmt: skip
+    res["model"] = args.model
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+
+
+def cmd_train(args) -> None:
+    from .config import describe, load_config
+    from .train import train
+
+    if args.help_config:
+        print(describe())
+        return
+    path = args.config or _default_config()
+    cfg = load_config(path, args.overrides)
+    s = train(cfg)
+    print(
+        f"accuracy before {s['accuracy_before']:.3f} -> after {s['accuracy_after']:.3f} "
+        f"({cfg.method} OPD, {cfg.max_steps} steps, {s['train_seconds']:.0f} s training, "
+        f"run dir {cfg.out})"
+    )
+
+
+def _default_config() -> Path:
+    return Path(__file__).parent / "configs" / "prune-cross.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pruneopd", description="Fast, reliability-aware on-policy distillation.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    z = sub.add_parser("zoo", help="build or report on the built-in model zoo")
+    zs = z.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", parser_class=_Parser)
+    zs.required = True
+    zb = zs.add_parser("build", help="train the tokenizer, teacher and students from scratch")
+    zb.add_argument("--out", help="output folder (default: the package's zoo_weights)")
+    zb.add_argument("--fast", action="store_true", help="tiny models in seconds (for tests)")
+    zb.add_argument("--seed", type=int, default=0)
+    zb.set_defaults(fn=cmd_zoo_build)
+    zr = zs.add_parser("report", help="measure accuracies and teacher-student overlap")
+    zr.add_argument("--zoo", help="zoo folder (default: $PRUNEOPD_ZOO or the shipped zoo)")
+    zr.add_argument("--n", type=int, default=256, help="test problems per measurement")
+    zr.add_argument("--seed", type=int, default=0)
+    zr.set_defaults(fn=cmd_zoo_report)
+
+    e = sub.add_parser("eval", help="greedy accuracy, avg@n, partial credit on a test split")
+    e.add_argument("--model", required=True, help="zoo name or local model folder")
+    e.add_argument("--task", required=True, help="built-in task name (regs, walk)")
+    e.add_argument("--n", type=int, default=256, help="number of test problems")
+    e.add_argument("--samples", type=int, default=0, help="samples per problem for avg@n")
+    e.add_argument("--difficulty", type=int, default=0, help="0 = task default")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=cmd_eval)
+
+    t = sub.add_parser("train", help="on-policy distillation (Prune-OPD, full, prefix)")
+    t.add_argument("--config", help="YAML config (default: the prune-cross preset)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    t.add_argument("--help-config", action="store_true", help="list every config key")
+    t.set_defaults(fn=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .train import PairError
+
+    try:
+        args.fn(args)
+    except (ConfigError, PairError, FileNotFoundError) as e:
+        _die(str(e))
+    except ValueError as e:  # bad arguments caught by the library (task names, splits, ...)
+        _die(str(e))
+    except KeyboardInterrupt:
+        print("pruneopd: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""How compatible a student is with a teacher on the student's own samples.
+
+This measures the quantities the drift monitor thresholds: per-token top-K overlap
+between the two models' next-token distributions, for several K, and top-1 agreement.
+The numbers justify the presets' K and tau (see README, "Model zoo").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .drift import topk_overlap_from_ids
+from .rollout import sample
+from .scoring import score_responses
+from .tokenizer import encode_prompt
+
+KS = (1, 4, 8, 16)
+TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.inference_mode()
+def overlap_stats(
+    student, teacher, tok, task, problems, *, ks=KS, max_new_tokens=512, seed=0
+) -> dict:
+    """Sample one T=1 response per problem from the student, score it with the teacher.
+
+    Returns, for each K: mean and quartiles of the per-token overlap, the share of tokens
+    below each tau in TAUS (the drift-event rate tau would give), and a 10-bin histogram;
+    plus top-1 agreement (= overlap at K=1) and the number of tokens measured.
+    """
+    kmax = max(ks)
+    prompts = [encode_prompt(tok, p.prompt) for p in problems]
+    gen = torch.Generator().manual_seed(seed)
+    r = sample(
+        student, prompts, max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id, temperature=1.0, generator=gen, topk=kmax,
+    )  # fmt: skip
+    scores = score_responses(teacher, prompts, r.responses, k=kmax, pad_id=tok.pad_token_id)
+    mask_BT = r.response_mask_BT
+    student_ids_BTK = r.student_topk_ids_BTK()
+    out: dict = {"tokens": int(mask_BT.sum()), "mean_length": float(mask_BT.sum(1).float().mean())}
+    for k in ks:
+        o_N = topk_overlap_from_ids(student_ids_BTK[..., :k], scores.topk_ids_BTK[..., :k])[mask_BT]
+        q = torch.quantile(o_N.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        out[f"k{k}"] = {
+            "mean": float(o_N.mean()),
+            "quartiles": [round(float(x), 4) for x in q],
+            "share_below": {str(t): float((o_N < t).float().mean()) for t in TAUS},
+            "histogram": torch.histc(o_N.float(), bins=10, min=0, max=1).int().tolist(),
+        }
+    out["top1_agreement"] = out["k1"]["mean"] if 1 in ks else None
+    return out

@@ -1,0 +1,211 @@
+"""Typed training configuration: one dataclass, loaded from YAML with `key=value` overrides.
+
+Every field has help text (`help` metadata). `load_config` reads a YAML file, applies the
+overrides, converts strings to the field's type and validates everything before any
+compute is spent; problems raise `ConfigError` with a message naming the key and value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message says which and what to do."""
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to distil ------------------------------------------------------------------
+    student: str = _f("student-cross", "student: zoo name or local Hugging Face folder")
+    teacher: str = _f("teacher", "teacher: zoo name or local Hugging Face folder")
+    task: str = _f("regs", "built-in task the prompts come from")
+    difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
+    seed: int = _f(0, "seed for prompts, sampling and initialisation")
+    out: str = _f("runs/default", "run directory (logs, samples, final model)")
+    # ---- method ------------------------------------------------------------------------
+    method: str = _f("prune", "full | prefix | prune")
+    loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
+    jsd_beta: float = _f(0.5, "jsd: 0 = forward KL, 1 = reverse KL (TRL convention)")
+    # ---- optimisation ------------------------------------------------------------------
+    max_steps: int = _f(100, "number of OPD steps")
+    prompts_per_step: int = _f(16, "prompts per step")
+    responses_per_prompt: int = _f(4, "student samples per prompt")
+    temperature: float = _f(1.0, "sampling temperature of the student")
+    top_p: float = _f(1.0, "nucleus sampling of the student")
+    lr: float = _f(1e-4, "AdamW learning rate (after warm-up)")
+    warmup_steps: int = _f(5, "linear learning-rate warm-up steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    grad_clip: float = _f(1.0, "max gradient norm (0 = off)")
+    loss_chunk: int = _f(4096, "tokens per chunk in the loss (bounds [tokens, V] memory)")
+    # ---- drift monitor (method.md) --------------------------------------------------
+    topk: int = _f(16, "K of the top-K overlap and of the topk_rkl candidates")
+    tau: float = _f(0.7, "drift event when overlap < tau (or top-p mass for top_p_accept)")
+    drift_metric: str = _f("topk_overlap", "topk_overlap | teacher_top_p_accept")
+    w_drop: float = _f(0.01, "reliability drop per drift event (delta)")
+    w_base: float = _f(0.5, "loss multiplier floor: m_t = w_t + w_base")
+    # ---- response budget ------------------------------------------------------------
+    max_len: int = _f(512, "L_max: response cap of full OPD and ceiling of the budget")
+    min_len: int = _f(64, "L_min: floor of the dynamic budget")
+    init_len: int = _f(256, "L_init: first cap of the dynamic budget")
+    budget_step: int = _f(32, "cap change per grow/shrink")
+    budget_margin: int = _f(32, "hit boundary b = max(L_min, L - margin)")
+    hit_ratio: float = _f(0.1, "grow when at least this share of samples hits b")
+    patience: int = _f(3, "shrink after this many steps in a row below hit_ratio")
+    # ---- prefix OPD ------------------------------------------------------------------
+    prefix_len: int = _f(64, "prefix OPD: response cap P (start of the schedule)")
+    prefix_len_end: int = _f(0, "prefix OPD: P at the last step (0 = fixed prefix)")
+    # ---- our extensions --------------------------------------------------------------
+    online_pruning: bool = _f(False, "prune: stop a sample once w_t <= prune_floor")
+    prune_floor: float = _f(0.0, "online pruning stops samples whose weight reaches this")
+    chunk_size: int = _f(16, "online pruning: tokens sampled between teacher checks")
+    reliable_prefix_only: bool = _f(False, "prune: train only on tokens with w_t > 0")
+    # ---- evaluation and logging ----------------------------------------------------------
+    eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
+    eval_problems: int = _f(256, "held-out problems per evaluation")
+    eval_samples: int = _f(0, "also report sampled avg@n with n samples per problem")
+    log_samples: int = _f(4, "responses per step kept in samples.jsonl for `inspect`")
+    tensorboard: bool = _f(True, "write TensorBoard event files")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self):
+        validate(self)
+
+
+METHODS = ("full", "prefix", "prune")
+LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
+DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
+
+
+def _need(ok: bool, key: str, value, what: str):
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r}: {what}")
+
+
+def validate(c: TrainConfig) -> None:
+    """Check ranges and choices; raises ConfigError naming the first bad key."""
+    _need(c.method in METHODS, "method", c.method, f"must be one of {', '.join(METHODS)}")
+    _need(c.loss in LOSSES, "loss", c.loss, f"must be one of {', '.join(LOSSES)}")
+    _need(c.drift_metric in DRIFT_METRICS, "drift_metric", c.drift_metric,
+          f"must be one of {', '.join(DRIFT_METRICS)}")  # fmt: skip
+    _need(0 <= c.jsd_beta <= 1, "jsd_beta", c.jsd_beta, "must be in [0, 1]")
+    for key in ("max_steps", "prompts_per_step", "responses_per_prompt", "topk", "max_len",
+                "min_len", "init_len", "patience", "prefix_len", "chunk_size", "loss_chunk"):  # fmt: skip
+        _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
+    for key in ("warmup_steps", "eval_every", "eval_samples", "log_samples", "budget_step",
+                "budget_margin", "prefix_len_end", "difficulty", "seed"):  # fmt: skip
+        _need(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
+    _need(c.eval_problems >= 1, "eval_problems", c.eval_problems, "must be >= 1")
+    _need(c.lr > 0, "lr", c.lr, "must be > 0")
+    _need(c.temperature > 0, "temperature", c.temperature, "must be > 0 for on-policy sampling")
+    _need(0 < c.top_p <= 1, "top_p", c.top_p, "must be in (0, 1]")
+    _need(0 <= c.tau <= 1, "tau", c.tau, "must be in [0, 1]")
+    _need(c.w_drop >= 0, "w_drop", c.w_drop, "must be >= 0")
+    _need(c.w_base >= 0, "w_base", c.w_base, "must be >= 0")
+    _need(0 <= c.hit_ratio <= 1, "hit_ratio", c.hit_ratio, "must be in [0, 1]")
+    _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
+    _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
+    _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
+    _need(c.min_len <= c.init_len <= c.max_len, "init_len", c.init_len,
+          f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]")  # fmt: skip
+    if c.online_pruning or c.reliable_prefix_only:
+        _need(c.method == "prune", "method", c.method,
+              "online_pruning / reliable_prefix_only are options of method=prune")  # fmt: skip
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _convert(key: str, value, where: str):
+    """Convert a YAML or command-line value to the field's declared type."""
+    tp = typing.get_type_hints(TrainConfig)[key]
+    if isinstance(tp, types.UnionType):
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in ("true", "1", "yes", "on"):
+                return True
+            if s in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)) or value is None:
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}config key '{key}' = {value!r}: expected {tp.__name__}"
+        ) from None
+    return value
+
+
+def _check_key(key: str, where: str):
+    if key not in _FIELDS:
+        close = difflib.get_close_matches(key, _FIELDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where}unknown config key '{key}'{hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """YAML file (optional) + `key=value` overrides -> validated TrainConfig."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            at = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"{p}{at}: not valid YAML ({type(e).__name__})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of key: value, got {type(data).__name__}")
+        for k, v in data.items():
+            _check_key(str(k), f"{p}: ")
+            values[str(k)] = _convert(str(k), v, f"{p}: ")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        _check_key(k, "")
+        values[k] = _convert(k, yaml.safe_load(v) if v.strip() else v, "")
+    return TrainConfig(**values)
+
+
+def config_to_yaml(c: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(c), sort_keys=False)
+
+
+def describe() -> str:
+    """Every key with its default and help text (for `pruneopd train --help-config`)."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        lines.append(f"  {f.name} = {f.default!r}\n      {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Held-out evaluation: greedy accuracy, sampled avg@n, partial credit, length, cut rate."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from tqdm.auto import tqdm
+
+from .rollout import sample
+from .tasks import Problem, Task
+from .tokenizer import decode_response, encode_prompt
+
+
+def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) -> int:
+    """A generation cap no reference trace of any style comes near (longest x slack)."""
+    longest = max(
+        len(tok(task.render(p, s), add_special_tokens=False)["input_ids"])
+        for p in problems
+        for s in task.styles
+    )
+    return int(longest * slack) + 8
+
+
+@torch.inference_mode()
+def evaluate(
+    model,
+    tok,
+    task: Task,
+    problems: list[Problem],
+    *,
+    samples: int = 0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Score `model` on `problems`.
+
+    Returns a dict with `accuracy` (greedy), `partial_credit` (share of leading steps
+    right, greedy), `mean_length` (response tokens), `cut_rate` (share of greedy responses
+    stopped by the cap), and, when `samples > 0`, `avg_at_n` (mean accuracy of `samples`
+    temperature-1 samples per problem).
+    """
+    was_training = model.training
+    model.eval()
+    cap = max_new_tokens or reference_cap(task, tok, problems)
+    prompts = [encode_prompt(tok, p.prompt) for p in problems]
+    gen = torch.Generator().manual_seed(seed)
+    correct, credit, lengths, cut, sampled_ok = [], [], [], [], []
+    bar = tqdm(total=len(problems), desc=f"eval {task.name}", disable=not progress, leave=False)
+    for i in range(0, len(problems), batch_size):
+        chunk_p, chunk_ids = problems[i : i + batch_size], prompts[i : i + batch_size]
+        r = sample(
+            model, chunk_ids, max_new_tokens=cap, eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id, temperature=0.0,
+        )  # fmt: skip
+        for p, resp, why in zip(chunk_p, r.responses, r.stopped_by, strict=True):
+            text = decode_response(tok, resp)
+            correct.append(task.check(p, text))
+            credit.append(task.partial_credit(p, text))
+            lengths.append(len(resp))
+            cut.append(why == "cap")
+        if samples > 0:
+            rep = [ids for ids in chunk_ids for _ in range(samples)]
+            rs = sample(
+                model, rep, max_new_tokens=cap, eos_id=tok.eos_token_id,
+                pad_id=tok.pad_token_id, temperature=1.0, generator=gen,
+            )  # fmt: skip
+            for j, resp in enumerate(rs.responses):
+                sampled_ok.append(task.check(chunk_p[j // samples], decode_response(tok, resp)))
+        bar.update(len(chunk_p))
+    bar.close()
+    model.train(was_training)
+    out = {
+        "task": task.name,
+        "n": len(problems),
+        "accuracy": sum(correct) / len(correct),
+        "partial_credit": sum(credit) / len(credit),
+        "mean_length": statistics.fmean(lengths),
+        "cut_rate": sum(cut) / len(cut),
+        "max_new_tokens": cap,
+    }
+    if samples > 0:
+        out["avg_at_n"] = sum(sampled_ok) / len(sampled_ok)
+        out["samples"] = samples
+    return out

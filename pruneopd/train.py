@@ -1,0 +1,281 @@
+"""The on-policy distillation trainer: full OPD, prefix OPD and Prune-OPD in one loop.
+
+    prompts -> student rollouts -> teacher scores -> drift monitor and method weights
+            -> per-token loss -> AdamW step -> budget update -> metrics
+
+See docs/method.md for every formula; the comments below point at its sections.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .budget import ResponseBudget
+from .config import TrainConfig, config_to_yaml
+from .drift import monitor, reliability_weights
+from .evaluate import evaluate, reference_cap
+from .losses import masked_token_mean
+from .models import load_model, load_tokenizer, set_threads
+from .objective import token_losses
+from .online import OnlinePruner
+from .rollout import repeat_prompts, sample
+from .runlog import RunLog, versions
+from .scoring import score_responses
+from .tasks import get_task
+from .tokenizer import decode_response, encode_prompt
+
+
+class PairError(ValueError):
+    """Teacher and student cannot be distilled together (e.g. different vocabularies)."""
+
+
+def load_pair(cfg: TrainConfig):
+    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
+    tok = load_tokenizer(cfg.student)
+    t_tok = load_tokenizer(cfg.teacher)
+    if tok.get_vocab() != t_tok.get_vocab():
+        raise PairError(
+            f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
+            f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
+        )
+    student, teacher = load_model(cfg.student), load_model(cfg.teacher)
+    vs, vt = student.config.vocab_size, teacher.config.vocab_size
+    if vs != vt:
+        raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
+    if cfg.topk > vs:
+        raise PairError(f"config key 'topk' = {cfg.topk}: larger than the vocabulary ({vs})")
+    teacher.eval().requires_grad_(False)
+    return student, teacher, tok
+
+
+def response_cap(cfg: TrainConfig, step: int, budget: ResponseBudget | None) -> int:
+    """This step's response-length cap for each method (method.md, Baselines / Budget)."""
+    if cfg.method == "prune":
+        return budget.length
+    if cfg.method == "prefix":
+        if cfg.prefix_len_end <= 0:
+            return cfg.prefix_len
+        frac = step / max(1, cfg.max_steps - 1)  # linear schedule P_start -> P_end
+        return round(cfg.prefix_len + frac * (cfg.prefix_len_end - cfg.prefix_len))
+    return cfg.max_len
+
+
+def method_weights(cfg: TrainConfig, weights_BT, multipliers_BT, mask_BT):
+    """(loss multiplier, train mask) per token: 1 for full/prefix, m_t for prune."""
+    if cfg.method != "prune":
+        return mask_BT.float(), mask_BT
+    train_mask_BT = mask_BT & (weights_BT > 0) if cfg.reliable_prefix_only else mask_BT
+    return multipliers_BT, train_mask_BT
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT, scores, cap, n) -> list[dict]:
+    """A few responses token by token, for `pruneopd inspect`."""
+    rows = []
+    for i in range(min(n, len(rollout.responses))):
+        T = len(rollout.responses[i])
+        rows.append({
+            "index": i,
+            "cap": cap,
+            "stopped_by": rollout.stopped_by[i],
+            "tokens": tok.convert_ids_to_tokens(rollout.responses[i]),
+            "overlap": [round(x, 3) for x in overlap_BT[i, :T].tolist()],
+            "weight": [round(x, 3) for x in weights_BT[i, :T].tolist()],
+            "events": [int(x) for x in events_BT[i, :T].tolist()],
+            "teacher_top": [tok.convert_ids_to_tokens(r) for r in scores.topk_ids_BTK[i, :T, :5].tolist()],
+            "teacher_top_p": [[round(p, 3) for p in r] for r in scores.topk_logprobs_BTK[i, :T, :5].exp().tolist()],
+        })  # fmt: skip
+    return rows
+
+
+def train(cfg: TrainConfig) -> dict:
+    set_threads()
+    _seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    student, teacher, tok = load_pair(cfg)
+    task = get_task(cfg.task)
+    difficulty = cfg.difficulty or task.default_difficulty
+    n_prompts = cfg.max_steps * cfg.prompts_per_step
+    train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
+    test_problems = task.problems("test", cfg.eval_problems, seed=0, difficulty=difficulty)
+    eval_cap = reference_cap(task, tok, test_problems)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_to_yaml(cfg))
+    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    log = RunLog(out, tensorboard=cfg.tensorboard)
+
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
+    budget = None
+    if cfg.method == "prune":
+        budget = ResponseBudget(cfg.init_len, cfg.min_len, cfg.max_len, cfg.budget_step,
+                                cfg.budget_margin, cfg.hit_ratio, cfg.patience)  # fmt: skip
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def run_eval(step: int) -> dict:
+        res = evaluate(student, tok, task, test_problems, max_new_tokens=eval_cap,
+                       samples=cfg.eval_samples, seed=cfg.seed)  # fmt: skip
+        log.log(step, {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
+        return res
+
+    history = {"eval": []}
+    before = run_eval(0)
+    history["eval"].append({"step": 0, **before})
+    acc = before["accuracy"]
+    totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
+              "tokens_scored": 0, "tokens_trained": 0}  # fmt: skip
+    bar = tqdm(range(cfg.max_steps), desc=f"{cfg.method} OPD", disable=not cfg.progress)
+    for step in bar:
+        problems = train_problems[step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step]
+        prompts = repeat_prompts([encode_prompt(tok, p.prompt) for p in problems],
+                                 cfg.responses_per_prompt)  # fmt: skip
+        cap = response_cap(cfg, step, budget)
+
+        # 1. the student samples its own responses
+        student.eval()
+        t0 = time.perf_counter()
+        pruner = None
+        if cfg.online_pruning:
+            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, pad_id=tok.pad_token_id,
+                                  metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
+                                  floor=cfg.prune_floor)  # fmt: skip
+        rollout = sample(
+            student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
+            generator=gen, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
+            on_chunk=pruner,
+        )  # fmt: skip
+        t_sample = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
+
+        # 2. the teacher scores every response token (already done chunkwise when online)
+        t0 = time.perf_counter()
+        mask_BT = rollout.response_mask_BT
+        B, T = mask_BT.shape
+        tokens_BT = rollout.response_tokens_BT(tok.pad_token_id)
+        cand_BTK = rollout.student_topk_ids_BTK()
+        if pruner is not None:
+            scores = pruner.assemble(B, T)
+        else:
+            scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
+                                     candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
+        # 3. drift monitor, reliability weights, method multipliers (method.md)
+        overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK, scores.topk_ids_BTK,
+                                        scores.topk_logprobs_BTK, tokens_BT, mask_BT, cfg.tau)  # fmt: skip
+        weights_BT, multipliers_BT, eff_len_B = reliability_weights(
+            events_BT, mask_BT, cfg.w_drop, cfg.w_base
+        )
+        mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT)
+        t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
+
+        # 4. the update: token-mean of m_t * loss_t over valid response tokens
+        student.train()
+        t0 = time.perf_counter()
+        input_ids_BL, _, _ = rollout.to_padded(tok.pad_token_id)
+        prompt_lens_B = torch.tensor([len(p) for p in prompts])
+        loss_BT, student_lp_BT = token_losses(
+            cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
+            candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
+            teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
+            chunk=cfg.loss_chunk,
+        )  # fmt: skip
+        loss = masked_token_mean(loss_BT, mult_BT, train_mask_BT)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            student.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        )
+        opt.step()
+        sched.step()
+        t_update = time.perf_counter() - t0
+
+        # 5. the budget moves the cap for the next step (prune only)
+        hit = budget.update(eff_len_B) if budget is not None else {}
+        next_cap = hit["next_length"] if budget is not None else response_cap(cfg, step + 1, None)
+
+        # 6. metrics (method.md, "Metrics every run logs")
+        n_valid = int(mask_BT.sum())
+        lens = rollout.response_lengths.tolist()
+        texts = [decode_response(tok, r) for r in rollout.responses]
+        reward = statistics.fmean(
+            task.check(problems[i // cfg.responses_per_prompt], t) for i, t in enumerate(texts)
+        )
+        boundary = max(cfg.min_len, cap - cfg.budget_margin)
+        m = {
+            "loss": loss.item(),
+            "overlap": float(overlap_BT[mask_BT].mean()) if n_valid else 0.0,
+            "drift_rate": float(events_BT[mask_BT].float().mean()) if n_valid else 0.0,
+            "weight_mean": float(weights_BT[mask_BT].mean()) if n_valid else 0.0,
+            "multiplier_mean": float(mult_BT[train_mask_BT].mean()) if n_valid else 0.0,
+            "eff_len_mean": float(eff_len_B.float().mean()),
+            "eff_len_median": float(eff_len_B.float().median()),
+            "hit_ratio": hit.get("hit_ratio", float((eff_len_B >= boundary).float().mean())),
+            "cap": cap,
+            "next_cap": next_cap,
+            "tokens_generated": n_valid,
+            "tokens_scored": n_valid,
+            "tokens_trained": int(train_mask_BT.sum()),
+            "t_sample": t_sample,
+            "t_teacher": t_teacher,
+            "t_update": t_update,
+            "rkl": float((student_lp_BT - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
+            "reward": reward,
+            "mean_len": statistics.fmean(lens),
+            "eos_rate": rollout.stopped_by.count("eos") / B,
+            "pruned_rate": rollout.stopped_by.count("pruned") / B,
+            "lr": sched.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+        }  # fmt: skip
+        for k in ("t_sample", "t_teacher", "t_update"):
+            totals[k] += m[k]
+        for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
+            totals[k] += m[k]
+        log.log(step + 1, m)
+        if cfg.log_samples:
+            log.samples(step + 1, _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT,
+                                               scores, cap, cfg.log_samples))  # fmt: skip
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
+            res = run_eval(step + 1)
+            history["eval"].append({"step": step + 1, "train_seconds": _train_s(totals), **res})
+            acc = res["accuracy"]
+        bar.set_postfix(L=cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
+                        rkl=f"{m['rkl']:.3f}", acc=f"{acc:.3f}")  # fmt: skip
+
+    after = run_eval(cfg.max_steps)
+    history["eval"].append({"step": cfg.max_steps, "train_seconds": _train_s(totals), **after})
+    student.save_pretrained(out / "final")
+    tok.save_pretrained(out / "final")
+    summary = {
+        "config": asdict(cfg),
+        "accuracy_before": before["accuracy"],
+        "accuracy_after": after["accuracy"],
+        "partial_credit_before": before["partial_credit"],
+        "partial_credit_after": after["partial_credit"],
+        "train_seconds": _train_s(totals),
+        **totals,
+        "final_cap": budget.length if budget is not None else None,
+        "evals": history["eval"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
+    return summary
+
+
+def _train_s(totals: dict) -> float:
+    return totals["t_sample"] + totals["t_teacher"] + totals["t_update"]

@@ -1,0 +1,151 @@
+"""The built-in model zoo: a teacher and two weaker students, trained here from scratch.
+
+`build_zoo` trains, with supervised fine-tuning on task traces:
+- `teacher`: every task, a mix of trace styles with `terse` dominant;
+- `student-same`: the teacher's dominant style only, stopped just after its learning jump;
+- `student-cross`: another style (`verbose`) only, also stopped just after its jump.
+Each is a `transformers` Llama checkpoint saved with `save_pretrained`, next to one shared
+tokenizer. A JSON report records every accuracy and the overlap statistics that justify
+the presets' K and tau.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .evaluate import evaluate
+from .models import ModelSize
+from .sft import TraceMix, sft_batches, train_sft
+from .tasks import TASKS
+from .tokenizer import build_tokenizer
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Everything a zoo build depends on (with the seed, it fixes the result)."""
+
+    teacher_size: ModelSize = ModelSize(hidden=192, layers=4, heads=6)
+    student_size: ModelSize = ModelSize(hidden=128, layers=4, heads=4)
+    teacher_steps: int = 1500
+    teacher_lr: float = 2e-3
+    teacher_styles: dict = field(default_factory=lambda: {"terse": 0.8, "verbose": 0.2})
+    tasks: tuple[str, ...] = ("regs", "walk")
+    student_task: str = "regs"
+    student_steps: int = 1500
+    student_lr: float = 2e-3
+    student_band: tuple[float, float] = (0.2, 0.6)  # accepted greedy accuracy
+    student_target: float = 0.3  # stop at the first evaluation at or above this
+    batch_size: int = 32
+    min_difficulty: int = 6
+    eval_every: int = 100
+    eval_problems: int = 64
+    final_eval_problems: int = 256
+    vocab_size: int = 512
+    eval_difficulty: int = 0  # 0 = each task's default
+
+
+FAST = ZooSpec(
+    teacher_size=ModelSize(hidden=32, layers=1, heads=2),
+    student_size=ModelSize(hidden=32, layers=1, heads=2),
+    teacher_steps=3,
+    student_steps=3,
+    batch_size=4,
+    min_difficulty=2,
+    eval_every=3,
+    eval_problems=4,
+    final_eval_problems=8,
+    student_band=(0.0, 1.0),
+    student_target=0.0,
+    vocab_size=300,
+    eval_difficulty=2,
+)
+
+
+def _new_model(size: ModelSize, tok, seed: int):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = size.config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log):
+    """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep."""
+    model = _new_model(size, tok, seed)
+    tasks = {t: TASKS[t] for t in mix.tasks}
+    test = {
+        t: TASKS[t].problems("test", spec.eval_problems, seed=seed,
+                             difficulty=spec.eval_difficulty or None)
+        for t in mix.tasks
+    }  # fmt: skip
+    batches = sft_batches(tasks, mix, tok, spec.batch_size, seed)
+    best = {"score": -1.0}
+    bar = tqdm(total=steps, desc=f"zoo {name}", leave=False)
+
+    def on_step(step, loss):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    def on_eval(step):
+        res = {t: evaluate(model, tok, tasks[t], test[t])["accuracy"] for t in mix.tasks}
+        score, stop = pick(res)
+        log(f"{name} step {step}: accuracy {res}")
+        if score > best["score"]:
+            best.update(score=score, step=step, accuracy=res)
+            model.save_pretrained(out / name)
+        return stop
+
+    t0 = time.time()
+    taken = train_sft(
+        model, batches, steps=steps, lr=lr, eval_every=spec.eval_every,
+        on_eval=on_eval, on_step=on_step,
+    )  # fmt: skip
+    bar.close()
+    return {"steps_taken": taken, "best_step": best.get("step"), "seconds": time.time() - t0}
+
+
+def build_zoo(out: Path, spec: ZooSpec = ZooSpec(), seed: int = 0, log=print) -> dict:
+    """Build tokenizer, teacher and students into `out`; returns (and writes) the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = build_tokenizer(vocab_size=spec.vocab_size, seed=seed)
+    tok.save_pretrained(out / "tokenizer")
+    report: dict = {"spec": asdict(spec), "seed": seed, "models": {}}
+    hi_ok = spec.student_band[1]
+
+    teacher_mix = TraceMix(
+        spec.tasks, spec.teacher_styles, spec.min_difficulty,
+        max(TASKS[t].default_difficulty for t in spec.tasks) + 2,
+    )  # fmt: skip
+    report["models"]["teacher"] = _train_one(
+        "teacher", spec, tok, teacher_mix, spec.teacher_size, spec.teacher_steps,
+        spec.teacher_lr, seed, out, lambda r: (min(r.values()), False), log,
+    )  # fmt: skip
+    dominant = max(spec.teacher_styles, key=spec.teacher_styles.get)
+    other = next(s for s in TASKS[spec.student_task].styles if s != dominant)
+    for name, style in (("student-same", dominant), ("student-cross", other)):
+        mix = TraceMix(
+            (spec.student_task,), {style: 1.0}, spec.min_difficulty,
+            TASKS[spec.student_task].default_difficulty + 2,
+        )  # fmt: skip
+
+        def pick(r):
+            acc = r[spec.student_task]
+            in_band = acc <= hi_ok
+            # keep the first checkpoint at/above target (just after the jump), never above band
+            return (acc if in_band else -1.0), acc >= spec.student_target and in_band
+
+        report["models"][name] = _train_one(
+            name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
+            seed + 1, out, pick, log,
+        )  # fmt: skip
+        report["models"][name]["style"] = style
+    (out / "zoo_report.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,41 @@
+"""Measure a built zoo: every model's held-out accuracy and each student's compatibility
+with the teacher (top-1 agreement and top-K overlap on the student's own samples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .compat import overlap_stats
+from .evaluate import evaluate, reference_cap
+from .models import load_model, load_tokenizer
+from .tasks import TASKS
+
+
+def write_report(zoo: Path, n: int = 256, seed: int = 0, log=None) -> dict:
+    zoo = Path(zoo)
+    path = zoo / "zoo_report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    tok = load_tokenizer(str(zoo / "teacher"))
+    teacher = load_model(str(zoo / "teacher"))
+    student_task = report.get("spec", {}).get("student_task", "regs")
+    accuracy, compat = {}, {}
+    for name in ("teacher", "student-same", "student-cross"):
+        model = teacher if name == "teacher" else load_model(str(zoo / name))
+        tasks = TASKS if name == "teacher" else {student_task: TASKS[student_task]}
+        accuracy[name] = {}
+        for tname, task in tasks.items():
+            problems = task.problems("test", n, seed=seed)
+            res = evaluate(model, tok, task, problems, seed=seed)
+            accuracy[name][tname] = {k: res[k] for k in
+                                     ("accuracy", "partial_credit", "mean_length", "cut_rate")}  # fmt: skip
+            if log:
+                log(f"{name} {tname}: {accuracy[name][tname]}")
+        if name != "teacher":
+            task = TASKS[student_task]
+            problems = task.problems("test", n, seed=seed)
+            compat[name] = overlap_stats(model, teacher, tok, task, problems, seed=seed,
+                                         max_new_tokens=reference_cap(task, tok, problems))  # fmt: skip
+    report.update({"accuracy": accuracy, "compatibility": compat, "report_problems": n})
+    path.write_text(json.dumps(report, indent=2))
+    return report
