@@ -1,0 +1,24 @@
+"""Shared fixtures: a fast zoo (tiny random-ish models, built once per test session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def fast_zoo(tmp_path_factory):
+    """Folder with tokenizer/, teacher/, student-same/, student-cross/ from `zoo build --fast`."""
+    from pruneopd.zoo import FAST, build_zoo
+
+    out = tmp_path_factory.mktemp("zoo")
+    torch.set_num_threads(2)
+    build_zoo(out, FAST, seed=0, log=lambda s: None)
+    return out
+
+
+@pytest.fixture
+def use_fast_zoo(fast_zoo, monkeypatch):
+    """Make zoo names ("teacher", "student-cross", ...) resolve to the fast zoo."""
+    monkeypatch.setenv("PRUNEOPD_ZOO", str(fast_zoo))
+    return fast_zoo
