@@ -195,7 +195,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         k, v = item.split("=", 1)
         k = k.strip()
         _check_key(k, "")
-        values[k] = _convert(k, yaml.safe_load(v) if v.strip() else v, "")
+        is_str = typing.get_type_hints(TrainConfig)[k] is str
+        values[k] = _convert(k, v if is_str or not v.strip() else yaml.safe_load(v), "")
     return TrainConfig(**values)
 
 

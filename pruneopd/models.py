@@ -75,6 +75,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> LlamaFo
     path = resolve(name_or_path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
 
 

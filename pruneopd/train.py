@@ -64,7 +64,7 @@ def response_cap(cfg: TrainConfig, step: int, budget: ResponseBudget | None) -> 
     if cfg.method == "prefix":
         if cfg.prefix_len_end <= 0:
             return cfg.prefix_len
-        frac = step / max(1, cfg.max_steps - 1)  # linear schedule P_start -> P_end
+        frac = min(1.0, step / max(1, cfg.max_steps - 1))  # linear schedule P_start -> P_end
         return round(cfg.prefix_len + frac * (cfg.prefix_len_end - cfg.prefix_len))
     return cfg.max_len
 
@@ -106,8 +106,8 @@ def train(cfg: TrainConfig) -> dict:
     set_threads()
     _seed_everything(cfg.seed)
     out = Path(cfg.out)
-    student, teacher, tok = load_pair(cfg)
     task = get_task(cfg.task)
+    student, teacher, tok = load_pair(cfg)
     difficulty = cfg.difficulty or task.default_difficulty
     n_prompts = cfg.max_steps * cfg.prompts_per_step
     train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
@@ -189,7 +189,7 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.perf_counter()
         input_ids_BL, _, _ = rollout.to_padded(tok.pad_token_id)
         prompt_lens_B = torch.tensor([len(p) for p in prompts])
-        loss_BT, student_lp_BT = token_losses(
+        loss_BT, _ = token_losses(
             cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
             candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
             teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
@@ -234,7 +234,7 @@ def train(cfg: TrainConfig) -> dict:
             "t_sample": t_sample,
             "t_teacher": t_teacher,
             "t_update": t_update,
-            "rkl": float((student_lp_BT - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
+            "rkl": float((rollout.student_logprobs_BT() - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
             "reward": reward,
             "mean_len": statistics.fmean(lens),
             "eos_rate": rollout.stopped_by.count("eos") / B,

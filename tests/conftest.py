@@ -12,7 +12,7 @@ def fast_zoo(tmp_path_factory):
     from pruneopd.zoo import FAST, build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is fastest
     build_zoo(out, FAST, seed=0, log=lambda s: None)
     return out
 

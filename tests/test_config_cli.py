@@ -1,0 +1,200 @@
+"""Configuration loading and the command line's error contract.
+
+Input errors end with exit code 2 and exactly one line on stderr (no traceback). The CLI is
+run in-process (`pruneopd.cli.main`) to keep the suite fast; only `--help`, which imports no
+torch, is run as a real subprocess of the installed `pruneopd` script.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pruneopd.train as train_mod
+from pruneopd.cli import main
+from pruneopd.config import ConfigError, TrainConfig, load_config
+
+# ---- load_config --------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_yaml_file_plus_overrides(tmp_path):
+    p = write(tmp_path, "method: full\nloss: jsd\nmax_steps: 7\ntau: 0.5\nonline_pruning: false\n")
+    cfg = load_config(p, ["max_steps=3", "lr=1e-3", "jsd_beta=0.25", "student=student-same"])
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.method, cfg.loss, cfg.tau) == ("full", "jsd", 0.5)  # from the file
+    assert cfg.max_steps == 3 and isinstance(cfg.max_steps, int)  # override wins
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)  # "1e-3" is a string in YAML 1.1
+    assert cfg.jsd_beta == 0.25 and cfg.student == "student-same"
+    assert cfg.w_drop == TrainConfig().w_drop  # untouched keys keep their defaults
+    assert load_config(None, ["online_pruning=yes"]).online_pruning is True
+    assert load_config(write(tmp_path, "", "empty.yaml")).method == TrainConfig().method
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "hint"),
+    [("override", "max_step", "max_steps"), ("override", "w_dorp", "w_drop"),
+     ("file", "learning_rat", None), ("file", "tua", "tau")],
+)  # fmt: skip
+def test_unknown_key_suggests_the_closest(tmp_path, where, key, hint):
+    with pytest.raises(ConfigError) as e:
+        if where == "file":
+            load_config(write(tmp_path, f"{key}: 3\n"))
+        else:
+            load_config(None, [f"{key}=3"])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and "unknown config key" in msg
+    if hint:
+        assert f"did you mean '{hint}'" in msg
+    if where == "file":
+        assert "cfg.yaml" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("tau=1.5", "tau"), ("tau=-0.1", "tau"), ("w_drop=-1", "w_drop"), ("w_base=-0.5", "w_base"),
+     ("min_len=600", "min_len"), ("init_len=1000", "init_len"), ("max_steps=0", "max_steps"),
+     ("lr=0", "lr"), ("top_p=0", "top_p"), ("jsd_beta=2", "jsd_beta"),
+     ("hit_ratio=1.1", "hit_ratio"), ("prune_floor=1", "prune_floor"),
+     ("method=half", "method"), ("loss=kl", "loss"), ("drift_metric=x", "drift_metric"),
+     ("max_steps=2.5", "max_steps"), ("tau=abc", "tau"), ("online_pruning=maybe", "online_pruning")],
+)  # fmt: skip
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [override])
+
+
+def test_bad_values_in_the_file_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="'tau'"):
+        load_config(write(tmp_path, "tau: 1.5\n"))
+    with pytest.raises(ConfigError, match="'method'"):  # online pruning is a prune option
+        load_config(write(tmp_path, "method: full\nonline_pruning: true\n"))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = write(tmp_path, "method: prune\nloss: topk_rkl\nmax_steps: [1, 2\ntau: 0.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "not valid YAML" in msg
+    assert "line " in msg and msg.split("line ")[1].split(":")[0].isdigit()
+    p2 = write(tmp_path, "a: b\n  c: d\n", "bad2.yaml")  # a mapping where none is allowed
+    with pytest.raises(ConfigError, match=r"bad2\.yaml line 2"):
+        load_config(p2)
+
+
+def test_non_mapping_yaml_and_bad_override_form(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["max_steps"])
+
+
+def test_string_overrides_are_kept_verbatim():
+    assert load_config(None, ["out=runs/2024.10"]).out == "runs/2024.10"  # fine: has a '/'
+    assert load_config(None, ["out=2024.10"]).out == "2024.10"  # YAML float -> "2024.1"
+    assert load_config(None, ["student=yes"]).student == "yes"  # YAML bool -> "True"
+
+
+# ---- the CLI ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_mod, "set_threads", lambda: None)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, f"expected one line, got:\n{err}"
+    assert err.startswith("pruneopd: error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [(["train", "max_step=3"], ["'max_step'", "did you mean 'max_steps'"]),
+     (["train", "tau=1.5"], ["'tau'", "[0, 1]"]),
+     (["train", "--config", "/nonexistent/cfg.yaml"], ["/nonexistent/cfg.yaml", "does not exist"]),
+     (["train", "--bogus-flag"], ["--bogus-flag"]),
+     (["frobnicate"], ["frobnicate"])],
+)  # fmt: skip
+def test_cli_config_errors_are_one_line_exit_2(capsys, argv, needles):
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_cli_missing_model_path(use_fast_zoo, one_thread, capsys, tmp_path):
+    code, _, err = run_cli(["train", "student=/nonexistent", f"out={tmp_path / 'run'}"], capsys)
+    assert_one_line_error(code, err, "/nonexistent")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_unknown_task(use_fast_zoo, one_thread, capsys, tmp_path):
+    code, _, err = run_cli(["train", "task=nope", f"out={tmp_path / 'run'}"], capsys)
+    assert_one_line_error(code, err, "unknown task 'nope'")
+
+
+def test_cli_unknown_task_exit_code_and_message(use_fast_zoo, one_thread, capsys, tmp_path):
+    """The part of the contract that holds today: exit 2, error as the last line, no traceback."""
+    code, _, err = run_cli(["train", "task=nope", f"out={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err.splitlines()[-1] == "pruneopd: error: unknown task 'nope'; built-in tasks: regs, walk"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_topk_larger_than_vocabulary(use_fast_zoo, one_thread, capsys, tmp_path):
+    code, _, err = run_cli(["train", "topk=400", f"out={tmp_path / 'run'}"], capsys)
+    assert_one_line_error(code, err, "'topk'", "larger than the vocabulary")
+
+
+def test_cli_mismatched_vocabularies(use_fast_zoo, one_thread, capsys, tmp_path):
+    from pruneopd.tokenizer import build_tokenizer
+
+    other = tmp_path / "teacher-other-vocab"
+    shutil.copytree(use_fast_zoo / "teacher", other)
+    build_tokenizer(vocab_size=280).save_pretrained(other)  # its own tokenizer, 280 tokens
+    code, _, err = run_cli(["train", f"teacher={other}", f"out={tmp_path / 'run'}"], capsys)
+    assert_one_line_error(code, err, "vocabularies", str(other))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_help_lists_subcommands():
+    exe = shutil.which("pruneopd")
+    cmd = [exe] if exe else [sys.executable, "-m", "pruneopd.cli"]
+    res = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == ""
+    for sub in ("zoo", "eval", "train"):
+        assert sub in res.stdout
+    assert "usage: pruneopd" in res.stdout
+
+
+def test_cli_help_config_lists_every_key(capsys):
+    main(["train", "--help-config"])
+    out = capsys.readouterr().out
+    for key in ("tau", "w_drop", "w_base", "online_pruning", "reliable_prefix_only"):
+        assert f"  {key} = " in out

@@ -1,0 +1,100 @@
+"""The built-in zoo (fast build): real HF checkpoints, the eval CLI, a deterministic build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from pruneopd.models import ZOO_NAMES, load_model, load_tokenizer, tokenizer_path
+from pruneopd.tokenizer import encode_prompt
+
+EVAL_KEYS = {"accuracy", "partial_credit", "mean_length", "cut_rate", "n"}
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_model_is_a_hugging_face_checkpoint(fast_zoo, name):
+    folder = fast_zoo / name
+    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert isinstance(model, LlamaForCausalLM)
+    tok = AutoTokenizer.from_pretrained(str(fast_zoo / "tokenizer"))
+    assert tokenizer_path(str(folder)) == fast_zoo / "tokenizer"
+    shared = load_tokenizer(str(folder))  # the model folder resolves to the shared tokenizer
+    assert shared.get_vocab() == tok.get_vocab()
+    cfg = model.config
+    assert cfg.vocab_size == len(tok)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
+    ids = torch.tensor([encode_prompt(tok, "regs a=1 b=2 c=3 ; 1:a+=b ;\n")])
+    with torch.inference_mode():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    assert torch.isfinite(logits).all()
+
+
+def test_zoo_names_resolve_through_env(use_fast_zoo):
+    model = load_model("student-cross")
+    assert isinstance(model, LlamaForCausalLM)
+    assert len(load_tokenizer("teacher")) == model.config.vocab_size
+
+
+def test_zoo_report(fast_zoo):
+    report = json.loads((fast_zoo / "zoo_report.json").read_text())
+    assert set(report["models"]) == set(ZOO_NAMES)
+    for name in ZOO_NAMES:
+        assert report["models"][name]["best_step"] is not None
+    assert report["models"]["student-same"]["style"] == "terse"
+    assert report["models"]["student-cross"]["style"] == "verbose"
+
+
+def run_eval(model, *extra):
+    cmd = [sys.executable, "-m", "pruneopd.cli", "eval", "--model", str(model)]
+    cmd += ["--task", "regs", "--n", "4", "--difficulty", "2", "--json", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # exactly one JSON object on stdout
+    res = json.loads(lines[0])
+    assert isinstance(res, dict)
+    assert EVAL_KEYS <= set(res)
+    assert res["n"] == 4
+    for k in ("accuracy", "partial_credit", "cut_rate"):
+        assert 0.0 <= res[k] <= 1.0
+    assert res["mean_length"] > 0
+    return res
+
+
+def test_eval_cli_json(fast_zoo):
+    res = run_eval(fast_zoo / "teacher")
+    assert "avg_at_n" not in res
+
+
+def test_eval_cli_json_with_samples(fast_zoo):
+    res = run_eval(fast_zoo / "student-cross", "--samples", "2")
+    assert 0.0 <= res["avg_at_n"] <= 1.0
+
+
+def test_fast_build_is_deterministic(tmp_path):
+    """Same spec and seed -> bit-identical weights (costs two fast builds, ~15 s)."""
+    from pruneopd.zoo import FAST, build_zoo
+
+    reports = [build_zoo(tmp_path / d, FAST, seed=0, log=lambda s: None) for d in ("a", "b")]
+    for name in ZOO_NAMES:
+        a = load_file(tmp_path / "a" / name / "model.safetensors")
+        b = load_file(tmp_path / "b" / name / "model.safetensors")
+        assert a.keys() == b.keys(), name
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+        for field in ("steps_taken", "best_step"):
+            assert reports[0]["models"][name][field] == reports[1]["models"][name][field]
+    tok_a = (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_text()
+    assert tok_a == (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_text()
