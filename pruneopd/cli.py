@@ -25,13 +25,18 @@ def _die(msg: str) -> None:
 
 def cmd_zoo_build(args) -> None:
     from .models import PACKAGE_ZOO, set_threads
-    from .zoo import FAST, ZooSpec, build_zoo
+    from .zoo import FAST, STAGES, ZooSpec, build_zoo
 
     set_threads()
     out = Path(args.out) if args.out else PACKAGE_ZOO
     spec = FAST if args.fast else ZooSpec()
-    report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr))
-    if not args.fast:
+    only = tuple(args.only.split(",")) if args.only else STAGES
+    bad = [m for m in only if m not in STAGES]
+    if bad:
+        _die(f"--only: unknown model {bad[0]!r} (choose from {', '.join(STAGES)})")
+    report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr),
+                       only=only)  # fmt: skip
+    if not args.fast and only == STAGES:
         from .zoo_report import write_report
 
         report = write_report(out, seed=args.seed)
@@ -99,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("--out", help="output folder (default: the package's zoo_weights)")
     zb.add_argument("--fast", action="store_true", help="tiny models in seconds (for tests)")
     zb.add_argument("--seed", type=int, default=0)
+    zb.add_argument("--only", help="comma-separated subset: teacher,student-same,student-cross")
     zb.set_defaults(fn=cmd_zoo_build)
     zr = zs.add_parser("report", help="measure accuracies and teacher-student overlap")
     zr.add_argument("--zoo", help="zoo folder (default: $PRUNEOPD_ZOO or the shipped zoo)")

@@ -42,11 +42,12 @@ class ZooSpec:
     student_band: tuple[float, float] = (0.2, 0.6)  # accepted greedy accuracy
     student_target: float = 0.3  # stop at the first evaluation at or above this
     batch_size: int = 32
-    min_difficulty: int = 6
-    eval_every: int = 100
+    min_difficulty: int = 2
+    teacher_eval_every: int = 100
+    student_eval_every: int = 25
     eval_problems: int = 64
     final_eval_problems: int = 256
-    vocab_size: int = 512
+    vocab_size: int = 1024
     eval_difficulty: int = 0  # 0 = each task's default
 
 
@@ -57,7 +58,8 @@ FAST = ZooSpec(
     student_steps=3,
     batch_size=4,
     min_difficulty=2,
-    eval_every=3,
+    teacher_eval_every=3,
+    student_eval_every=3,
     eval_problems=4,
     final_eval_problems=8,
     student_band=(0.0, 1.0),
@@ -75,7 +77,7 @@ def _new_model(size: ModelSize, tok, seed: int):
     return LlamaForCausalLM(cfg)
 
 
-def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log):
+def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval_every):
     """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep."""
     model = _new_model(size, tok, seed)
     tasks = {t: TASKS[t] for t in mix.tasks}
@@ -103,34 +105,50 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log):
 
     t0 = time.time()
     taken = train_sft(
-        model, batches, steps=steps, lr=lr, eval_every=spec.eval_every,
+        model, batches, steps=steps, lr=lr, eval_every=eval_every,
         on_eval=on_eval, on_step=on_step,
     )  # fmt: skip
     bar.close()
     return {"steps_taken": taken, "best_step": best.get("step"), "seconds": time.time() - t0}
 
 
-def build_zoo(out: Path, spec: ZooSpec = ZooSpec(), seed: int = 0, log=print) -> dict:
-    """Build tokenizer, teacher and students into `out`; returns (and writes) the report."""
+STAGES = ("teacher", "student-same", "student-cross")
+
+
+def build_zoo(
+    out: Path, spec: ZooSpec = ZooSpec(), seed: int = 0, log=print, only: tuple = STAGES
+) -> dict:
+    """Build tokenizer, teacher and students into `out`; returns (and writes) the report.
+
+    `only` rebuilds a subset of the models (the tokenizer is always rebuilt, identically).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tok = build_tokenizer(vocab_size=spec.vocab_size, seed=seed)
     tok.save_pretrained(out / "tokenizer")
-    report: dict = {"spec": asdict(spec), "seed": seed, "models": {}}
+    path = out / "zoo_report.json"
+    report: dict = json.loads(path.read_text()) if path.exists() else {}
+    report.update({"spec": asdict(spec), "seed": seed})
+    report.setdefault("models", {})
     hi_ok = spec.student_band[1]
 
     teacher_mix = TraceMix(
         spec.tasks, spec.teacher_styles, spec.min_difficulty,
         max(TASKS[t].default_difficulty for t in spec.tasks) + 2,
     )  # fmt: skip
-    report["models"]["teacher"] = _train_one(
-        "teacher", spec, tok, teacher_mix, spec.teacher_size, spec.teacher_steps,
-        spec.teacher_lr, seed, out, lambda r: (min(r.values()), False), log,
-    )  # fmt: skip
+    if "teacher" in only:
+        report["models"]["teacher"] = _train_one(
+            "teacher", spec, tok, teacher_mix, spec.teacher_size, spec.teacher_steps,
+            spec.teacher_lr, seed, out, lambda r: (min(r.values()), False), log,
+            spec.teacher_eval_every,
+        )  # fmt: skip
+        path.write_text(json.dumps(report, indent=2))
     dominant = max(spec.teacher_styles, key=spec.teacher_styles.get)
     other = next(s for s in TASKS[spec.student_task].styles if s != dominant)
     for name, style in (("student-same", dominant), ("student-cross", other)):
+        if name not in only:
+            continue
         mix = TraceMix(
             (spec.student_task,), {style: 1.0}, spec.min_difficulty,
             TASKS[spec.student_task].default_difficulty + 2,
@@ -144,8 +162,8 @@ def build_zoo(out: Path, spec: ZooSpec = ZooSpec(), seed: int = 0, log=print) ->
 
         report["models"][name] = _train_one(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
-            seed + 1, out, pick, log,
+            seed + 1, out, pick, log, spec.student_eval_every,
         )  # fmt: skip
         report["models"][name]["style"] = style
-    (out / "zoo_report.json").write_text(json.dumps(report, indent=2))
+        path.write_text(json.dumps(report, indent=2))
     return report

@@ -15,6 +15,10 @@ import re
 from dataclasses import dataclass, field
 
 ANSWER_RE = re.compile(r"#([0-9A-Za-z]+)\s*$")
+# Step labels: one single-letter token per step, so a step can find its operation in the
+# prompt by content (x, y, z are left out: they name registers).
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWabcdefghijklmnopqrstuvw"
+MAX_DIFFICULTY = len(LABELS)
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ class Task:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         difficulty = self.default_difficulty if difficulty is None else difficulty
-        if difficulty < 1:
-            raise ValueError(f"difficulty must be >= 1, got {difficulty}")
+        if not 1 <= difficulty <= MAX_DIFFICULTY:
+            raise ValueError(f"difficulty must be in [1, {MAX_DIFFICULTY}], got {difficulty}")
         rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
         out: list[Problem] = []
         seen: set[str] = set()

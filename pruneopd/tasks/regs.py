@@ -2,9 +2,9 @@
 operations; the chain of thought writes every operation's operands, result and the full
 register state, so each step depends on all earlier ones.
 
-Prompt:   regs a=3 b=7 c=1 ; 1:a+=b 2:c*=3 3:b-=a ;
-terse:    1:3+7=0>071 2:1*3=3>073 3:7-0=7>073 #073
-verbose:  s1 add 3 7 = 0 so a0 b7 c1 ; s2 mul 1 3 = 3 so a0 b7 c3 ; ... #073
+Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x ;
+terse:    A:3+7=0>071 B:1*3=3>073 C:7-0=7>073 #073
+verbose:  A add 3 7 = 0 so x0 y7 z1 ; B mul 1 3 = 3 so x0 y7 z3 ; ... #073
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 import re
 
-from .base import Problem, Task
+from .base import LABELS, Problem, Task
 
-REGS = "abc"
+REGS = "xyz"
 _WORD = {"+": "add", "-": "sub", "*": "mul"}
-_TERSE_STEP = re.compile(r"(?:^|\s)\d+:\d[+\-*]\d=\d>(\d{3})")
-_VERBOSE_STEP = re.compile(r"s\d+ (?:add|sub|mul) \d \d = \d so a(\d) b(\d) c(\d) ;")
+_TERSE_STEP = re.compile(r"[A-Za-z]:\d[+\-*]\d=\d>(\d{3})")
+_VERBOSE_STEP = re.compile(r"[A-Za-z] (?:add|sub|mul) \d \d = \d so x(\d) y(\d) z(\d) ;")
 
 
 def _apply(op: str, x: int, y: int) -> int:
@@ -40,11 +40,9 @@ class RegsTask(Task):
         for _ in range(difficulty):
             dst = rng.randrange(len(REGS))
             kind = rng.random()
-            if kind < 0.35:
-                op, src = "+", rng.choice([i for i in range(len(REGS)) if i != dst])
-                y, arg = state[src], REGS[src]
-            elif kind < 0.6:
-                op, src = "-", rng.choice([i for i in range(len(REGS)) if i != dst])
+            if kind < 0.6:  # register operand: += or -=
+                op = "+" if kind < 0.35 else "-"
+                src = rng.choice([i for i in range(len(REGS)) if i != dst])
                 y, arg = state[src], REGS[src]
             elif kind < 0.8:
                 op, y = "+", rng.randrange(1, 10)
@@ -61,19 +59,19 @@ class RegsTask(Task):
             "regs "
             + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
             + " ; "
-            + " ".join(f"{i + 1}:{o}" for i, o in enumerate(ops))
+            + " ".join(f"{lab}:{o}" for lab, o in zip(LABELS, ops, strict=False))
             + " ;\n"
         )
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render(self, problem: Problem, style: str) -> str:
         parts = []
-        for i, (op, x, y, r, st) in enumerate(problem.data["trace"]):
+        for lab, (op, x, y, r, st) in zip(LABELS, problem.data["trace"], strict=False):
             if style == "terse":
-                parts.append(f"{i + 1}:{x}{op}{y}={r}>{''.join(map(str, st))}")
+                parts.append(f"{lab}:{x}{op}{y}={r}>{''.join(map(str, st))}")
             elif style == "verbose":
                 regs = " ".join(f"{n}{v}" for n, v in zip(REGS, st, strict=True))
-                parts.append(f"s{i + 1} {_WORD[op]} {x} {y} = {r} so {regs} ;")
+                parts.append(f"{lab} {_WORD[op]} {x} {y} = {r} so {regs} ;")
             else:
                 raise ValueError(f"unknown style {style!r} for task regs (have {self.styles})")
         return " ".join(parts) + f" #{problem.answer}"

@@ -2,9 +2,9 @@
 sending every place to another place for a toll of 0-9. A labelled list of map choices
 is followed from a start place; the answer is the final place and the total toll mod 10.
 
-Prompt:   walk from oak ; oak>elm3 elm>ash5 ... ; oak~fig1 ... ; 1> 2~ 3~ ;
-terse:    1:oak>elm+3=3 2:elm~fig+1=4 ... #fig4
-verbose:  go elm via > pay 3 total 3 ; go fig via ~ pay 1 total 4 ; ... #fig4
+Prompt:   walk from oak ; oak>elm3 elm>ash5 ... ; oak~fig1 ... ; A> B~ C~ ;
+terse:    A:oak>elm+3=3 B:elm~fig+1=4 ... #fig4
+verbose:  A from oak go elm via > pay 3 total 3 ; B from elm go fig via ~ pay 1 total 4 ; ... #fig4
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from .base import Problem, Task
+from .base import LABELS, Problem, Task
 
 PLACES = (
     "oak elm ash fig yew bay fir box pine lime palm rose sage iris lily moss fern reed "
@@ -22,8 +22,8 @@ PLACES = (
 ).split()
 N_PLACES = 10
 ARROWS = (">", "~")
-_TERSE_STEP = re.compile(r"\d+:[a-z]+[>~]([a-z]+)\+\d=(\d)")
-_VERBOSE_STEP = re.compile(r"go ([a-z]+) via [>~] pay \d total (\d) ;")
+_TERSE_STEP = re.compile(r"[A-Za-z]:[a-z]+[>~]([a-z]+)\+\d=(\d)")
+_VERBOSE_STEP = re.compile(r"[A-Za-z] from [a-z]+ go ([a-z]+) via [>~] pay \d total (\d) ;")
 
 
 class WalkTask(Task):
@@ -53,18 +53,18 @@ class WalkTask(Task):
             f"walk from {start} ; "
             + " ; ".join(tables)
             + " ; "
-            + " ".join(f"{i + 1}{a}" for i, a in enumerate(moves))
+            + " ".join(f"{lab}{a}" for lab, a in zip(LABELS, moves, strict=False))
             + " ;\n"
         )
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render(self, problem: Problem, style: str) -> str:
         parts = []
-        for i, (here, a, nxt, toll, total) in enumerate(problem.data["trace"]):
+        for lab, (here, a, nxt, toll, total) in zip(LABELS, problem.data["trace"], strict=False):
             if style == "terse":
-                parts.append(f"{i + 1}:{here}{a}{nxt}+{toll}={total}")
+                parts.append(f"{lab}:{here}{a}{nxt}+{toll}={total}")
             elif style == "verbose":
-                parts.append(f"go {nxt} via {a} pay {toll} total {total} ;")
+                parts.append(f"{lab} from {here} go {nxt} via {a} pay {toll} total {total} ;")
             else:
                 raise ValueError(f"unknown style {style!r} for task walk (have {self.styles})")
         return " ".join(parts) + f" #{problem.answer}"
