@@ -117,14 +117,9 @@ def score_responses(
     seqs = [torch.tensor(p + r, dtype=torch.long) for p, r in zip(prompts, responses, strict=True)]
     input_ids_BL = pad_sequence(seqs, batch_first=True, padding_value=pad_id).to(device)
     L = input_ids_BL.shape[1]
-    pos_L = torch.arange(L, device=device)
-    attention_mask_BL = (pos_L < (prompt_lens_B + resp_lens_B)[:, None]).long()
-    hidden_BLH = decoder(
-        input_ids=input_ids_BL,
-        attention_mask=attention_mask_BL,
-        position_ids=pos_L[None].expand(B, L),
-        use_cache=False,
-    ).last_hidden_state
+    # Right padding + causal attention: padding after a row's last token cannot affect it,
+    # so no attention mask is needed, which lets SDPA take its fast causal path.
+    hidden_BLH = decoder(input_ids=input_ids_BL, use_cache=False).last_hidden_state
 
     T = int(resp_lens_B.max()) if B else 0
     pos_T = torch.arange(T, device=device)
