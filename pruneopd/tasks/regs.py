@@ -3,8 +3,11 @@ operations; the chain of thought writes every operation's operands, result and t
 register state, so each step depends on all earlier ones.
 
 Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x ;
-terse:    A:3+7=0>071 B:1*3=3>073 C:7-0=7>073 #073
-verbose:  A add 3 7 = 0 so x0 y7 z1 ; B mul 1 3 = 3 so x0 y7 z3 ; ... #073
+terse:    A:x+=y 3+7=0>071 B:z*=3 1*3=3>073 C:y-=x 7-0=7>073 #073
+verbose:  A y+=x so 3 add 7 = 0 state 0 7 1 ; ... #073
+
+Each step first copies its operation from the prompt (found by its label), then computes
+from the register state of the step before, which sits a fixed number of tokens back.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from .base import LABELS, Problem, Task
 
 REGS = "xyz"
 _WORD = {"+": "add", "-": "sub", "*": "mul"}
-_TERSE_STEP = re.compile(r"[A-Za-z]:\d[+\-*]\d=\d>(\d{3})")
-_VERBOSE_STEP = re.compile(r"[A-Za-z] (?:add|sub|mul) \d \d = \d so x(\d) y(\d) z(\d) ;")
+_OP = r"[xyz][+\-*]=[xyz\d]"
+_TERSE_STEP = re.compile(r"[A-Za-z]:" + _OP + r" \d[+\-*]\d=\d>(\d{3})")
+_VERBOSE_STEP = re.compile(
+    r"[A-Za-z] " + _OP + r" so \d (?:add|sub|mul) \d = \d state (\d) (\d) (\d) ;"
+)
 
 
 def _apply(op: str, x: int, y: int) -> int:
@@ -31,7 +37,7 @@ def _apply(op: str, x: int, y: int) -> int:
 class RegsTask(Task):
     name = "regs"
     styles = ("terse", "verbose")
-    default_difficulty = 16  # number of operations
+    default_difficulty = 12  # number of operations
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         state = [rng.randrange(10) for _ in REGS]
@@ -53,7 +59,7 @@ class RegsTask(Task):
             x = state[dst]
             state[dst] = _apply(op, x, y)
             ops.append(f"{REGS[dst]}{op}={arg}")
-            trace.append((op, x, y, state[dst], tuple(state)))
+            trace.append((ops[-1], op, x, y, state[dst], tuple(state)))
             steps.append("".join(map(str, state)))
         prompt = (
             "regs "
@@ -66,15 +72,15 @@ class RegsTask(Task):
 
     def render(self, problem: Problem, style: str) -> str:
         parts = []
-        for lab, (op, x, y, r, st) in zip(LABELS, problem.data["trace"], strict=False):
+        for lab, (code, op, x, y, r, st) in zip(LABELS, problem.data["trace"], strict=False):
             if style == "terse":
-                parts.append(f"{lab}:{x}{op}{y}={r}>{''.join(map(str, st))}")
+                parts.append(f"{lab}:{code} {x}{op}{y}={r}>{''.join(map(str, st))}")
             elif style == "verbose":
-                regs = " ".join(f"{n}{v}" for n, v in zip(REGS, st, strict=True))
-                parts.append(f"{lab} {_WORD[op]} {x} {y} = {r} so {regs} ;")
+                state = " ".join(map(str, st))
+                parts.append(f"{lab} {code} so {x} {_WORD[op]} {y} = {r} state {state} ;")
             else:
                 raise ValueError(f"unknown style {style!r} for task regs (have {self.styles})")
-        return " ".join(parts) + f" #{problem.answer}"
+        return "".join(" " + part for part in parts) + f" #{problem.answer}"
 
     def parse_steps(self, text: str) -> list[str]:
         if _VERBOSE_STEP.search(text):

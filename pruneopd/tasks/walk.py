@@ -2,9 +2,12 @@
 sending every place to another place for a toll of 0-9. A labelled list of map choices
 is followed from a start place; the answer is the final place and the total toll mod 10.
 
-Prompt:   walk from oak ; oak>elm3 elm>ash5 ... ; oak~fig1 ... ; A> B~ C~ ;
-terse:    A:oak>elm+3=3 B:elm~fig+1=4 ... #fig4
-verbose:  A from oak go elm via > pay 3 total 3 ; B from elm go fig via ~ pay 1 total 4 ; ... #fig4
+Prompt:   walk from oak ; oak> elm3 elm> ash5 ... ; oak~ fig1 ... ; A> B~ C~ ;
+terse:    A>: oak> elm3=3 B~: elm~ fig1=4 ... #fig4
+verbose:  A> go oak> elm pay 3 total 3 ; B~ go elm~ fig pay 1 total 4 ; ... #fig4
+
+Each step copies its map choice from the prompt (found by its label), then copies the road
+`place>next toll` from the map, then adds the toll to the running total.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ PLACES = (
 ).split()
 N_PLACES = 10
 ARROWS = (">", "~")
-_TERSE_STEP = re.compile(r"[A-Za-z]:[a-z]+[>~]([a-z]+)\+\d=(\d)")
-_VERBOSE_STEP = re.compile(r"[A-Za-z] from [a-z]+ go ([a-z]+) via [>~] pay \d total (\d) ;")
+_TERSE_STEP = re.compile(r"[A-Za-z][>~]: [a-z]+[>~] ([a-z]+)\d=(\d)")
+_VERBOSE_STEP = re.compile(r"[A-Za-z][>~] go [a-z]+[>~] ([a-z]+) pay \d total (\d) ;")
 
 
 class WalkTask(Task):
     name = "walk"
     styles = ("terse", "verbose")
-    default_difficulty = 17  # number of moves
+    default_difficulty = 18  # number of moves
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         places = rng.sample(PLACES, N_PLACES)
@@ -48,7 +51,9 @@ class WalkTask(Task):
             trace.append((here, a, nxt, toll, total))
             steps.append(f"{nxt}{total}")
             here = nxt
-        tables = [" ".join(f"{p}{a}{maps[a][p][0]}{maps[a][p][1]}" for p in places) for a in ARROWS]
+        tables = [
+            " ".join(f"{p}{a} {maps[a][p][0]}{maps[a][p][1]}" for p in places) for a in ARROWS
+        ]
         prompt = (
             f"walk from {start} ; "
             + " ; ".join(tables)
@@ -62,12 +67,12 @@ class WalkTask(Task):
         parts = []
         for lab, (here, a, nxt, toll, total) in zip(LABELS, problem.data["trace"], strict=False):
             if style == "terse":
-                parts.append(f"{lab}:{here}{a}{nxt}+{toll}={total}")
+                parts.append(f"{lab}{a}: {here}{a} {nxt}{toll}={total}")
             elif style == "verbose":
-                parts.append(f"{lab} from {here} go {nxt} via {a} pay {toll} total {total} ;")
+                parts.append(f"{lab}{a} go {here}{a} {nxt} pay {toll} total {total} ;")
             else:
                 raise ValueError(f"unknown style {style!r} for task walk (have {self.styles})")
-        return " ".join(parts) + f" #{problem.answer}"
+        return "".join(" " + part for part in parts) + f" #{problem.answer}"
 
     def parse_steps(self, text: str) -> list[str]:
         if _VERBOSE_STEP.search(text):
