@@ -143,10 +143,13 @@ def test_checker_rejects_corrupted_answers(name, style):
 def step_spans(body: str, style: str) -> list[tuple[int, int]]:
     """Character spans of each written step of a trace body (the text before ' #answer').
 
-    terse traces separate steps by single spaces; verbose ones end every step with ';'.
+    terse steps start with ' <label>:' (regs) or ' <label><arrow>:' (walk); verbose ones end
+    every step with ';'.
     """
-    pattern = r"\S+" if style == "terse" else r"[^;]+;"
-    return [m.span() for m in re.finditer(pattern, body)]
+    if style == "terse":
+        starts = [m.start() for m in re.finditer(r" [A-Za-w][>~]?:", body)]
+        return list(zip(starts, starts[1:] + [len(body)], strict=True))
+    return [m.span() for m in re.finditer(r"[^;]+;", body)]
 
 
 def corrupt_step(task, problem, style: str, j: int) -> str:
