@@ -32,18 +32,18 @@ class ZooSpec:
 
     teacher_size: ModelSize = ModelSize(hidden=192, layers=4, heads=6)
     student_size: ModelSize = ModelSize(hidden=128, layers=4, heads=4)
-    teacher_steps: int = 1500
-    teacher_lr: float = 2e-3
+    teacher_steps: int = 1200
+    teacher_lr: float = 1e-3
     teacher_target: float = 0.97  # stop early once every task's accuracy reaches this
     teacher_styles: dict = field(default_factory=lambda: {"terse": 0.8, "verbose": 0.2})
-    tasks: tuple[str, ...] = ("regs", "walk")
+    tasks: tuple[str, ...] = ("regs",)
     student_task: str = "regs"
     student_steps: int = 1500
-    student_lr: float = 2e-3
+    student_lr: float = 1e-3
     student_band: tuple[float, float] = (0.2, 0.6)  # accepted greedy accuracy
     student_target: float = 0.3  # stop at the first evaluation at or above this
     batch_size: int = 32
-    min_difficulty: int = 2
+    difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
     teacher_eval_every: int = 100
     student_eval_every: int = 25
     eval_problems: int = 64
@@ -58,7 +58,7 @@ FAST = ZooSpec(
     teacher_steps=3,
     student_steps=3,
     batch_size=4,
-    min_difficulty=2,
+    difficulty_spread=1,
     teacher_eval_every=3,
     student_eval_every=3,
     eval_problems=4,
@@ -134,10 +134,9 @@ def build_zoo(
     report.setdefault("models", {})
     hi_ok = spec.student_band[1]
 
-    teacher_mix = TraceMix(
-        spec.tasks, spec.teacher_styles, spec.min_difficulty,
-        max(TASKS[t].default_difficulty for t in spec.tasks) + 2,
-    )  # fmt: skip
+    lo = min(TASKS[t].default_difficulty for t in spec.tasks) - spec.difficulty_spread
+    hi = max(TASKS[t].default_difficulty for t in spec.tasks) + spec.difficulty_spread
+    teacher_mix = TraceMix(spec.tasks, spec.teacher_styles, max(1, lo), hi)
     if "teacher" in only:
         report["models"]["teacher"] = _train_one(
             "teacher", spec, tok, teacher_mix, spec.teacher_size, spec.teacher_steps,
@@ -151,10 +150,9 @@ def build_zoo(
     for name, style in (("student-same", dominant), ("student-cross", other)):
         if name not in only:
             continue
-        mix = TraceMix(
-            (spec.student_task,), {style: 1.0}, spec.min_difficulty,
-            TASKS[spec.student_task].default_difficulty + 2,
-        )  # fmt: skip
+        d = TASKS[spec.student_task].default_difficulty
+        mix = TraceMix((spec.student_task,), {style: 1.0}, max(1, d - spec.difficulty_spread),
+                       d + spec.difficulty_spread)  # fmt: skip
 
         def pick(r):
             acc = r[spec.student_task]

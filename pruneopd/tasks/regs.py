@@ -37,7 +37,7 @@ def _apply(op: str, x: int, y: int) -> int:
 class RegsTask(Task):
     name = "regs"
     styles = ("terse", "verbose")
-    default_difficulty = 12  # number of operations
+    default_difficulty = 10  # number of operations
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         state = [rng.randrange(10) for _ in REGS]
