@@ -155,10 +155,10 @@ def build_zoo(
                        d + spec.difficulty_spread)  # fmt: skip
 
         def pick(r):
+            # keep the best checkpoint not above the band; stop at the first evaluation at or
+            # above target, i.e. just after the learning jump (or once it overshoots the band)
             acc = r[spec.student_task]
-            in_band = acc <= hi_ok
-            # keep the first checkpoint at/above target (just after the jump), never above band
-            return (acc if in_band else -1.0), acc >= spec.student_target and in_band
+            return (acc if acc <= hi_ok else -1.0), acc >= spec.student_target
 
         report["models"][name] = _train_one(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
