@@ -88,7 +88,7 @@ def load_tokenizer(name_or_path: str):
 
 
 def set_threads() -> None:
-    """Use every core for intra-op parallelism (the default on Linux is usually right)."""
-    n = os.cpu_count() or 1
+    """Use every core for intra-op parallelism, unless OMP_NUM_THREADS says otherwise."""
+    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
