@@ -50,7 +50,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "max gradient norm (0 = off)")
     loss_chunk: int = _f(4096, "tokens per chunk in the loss (bounds [tokens, V] memory)")
     # ---- drift monitor (method.md) --------------------------------------------------
-    topk: int = _f(16, "K of the top-K overlap and of the topk_rkl candidates")
+    topk: int = _f(16, "K of the topk_rkl candidates (and of the teacher's top-K scores)")
+    drift_k: int = _f(0, "K of the drift monitor's top-K overlap (0 = same as topk)")
     tau: float = _f(0.7, "drift event when overlap < tau (or top-p mass for top_p_accept)")
     drift_metric: str = _f("topk_overlap", "topk_overlap | teacher_top_p_accept")
     w_drop: float = _f(0.01, "reliability drop per drift event (delta)")
@@ -103,7 +104,8 @@ def validate(c: TrainConfig) -> None:
     for key in ("max_steps", "prompts_per_step", "responses_per_prompt", "topk", "max_len",
                 "min_len", "init_len", "patience", "prefix_len", "chunk_size", "loss_chunk"):  # fmt: skip
         _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
-    for key in ("warmup_steps", "eval_every", "eval_samples", "log_samples", "budget_step",
+    _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
+    for key in ("drift_k", "warmup_steps", "eval_every", "eval_samples", "log_samples", "budget_step",
                 "budget_margin", "prefix_len_end", "difficulty", "seed"):  # fmt: skip
         _need(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
     _need(c.eval_problems >= 1, "eval_problems", c.eval_problems, "must be >= 1")

@@ -19,9 +19,10 @@ from .scoring import IncrementalScorer, TokenScores
 
 
 class OnlinePruner:
-    def __init__(self, teacher, prompts, *, k, pad_id, metric, tau, w_drop, floor):
+    def __init__(self, teacher, prompts, *, k, pad_id, metric, tau, w_drop, floor, drift_k=None):
         self.scorer = IncrementalScorer(teacher, prompts, k=k, pad_id=pad_id)
         self.metric, self.tau, self.w_drop, self.floor = metric, tau, w_drop, floor
+        self.drift_k = drift_k or k
         self.events_B = torch.zeros(len(prompts), dtype=torch.float64)
         self.pieces: list[tuple[torch.Tensor, int, TokenScores, torch.Tensor]] = []
         self.seconds = 0.0
@@ -32,9 +33,10 @@ class OnlinePruner:
         sc = self.scorer.score_chunk(
             ids_A, chunk.tokens_AC, chunk.mask_AC, candidate_ids_ACK=chunk.student_topk_ids_ACK
         )
+        dk = self.drift_k
         _, events_AC = monitor(
-            self.metric, chunk.student_topk_ids_ACK, sc.topk_ids_BTK, sc.topk_logprobs_BTK,
-            chunk.tokens_AC, chunk.mask_AC, self.tau,
+            self.metric, chunk.student_topk_ids_ACK[..., :dk], sc.topk_ids_BTK[..., :dk],
+            sc.topk_logprobs_BTK[..., :dk], chunk.tokens_AC, chunk.mask_AC, self.tau,
         )  # fmt: skip
         self.events_B[ids_A] += events_AC.sum(1).double()
         self.pieces.append((ids_A, chunk.start, sc, chunk.mask_AC))

@@ -153,7 +153,8 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.perf_counter()
         pruner = None
         if cfg.online_pruning:
-            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, pad_id=tok.pad_token_id,
+            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.drift_k or cfg.topk,
+                                  pad_id=tok.pad_token_id,
                                   metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
                                   floor=cfg.prune_floor)  # fmt: skip
         rollout = sample(
@@ -176,8 +177,11 @@ def train(cfg: TrainConfig) -> dict:
             scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
                                      candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
         # 3. drift monitor, reliability weights, method multipliers (method.md)
-        overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK, scores.topk_ids_BTK,
-                                        scores.topk_logprobs_BTK, tokens_BT, mask_BT, cfg.tau)  # fmt: skip
+        dk = cfg.drift_k or cfg.topk  # both top-K lists are sorted: the top-k' set is a prefix
+        overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK[..., :dk],
+                                        scores.topk_ids_BTK[..., :dk],
+                                        scores.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT,
+                                        cfg.tau)  # fmt: skip
         weights_BT, multipliers_BT, eff_len_B = reliability_weights(
             events_BT, mask_BT, cfg.w_drop, cfg.w_base
         )
