@@ -98,3 +98,26 @@ def test_fast_build_is_deterministic(tmp_path):
             assert reports[0]["models"][name][field] == reports[1]["models"][name][field]
     tok_a = (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_text()
     assert tok_a == (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_text()
+
+
+def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
+    """The shipped zoo: teacher >= 90% on regs, both students inside the 20-60% band."""
+    import torch
+
+    from pruneopd.evaluate import evaluate
+    from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
+    from pruneopd.tasks import get_task
+
+    if not (PACKAGE_ZOO / "teacher" / "config.json").exists():
+        pytest.skip("no shipped zoo")
+    torch.set_num_threads(1)
+    task = get_task("regs")
+    problems = task.problems("test", 64, seed=0)
+    tok = load_tokenizer(str(PACKAGE_ZOO / "teacher"))
+    acc = {
+        name: evaluate(load_model(str(PACKAGE_ZOO / name)), tok, task, problems)["accuracy"]
+        for name in ("teacher", "student-same", "student-cross")
+    }
+    assert acc["teacher"] >= 0.9, acc
+    for name in ("student-same", "student-cross"):
+        assert 0.15 <= acc[name] <= 0.6, acc
