@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import tiny_llama
+from transformers import LlamaForCausalLM
 
 from pruneopd import losses
 from pruneopd.objective import response_hidden, token_losses
@@ -30,23 +31,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_llama(seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).float()
+def tiny_pair_model(seed: int) -> LlamaForCausalLM:
+    return tiny_llama(V, seed, max_positions=64).train()
 
 
 @pytest.fixture(scope="module")
 def pair():
-    return tiny_llama(0), tiny_llama(1).eval().requires_grad_(False)
+    return tiny_pair_model(0), tiny_pair_model(1).eval().requires_grad_(False)
 
 
 def batch():

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import tiny_llama
+from transformers import LlamaForCausalLM
 
 from pruneopd.rollout import Chunk, repeat_prompts, sample
 from pruneopd.scoring import IncrementalScorer, score_responses
@@ -10,17 +11,7 @@ PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
 
 
 def tiny_model(seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(V, seed)
 
 
 @pytest.fixture(scope="module")
