@@ -83,6 +83,14 @@ class TrainConfig:
     def __post_init__(self):
         validate(self)
 
+    @property
+    def monitor_k(self) -> int:
+        """K the drift monitor compares: drift_k for top-K overlap; the teacher's whole top-K
+        for teacher_top_p_accept (its nucleus is taken within that top-K)."""
+        if self.drift_metric == "teacher_top_p_accept":
+            return self.topk
+        return self.drift_k or self.topk
+
 
 METHODS = ("full", "prefix", "prune")
 LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")

@@ -153,7 +153,7 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.perf_counter()
         pruner = None
         if cfg.online_pruning:
-            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.drift_k or cfg.topk,
+            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.monitor_k,
                                   pad_id=tok.pad_token_id,
                                   metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
                                   floor=cfg.prune_floor)  # fmt: skip
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
             scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
                                      candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
         # 3. drift monitor, reliability weights, method multipliers (method.md)
-        dk = cfg.drift_k or cfg.topk  # both top-K lists are sorted: the top-k' set is a prefix
+        dk = cfg.monitor_k  # both top-K lists are sorted: the top-k' set is a prefix
         overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK[..., :dk],
                                         scores.topk_ids_BTK[..., :dk],
                                         scores.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT,

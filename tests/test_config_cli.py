@@ -198,3 +198,12 @@ def test_cli_help_config_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("tau", "w_drop", "w_base", "online_pruning", "reliable_prefix_only"):
         assert f"  {key} = " in out
+
+
+def test_monitor_k():
+    assert TrainConfig().monitor_k == 16
+    assert TrainConfig(drift_k=1).monitor_k == 1
+    # the top-p acceptance metric takes its nucleus within the teacher's whole top-K
+    assert TrainConfig(drift_k=1, drift_metric="teacher_top_p_accept").monitor_k == 16
+    with pytest.raises(ConfigError, match="drift_k"):
+        TrainConfig(drift_k=17)
