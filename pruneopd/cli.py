@@ -28,7 +28,12 @@ def cmd_zoo_build(args) -> None:
     from .zoo import FAST, STAGES, ZooSpec, build_zoo
 
     set_threads()
-    out = Path(args.out) if args.out else PACKAGE_ZOO
+    out = Path(args.out)
+    existing = [m for m in STAGES if (out / m / "config.json").exists()]
+    if existing and not args.force:
+        _die(f"{out} already holds a zoo ({', '.join(existing)}); pass --force to overwrite it")
+    if out.resolve() == PACKAGE_ZOO.resolve() and not args.force:
+        _die(f"{out} is the shipped zoo; pass --force to overwrite it")
     spec = FAST if args.fast else ZooSpec()
     only = tuple(args.only.split(",")) if args.only else STAGES
     bad = [m for m in only if m not in STAGES]
@@ -101,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     zs = z.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", parser_class=_Parser)
     zs.required = True
     zb = zs.add_parser("build", help="train the tokenizer, teacher and students from scratch")
-    zb.add_argument("--out", help="output folder (default: the package's zoo_weights)")
+    zb.add_argument(
+        "--out",
+        default="zoo",
+        help="output folder (default: ./zoo); use it with PRUNEOPD_ZOO=<folder>",
+    )
+    zb.add_argument("--force", action="store_true", help="overwrite models already in --out")
     zb.add_argument("--fast", action="store_true", help="tiny models in seconds (for tests)")
     zb.add_argument("--seed", type=int, default=0)
     zb.add_argument("--only", help="comma-separated subset: teacher,student-same,student-cross")

@@ -207,3 +207,9 @@ def test_monitor_k():
     assert TrainConfig(drift_k=1, drift_metric="teacher_top_p_accept").monitor_k == 16
     with pytest.raises(ConfigError, match="drift_k"):
         TrainConfig(drift_k=17)
+
+
+def test_zoo_build_refuses_to_overwrite_a_zoo(fast_zoo, capsys):
+    code, _, err = run_cli(["zoo", "build", "--fast", "--out", str(fast_zoo)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "--force" in err
