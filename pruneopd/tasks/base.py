@@ -42,9 +42,19 @@ class Task:
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         raise NotImplementedError
 
-    def render(self, problem: Problem, style: str) -> str:
-        """The reference response (chain of thought + final answer) in `style`."""
+    def render_step(self, label: str, step: tuple, style: str) -> str:
+        """One reasoning step (an entry of `problem.data["trace"]`) written in `style`."""
         raise NotImplementedError
+
+    def render(self, problem: Problem, style: str) -> str:
+        """The reference response (chain of thought + final answer) in `style`:
+        ' <step 1> <step 2> ... #<answer>', every step led by its label."""
+        if style not in self.styles:
+            raise ValueError(f"unknown style {style!r} for task {self.name} (have {self.styles})")
+        steps = zip(LABELS, problem.data["trace"], strict=False)
+        return "".join(" " + self.render_step(lab, st, style) for lab, st in steps) + (
+            f" #{problem.answer}"
+        )
 
     def parse_steps(self, text: str) -> list[str]:
         """The step values a response writes, in order, whatever its style."""

@@ -70,17 +70,11 @@ class RegsTask(Task):
         )
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
-    def render(self, problem: Problem, style: str) -> str:
-        parts = []
-        for lab, (code, op, x, y, r, st) in zip(LABELS, problem.data["trace"], strict=False):
-            if style == "terse":
-                parts.append(f"{lab}:{code} {x}{op}{y}={r}>{''.join(map(str, st))}")
-            elif style == "verbose":
-                state = " ".join(map(str, st))
-                parts.append(f"{lab} {code} so {x} {_WORD[op]} {y} = {r} state {state} ;")
-            else:
-                raise ValueError(f"unknown style {style!r} for task regs (have {self.styles})")
-        return "".join(" " + part for part in parts) + f" #{problem.answer}"
+    def render_step(self, label: str, step: tuple, style: str) -> str:
+        code, op, x, y, r, st = step
+        if style == "terse":
+            return f"{label}:{code} {x}{op}{y}={r}>{''.join(map(str, st))}"
+        return f"{label} {code} so {x} {_WORD[op]} {y} = {r} state {' '.join(map(str, st))} ;"
 
     def parse_steps(self, text: str) -> list[str]:
         if _VERBOSE_STEP.search(text):

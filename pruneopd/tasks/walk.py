@@ -63,16 +63,11 @@ class WalkTask(Task):
         )
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
-    def render(self, problem: Problem, style: str) -> str:
-        parts = []
-        for lab, (here, a, nxt, toll, total) in zip(LABELS, problem.data["trace"], strict=False):
-            if style == "terse":
-                parts.append(f"{lab}{a}: {here}{a} {nxt}{toll}={total}")
-            elif style == "verbose":
-                parts.append(f"{lab}{a} go {here}{a} {nxt} pay {toll} total {total} ;")
-            else:
-                raise ValueError(f"unknown style {style!r} for task walk (have {self.styles})")
-        return "".join(" " + part for part in parts) + f" #{problem.answer}"
+    def render_step(self, label: str, step: tuple, style: str) -> str:
+        here, a, nxt, toll, total = step
+        if style == "terse":
+            return f"{label}{a}: {here}{a} {nxt}{toll}={total}"
+        return f"{label}{a} go {here}{a} {nxt} pay {toll} total {total} ;"
 
     def parse_steps(self, text: str) -> list[str]:
         if _VERBOSE_STEP.search(text):
