@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def cmd_train(args) -> None:
         return
     path = args.config or _default_config()
     cfg = load_config(path, args.overrides)
+    if args.check:
+        s = train(cfg, dry_run=True)
+        where = f"resumes from {s['resume_from']}" if s["resume_from"] else "starts fresh"
+        print(f"config, models and run directory are valid; the run {where} in {cfg.out}")
+        return
     s = train(cfg)
     print(
         f"accuracy before {s['accuracy_before']:.3f} -> after {s['accuracy_after']:.3f} "
@@ -136,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config (default: the prune-cross preset)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--help-config", action="store_true", help="list every config key")
+    t.add_argument("--check", action="store_true",
+                   help="validate config, models and run directory, then exit without training")  # fmt: skip
     t.set_defaults(fn=cmd_train)
     return p
 
@@ -143,17 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
-    from .train import PairError
+    from .train import PairError, TrainingStopped
 
     try:
         args.fn(args)
-    except (ConfigError, PairError, FileNotFoundError) as e:
-        _die(str(e))
+    except TrainingStopped as e:  # a checkpoint was written; the message says where
+        print(f"pruneopd: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except (ConfigError, PairError, OSError) as e:  # bad input: files, paths, permissions
+        _die(_one_line(e))
     except ValueError as e:  # bad arguments caught by the library (task names, splits, ...)
-        _die(str(e))
+        _die(_one_line(e))
     except KeyboardInterrupt:
         print("pruneopd: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as e:
+        if os.environ.get("PRUNEOPD_DEBUG"):
+            raise
+        print(f"pruneopd: internal error: {_one_line(e)} (PRUNEOPD_DEBUG=1 shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(1) from None
+
+
+def _one_line(e: BaseException) -> str:
+    """The message on one line (some library errors span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

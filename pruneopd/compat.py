@@ -12,7 +12,7 @@ import torch
 from .drift import topk_overlap_from_ids
 from .rollout import sample
 from .scoring import score_responses
-from .tokenizer import encode_prompt
+from .tokenizer import prompt_ids
 
 KS = (1, 4, 8, 16)
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -29,7 +29,7 @@ def overlap_stats(
     plus top-1 agreement (= overlap at K=1) and the number of tokens measured.
     """
     kmax = max(ks)
-    prompts = [encode_prompt(tok, p.prompt) for p in problems]
+    prompts = [prompt_ids(tok, p) for p in problems]
     gen = torch.Generator().manual_seed(seed)
     r = sample(
         student, prompts, max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id,

@@ -32,6 +32,19 @@ class TrainConfig:
     teacher: str = _f("teacher", "teacher: zoo name or local Hugging Face folder")
     task: str = _f("regs", "built-in task the prompts come from")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
+    data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")
+    eval_data: str = _f(
+        "",
+        "held-out JSONL/Parquet for evaluation (default: hold out up to "
+        "eval_problems records, at most a quarter, of data)",
+    )
+    prompt_field: str = _f("auto", "data: prompt field (auto: prompt, question, problem)")
+    answer_field: str = _f(
+        "auto",
+        "data: answer field, dots for nesting (auto: "
+        "reward_model.ground_truth, answer, solution, ground_truth)",
+    )
+    chat_template: bool = _f(True, "data: apply the tokenizer's chat template to text prompts")
     seed: int = _f(0, "seed for prompts, sampling and initialisation")
     out: str = _f("runs/default", "run directory (logs, samples, final model)")
     # ---- method ------------------------------------------------------------------------
@@ -79,6 +92,14 @@ class TrainConfig:
     log_samples: int = _f(4, "responses per step kept in samples.jsonl for `inspect`")
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: bool = _f(True, "show a progress bar")
+    wandb: bool = _f(False, "also log to Weights & Biases (skipped if not installed)")
+    wandb_project: str = _f("pruneopd", "Weights & Biases project name")
+    # ---- checkpoints and failures -------------------------------------------------------
+    save_every: int = _f(25, "write a checkpoint every N steps (0 = only on exit/signal)")
+    keep_checkpoints: int = _f(2, "keep the newest K checkpoints")
+    resume: str = _f("", "'auto' = newest checkpoint in out (or start fresh), or a checkpoint path")
+    overwrite: bool = _f(False, "start fresh even if out already holds a run (deletes it)")
+    on_nonfinite: str = _f("stop", "non-finite loss/gradients: stop (checkpoint) | skip the batch")
 
     def __post_init__(self):
         validate(self)
@@ -95,6 +116,7 @@ class TrainConfig:
 METHODS = ("full", "prefix", "prune")
 LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
 DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
+ON_NONFINITE = ("stop", "skip")
 
 
 def _need(ok: bool, key: str, value, what: str):
@@ -120,13 +142,20 @@ def validate(c: TrainConfig) -> None:
     _need(c.lr > 0, "lr", c.lr, "must be > 0")
     _need(c.temperature > 0, "temperature", c.temperature, "must be > 0 for on-policy sampling")
     _need(0 < c.top_p <= 1, "top_p", c.top_p, "must be in (0, 1]")
-    _need(0 <= c.tau <= 1, "tau", c.tau, "must be in [0, 1]")
+    _need(0 < c.tau <= 1, "tau", c.tau, "must be in (0, 1]")
     _need(c.w_drop >= 0, "w_drop", c.w_drop, "must be >= 0")
     _need(c.w_base >= 0, "w_base", c.w_base, "must be >= 0")
     _need(0 <= c.hit_ratio <= 1, "hit_ratio", c.hit_ratio, "must be in [0, 1]")
     _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(c.on_nonfinite in ON_NONFINITE, "on_nonfinite", c.on_nonfinite,
+          f"must be one of {', '.join(ON_NONFINITE)}")  # fmt: skip
+    _need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
+    _need(c.save_every >= 0, "save_every", c.save_every, "must be >= 0 (0 = only on exit)")
+    _need(bool(c.out.strip()), "out", c.out, "must name a run directory")
+    _need(not (c.resume and c.overwrite), "overwrite", c.overwrite,
+          "cannot be combined with resume (resume continues a run, overwrite deletes it)")  # fmt: skip
     _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
     _need(c.min_len <= c.init_len <= c.max_len, "init_len", c.init_len,
           f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]")  # fmt: skip

@@ -9,11 +9,14 @@ from tqdm.auto import tqdm
 
 from .rollout import sample
 from .tasks import Problem, Task
-from .tokenizer import decode_response, encode_prompt
+from .tokenizer import decode_response, prompt_ids
 
 
-def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) -> int:
-    """A generation cap no reference trace of any style comes near (longest x slack)."""
+def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) -> int | None:
+    """A generation cap no reference trace of any style comes near (longest x slack);
+    None for tasks without reference traces (data files)."""
+    if not task.styles:
+        return None
     longest = max(
         len(tok(task.render(p, s), add_special_tokens=False)["input_ids"])
         for p in problems
@@ -44,8 +47,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    cap = max_new_tokens or reference_cap(task, tok, problems)
-    prompts = [encode_prompt(tok, p.prompt) for p in problems]
+    cap = max_new_tokens or reference_cap(task, tok, problems) or 512
+    prompts = [prompt_ids(tok, p) for p in problems]
     gen = torch.Generator().manual_seed(seed)
     correct, credit, lengths, cut, sampled_ok = [], [], [], [], []
     bar = tqdm(total=len(problems), desc=f"eval {task.name}", disable=not progress, leave=False)

@@ -57,8 +57,17 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def encode_prompt(tok, text: str) -> list[int]:
-    """Token ids a model is prompted with: BOS + the prompt text (no EOS)."""
-    return [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    """Token ids a model is prompted with: BOS (if the tokenizer has one) + the prompt text."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + tok(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tok, problem) -> list[int]:
+    """A problem's prompt ids; a prompt already rendered by a chat template keeps its own
+    special tokens."""
+    if problem.data.get("templated"):
+        return tok(problem.prompt, add_special_tokens=False)["input_ids"]
+    return encode_prompt(tok, problem.prompt)
 
 
 def decode_response(tok, ids: list[int]) -> str:

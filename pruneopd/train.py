@@ -20,7 +20,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .budget import ResponseBudget
-from .config import TrainConfig, config_to_yaml
+from .checkpoint import (
+    GracefulStop,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import ConfigError, TrainConfig, config_to_yaml
 from .drift import monitor, reliability_weights
 from .evaluate import evaluate, reference_cap
 from .losses import masked_token_mean
@@ -28,18 +35,39 @@ from .models import load_model, load_tokenizer, set_threads
 from .objective import token_losses
 from .online import OnlinePruner
 from .rollout import repeat_prompts, sample
-from .runlog import RunLog, versions
+from .runlog import RunLog, check_resumable, prepare_run_dir, versions
 from .scoring import score_responses
 from .tasks import get_task
-from .tokenizer import decode_response, encode_prompt
+from .tokenizer import decode_response, prompt_ids
 
 
 class PairError(ValueError):
     """Teacher and student cannot be distilled together (e.g. different vocabularies)."""
 
 
-def load_pair(cfg: TrainConfig):
-    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
+class TrainingStopped(RuntimeError):
+    """The run stopped early (signal or non-finite values) after writing a checkpoint."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_context(cfg: TrainConfig, models: dict, prompt_len: int, eval_cap: int) -> None:
+    """Longest prompt + longest response must fit every model's context window."""
+    need = prompt_len + max(cfg.max_len, eval_cap)
+    for name, model in models.items():
+        window = getattr(model.config, "max_position_embeddings", None)
+        if window is not None and need > window:
+            raise ConfigError(
+                f"prompts of task '{cfg.task}' are up to {prompt_len} tokens; with responses "
+                f"of up to {max(cfg.max_len, eval_cap)} tokens that exceeds the {name}'s "
+                f"context window ({window} positions): lower difficulty or max_len"
+            )
+
+
+def load_tokenizers(cfg: TrainConfig):
+    """The student's tokenizer, after checking the teacher's maps every token to the same id."""
     tok = load_tokenizer(cfg.student)
     t_tok = load_tokenizer(cfg.teacher)
     if tok.get_vocab() != t_tok.get_vocab():
@@ -47,6 +75,25 @@ def load_pair(cfg: TrainConfig):
             f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
             f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
         )
+    return tok
+
+
+def load_task(cfg: TrainConfig, tok):
+    """The prompts' source: a data file (`data=`) or a built-in task."""
+    if not cfg.data:
+        return get_task(cfg.task)
+    from .data import DataTask, read_records
+
+    holdout = 0
+    if not cfg.eval_data:
+        holdout = max(1, min(cfg.eval_problems, len(read_records(cfg.data)[0]) // 4))
+    return DataTask(cfg.data, tok, cfg.prompt_field, cfg.answer_field, cfg.chat_template,
+                    eval_path=cfg.eval_data or None, eval_holdout=holdout)  # fmt: skip
+
+
+def load_pair(cfg: TrainConfig):
+    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
+    tok = load_tokenizers(cfg)
     student, teacher = load_model(cfg.student), load_model(cfg.teacher)
     vs, vt = student.config.vocab_size, teacher.config.vocab_size
     if vs != vt:
@@ -102,22 +149,39 @@ def _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT, scores, cap, n
     return rows
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
+    """Run (or resume) one distillation run; returns its summary.
+
+    `dry_run` checks everything a run needs (run directory, checkpoint, models, vocabularies,
+    prompts against the context window) and returns before writing or computing anything.
+    """
+    resume_from = prepare_run_dir(cfg, dry_run=dry_run)
+    saved = load_trainer_state(resume_from) if resume_from is not None else None
+    if saved is not None:
+        check_resumable(cfg, saved["config"], resume_from)
     set_threads()
     _seed_everything(cfg.seed)
     out = Path(cfg.out)
-    task = get_task(cfg.task)
+    task = load_task(cfg, load_tokenizers(cfg))  # data errors surface before models load
     student, teacher, tok = load_pair(cfg)
+    if saved is not None:
+        student = load_model(str(resume_from / "student"))
     difficulty = cfg.difficulty or task.default_difficulty
     n_prompts = cfg.max_steps * cfg.prompts_per_step
     train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
     test_problems = task.problems("test", cfg.eval_problems, seed=0, difficulty=difficulty)
-    eval_cap = reference_cap(task, tok, test_problems)
+    eval_cap = reference_cap(task, tok, test_problems) or cfg.max_len
+    longest_prompt = max(len(prompt_ids(tok, p)) for p in train_problems + test_problems)
+    check_context(cfg, {"student": student, "teacher": teacher}, longest_prompt, eval_cap)
+    if dry_run:
+        return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_to_yaml(cfg))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
-    log = RunLog(out, tensorboard=cfg.tensorboard)
+    log = RunLog(out, tensorboard=cfg.tensorboard, resume=saved["log_offsets"] if saved else None,
+                 step=saved["step"] if saved else 0, wandb_project=cfg.wandb_project if cfg.wandb else None,
+                 config=asdict(cfg))  # fmt: skip
 
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -135,131 +199,186 @@ def train(cfg: TrainConfig) -> dict:
         log.log(step, {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         return res
 
-    history = {"eval": []}
-    before = run_eval(0)
-    history["eval"].append({"step": 0, **before})
-    acc = before["accuracy"]
-    totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
-              "tokens_scored": 0, "tokens_trained": 0}  # fmt: skip
-    bar = tqdm(range(cfg.max_steps), desc=f"{cfg.method} OPD", disable=not cfg.progress)
-    for step in bar:
-        problems = train_problems[step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step]
-        prompts = repeat_prompts([encode_prompt(tok, p.prompt) for p in problems],
-                                 cfg.responses_per_prompt)  # fmt: skip
-        cap = response_cap(cfg, step, budget)
-
-        # 1. the student samples its own responses
-        student.eval()
-        t0 = time.perf_counter()
-        pruner = None
-        if cfg.online_pruning:
-            pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.monitor_k,
-                                  pad_id=tok.pad_token_id,
-                                  metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
-                                  floor=cfg.prune_floor)  # fmt: skip
-        rollout = sample(
-            student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
-            pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
-            generator=gen, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
-            on_chunk=pruner,
-        )  # fmt: skip
-        t_sample = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
-
-        # 2. the teacher scores every response token (already done chunkwise when online)
-        t0 = time.perf_counter()
-        mask_BT = rollout.response_mask_BT
-        B, T = mask_BT.shape
-        tokens_BT = rollout.response_tokens_BT(tok.pad_token_id)
-        cand_BTK = rollout.student_topk_ids_BTK()
-        if pruner is not None:
-            scores = pruner.assemble(B, T)
-        else:
-            scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
-                                     candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
-        # 3. drift monitor, reliability weights, method multipliers (method.md)
-        dk = cfg.monitor_k  # both top-K lists are sorted: the top-k' set is a prefix
-        overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK[..., :dk],
-                                        scores.topk_ids_BTK[..., :dk],
-                                        scores.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT,
-                                        cfg.tau)  # fmt: skip
-        weights_BT, multipliers_BT, eff_len_B = reliability_weights(
-            events_BT, mask_BT, cfg.w_drop, cfg.w_base
-        )
-        mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT)
-        t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
-
-        # 4. the update: token-mean of m_t * loss_t over valid response tokens
-        student.train()
-        t0 = time.perf_counter()
-        input_ids_BL, _, _ = rollout.to_padded(tok.pad_token_id)
-        prompt_lens_B = torch.tensor([len(p) for p in prompts])
-        loss_BT, _ = token_losses(
-            cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
-            candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-            teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
-            chunk=cfg.loss_chunk,
-        )  # fmt: skip
-        loss = masked_token_mean(loss_BT, mult_BT, train_mask_BT)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            student.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        )
-        opt.step()
-        sched.step()
-        t_update = time.perf_counter() - t0
-
-        # 5. the budget moves the cap for the next step (prune only)
-        hit = budget.update(eff_len_B) if budget is not None else {}
-        next_cap = hit["next_length"] if budget is not None else response_cap(cfg, step + 1, None)
-
-        # 6. metrics (method.md, "Metrics every run logs")
-        n_valid = int(mask_BT.sum())
-        lens = rollout.response_lengths.tolist()
-        texts = [decode_response(tok, r) for r in rollout.responses]
-        reward = statistics.fmean(
-            task.check(problems[i // cfg.responses_per_prompt], t) for i, t in enumerate(texts)
-        )
-        boundary = max(cfg.min_len, cap - cfg.budget_margin)
-        m = {
-            "loss": loss.item(),
-            "overlap": float(overlap_BT[mask_BT].mean()) if n_valid else 0.0,
-            "drift_rate": float(events_BT[mask_BT].float().mean()) if n_valid else 0.0,
-            "weight_mean": float(weights_BT[mask_BT].mean()) if n_valid else 0.0,
-            "multiplier_mean": float(mult_BT[train_mask_BT].mean()) if n_valid else 0.0,
-            "eff_len_mean": float(eff_len_B.float().mean()),
-            "eff_len_median": float(eff_len_B.float().median()),
-            "hit_ratio": hit.get("hit_ratio", float((eff_len_B >= boundary).float().mean())),
-            "cap": cap,
-            "next_cap": next_cap,
-            "tokens_generated": n_valid,
-            "tokens_scored": n_valid,
-            "tokens_trained": int(train_mask_BT.sum()),
-            "t_sample": t_sample,
-            "t_teacher": t_teacher,
-            "t_update": t_update,
-            "rkl": float((rollout.student_logprobs_BT() - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
-            "reward": reward,
-            "mean_len": statistics.fmean(lens),
-            "eos_rate": rollout.stopped_by.count("eos") / B,
-            "pruned_rate": rollout.stopped_by.count("pruned") / B,
-            "lr": sched.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
+    def trainer_state(step: int, rng: dict, offsets: dict) -> dict:
+        """Everything besides the weights that step `step + 1` needs to run as if never stopped."""
+        return {
+            "config": asdict(cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "budget": budget.state_dict() if budget is not None else None, "rng": rng,
+            "log_offsets": offsets, "history": history, "totals": dict(totals), "acc": acc,
+            "next_prompt": step * cfg.prompts_per_step,
         }  # fmt: skip
-        for k in ("t_sample", "t_teacher", "t_update"):
-            totals[k] += m[k]
-        for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
-            totals[k] += m[k]
-        log.log(step + 1, m)
-        if cfg.log_samples:
-            log.samples(step + 1, _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT,
-                                               scores, cap, cfg.log_samples))  # fmt: skip
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
-            res = run_eval(step + 1)
-            history["eval"].append({"step": step + 1, "train_seconds": _train_s(totals), **res})
-            acc = res["accuracy"]
-        bar.set_postfix(L=cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
-                        rkl=f"{m['rkl']:.3f}", acc=f"{acc:.3f}")  # fmt: skip
+
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        if budget is not None:
+            budget.load_state_dict(saved["budget"])
+        set_rng_state(saved["rng"], gen)
+        history, totals, acc, start = saved["history"], saved["totals"], saved["acc"], saved["step"]
+        before = history["eval"][0]
+    else:
+        history = {"eval": []}
+        before = run_eval(0)
+        history["eval"].append({"step": 0, **before})
+        acc, start = before["accuracy"], 0
+        totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
+                  "tokens_scored": 0, "tokens_trained": 0, "skipped_steps": 0}  # fmt: skip
+    bar = tqdm(range(start, cfg.max_steps), desc=f"{cfg.method} OPD", disable=not cfg.progress,
+               initial=start, total=cfg.max_steps)  # fmt: skip
+    stop = GracefulStop()
+    with stop:
+        for step in bar:
+            rng_at_start, offsets_at_start = rng_state(gen), log.offsets()
+            problems = train_problems[
+                step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step
+            ]
+            prompts = repeat_prompts([prompt_ids(tok, p) for p in problems],
+                                     cfg.responses_per_prompt)  # fmt: skip
+            cap = response_cap(cfg, step, budget)
+
+            # 1. the student samples its own responses
+            student.eval()
+            t0 = time.perf_counter()
+            pruner = None
+            if cfg.online_pruning:
+                pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.monitor_k,
+                                      pad_id=tok.pad_token_id,
+                                      metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
+                                      floor=cfg.prune_floor)  # fmt: skip
+            rollout = sample(
+                student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
+                pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
+                generator=gen, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
+                on_chunk=pruner,
+            )  # fmt: skip
+            t_sample = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
+
+            # 2. the teacher scores every response token (already done chunkwise when online)
+            t0 = time.perf_counter()
+            mask_BT = rollout.response_mask_BT
+            B, T = mask_BT.shape
+            tokens_BT = rollout.response_tokens_BT(tok.pad_token_id)
+            cand_BTK = rollout.student_topk_ids_BTK()
+            if pruner is not None:
+                scores = pruner.assemble(B, T)
+            else:
+                scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
+                                         candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
+            # 3. drift monitor, reliability weights, method multipliers (method.md)
+            dk = cfg.monitor_k  # both top-K lists are sorted: the top-k' set is a prefix
+            overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK[..., :dk],
+                                            scores.topk_ids_BTK[..., :dk],
+                                            scores.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT,
+                                            cfg.tau)  # fmt: skip
+            weights_BT, multipliers_BT, eff_len_B = reliability_weights(
+                events_BT, mask_BT, cfg.w_drop, cfg.w_base
+            )
+            mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT)
+            t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
+
+            # 4. the update: token-mean of m_t * loss_t over valid response tokens
+            student.train()
+            t0 = time.perf_counter()
+            input_ids_BL, _, _ = rollout.to_padded(tok.pad_token_id)
+            prompt_lens_B = torch.tensor([len(p) for p in prompts])
+            loss_BT, _ = token_losses(
+                cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
+                candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
+                teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
+                chunk=cfg.loss_chunk,
+            )  # fmt: skip
+            loss = masked_token_mean(loss_BT, mult_BT, train_mask_BT)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                student.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            )
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+            if finite:
+                opt.step()
+                sched.step()
+            elif cfg.on_nonfinite == "skip":
+                opt.zero_grad(set_to_none=True)
+                totals["skipped_steps"] += 1
+            else:  # keep the last good state: weights, optimizer and RNG as at this step's start
+                path = save_checkpoint(out, step, student,
+                                       trainer_state(step, rng_at_start, offsets_at_start),
+                                       cfg.keep_checkpoints)  # fmt: skip
+                log.close()
+                raise TrainingStopped(
+                    f"non-finite {'loss' if not torch.isfinite(loss) else 'gradients'} at step "
+                    f"{step + 1} (loss {loss.item():.4g}, grad norm {float(grad_norm):.4g}); "
+                    f"last good step saved in {path}; lower lr, or set on_nonfinite=skip",
+                    exit_code=1,
+                )
+            t_update = time.perf_counter() - t0
+
+            # 5. the budget moves the cap for the next step (prune only)
+            hit = budget.update(eff_len_B) if budget is not None else {}
+            next_cap = (
+                hit["next_length"] if budget is not None else response_cap(cfg, step + 1, None)
+            )
+
+            # 6. metrics (method.md, "Metrics every run logs")
+            n_valid = int(mask_BT.sum())
+            lens = rollout.response_lengths.tolist()
+            texts = [decode_response(tok, r) for r in rollout.responses]
+            reward = statistics.fmean(
+                task.check(problems[i // cfg.responses_per_prompt], t) for i, t in enumerate(texts)
+            )
+            boundary = max(cfg.min_len, cap - cfg.budget_margin)
+            m = {
+                "loss": loss.item(),
+                "overlap": float(overlap_BT[mask_BT].mean()) if n_valid else 0.0,
+                "drift_rate": float(events_BT[mask_BT].float().mean()) if n_valid else 0.0,
+                "weight_mean": float(weights_BT[mask_BT].mean()) if n_valid else 0.0,
+                "multiplier_mean": float(mult_BT[train_mask_BT].mean()) if n_valid else 0.0,
+                "eff_len_mean": float(eff_len_B.float().mean()),
+                "eff_len_median": float(eff_len_B.float().median()),
+                "hit_ratio": hit.get("hit_ratio", float((eff_len_B >= boundary).float().mean())),
+                "cap": cap,
+                "next_cap": next_cap,
+                "tokens_generated": n_valid,
+                "tokens_scored": n_valid,
+                "tokens_trained": int(train_mask_BT.sum()),
+                "t_sample": t_sample,
+                "t_teacher": t_teacher,
+                "t_update": t_update,
+                "rkl": float((rollout.student_logprobs_BT() - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
+                "reward": reward,
+                "mean_len": statistics.fmean(lens),
+                "eos_rate": rollout.stopped_by.count("eos") / B,
+                "pruned_rate": rollout.stopped_by.count("pruned") / B,
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "skipped": int(not finite),
+            }  # fmt: skip
+            for k in ("t_sample", "t_teacher", "t_update"):
+                totals[k] += m[k]
+            for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
+                totals[k] += m[k]
+            log.log(step + 1, m)
+            if cfg.log_samples:
+                log.samples(step + 1, _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT,
+                                                   scores, cap, cfg.log_samples))  # fmt: skip
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
+                res = run_eval(step + 1)
+                history["eval"].append({"step": step + 1, "train_seconds": _train_s(totals), **res})
+                acc = res["accuracy"]
+            bar.set_postfix(L=cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
+                            rkl=f"{m['rkl']:.3f}", acc=f"{acc:.3f}")  # fmt: skip
+            last = step + 1 == cfg.max_steps
+            if last or stop.requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                path = save_checkpoint(out, step + 1, student,
+                                       trainer_state(step + 1, rng_state(gen), log.offsets()),
+                                       cfg.keep_checkpoints)  # fmt: skip
+            if stop.requested and not last:
+                log.close()
+                raise TrainingStopped(
+                    f"stopped by {stop.signal_name} after step {step + 1} of {cfg.max_steps}; "
+                    f"checkpoint {path}; continue with the same command and resume=auto",
+                    exit_code=stop.exit_code,
+                )
 
     after = run_eval(cfg.max_steps)
     history["eval"].append({"step": cfg.max_steps, "train_seconds": _train_s(totals), **after})

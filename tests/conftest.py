@@ -22,3 +22,15 @@ def use_fast_zoo(fast_zoo, monkeypatch):
     """Make zoo names ("teacher", "student-cross", ...) resolve to the fast zoo."""
     monkeypatch.setenv("PRUNEOPD_ZOO", str(fast_zoo))
     return fast_zoo
+
+
+@pytest.fixture
+def zoo(use_fast_zoo, monkeypatch):
+    """Fast zoo names resolve; one intra-op thread (train() would otherwise take every core)."""
+    import pruneopd.train as train_mod
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_mod, "set_threads", lambda: None)
+    yield use_fast_zoo
+    torch.set_num_threads(n)

@@ -136,7 +136,7 @@ def assert_one_line_error(code, err, *needles):
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [(["train", "max_step=3"], ["'max_step'", "did you mean 'max_steps'"]),
-     (["train", "tau=1.5"], ["'tau'", "[0, 1]"]),
+     (["train", "tau=1.5"], ["'tau'", "(0, 1]"]),
      (["train", "--config", "/nonexistent/cfg.yaml"], ["/nonexistent/cfg.yaml", "does not exist"]),
      (["train", "--bogus-flag"], ["--bogus-flag"]),
      (["frobnicate"], ["frobnicate"])],

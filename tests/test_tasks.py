@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from pruneopd.tasks import TASKS, in_test_split
+from pruneopd.tasks.base import MAX_DIFFICULTY
 from pruneopd.tokenizer import build_tokenizer
 
 TASK_STYLES = [(t.name, s) for t in TASKS.values() for s in t.styles]
@@ -58,7 +59,7 @@ def test_generation_is_deterministic(name, split):
 @pytest.mark.parametrize("name", list(TASKS))
 def test_difficulty_is_number_of_steps(name):
     task = TASKS[name]
-    for d in (1, 2, task.default_difficulty, 46):
+    for d in (1, 2, task.default_difficulty, MAX_DIFFICULTY):
         for p in task.problems("train", 5, seed=0, difficulty=d):
             assert len(p.steps) == d
             assert p.answer == p.steps[-1]
@@ -237,7 +238,7 @@ def test_default_difficulty_is_long_horizon(tok, name, style):
 @pytest.mark.parametrize("name", list(TASKS))
 def test_difficulty_knob_reaches_long_responses(tok, name):
     task = TASKS[name]
-    lengths = {s: median_tokens(tok, task, s, difficulty=46) for s in task.styles}
+    lengths = {s: median_tokens(tok, task, s, difficulty=MAX_DIFFICULTY) for s in task.styles}
     assert max(lengths.values()) >= 500, lengths
     # and length grows with difficulty in every style
     for s in task.styles:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 ANSWER_RE = re.compile(r"#([0-9A-Za-z]+)\s*$")
 # Step labels: one single-letter token per step, so a step can find its operation in the
-# prompt by content (x, y, z are left out: they name registers).
-LABELS = "ABCDEFGHIJKLMNOPQRSTUVWabcdefghijklmnopqrstuvw"
+# prompt by content. X-Z and x-z come last (x, y, z name registers in `regs`), so only the
+# longest problems (47-52 steps) use them.
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWabcdefghijklmnopqrstuvwXYZxyz"
 MAX_DIFFICULTY = len(LABELS)
 
 

@@ -1,0 +1,186 @@
+"""Data files: the three layouts, math-verify answers, one-line errors, and a tiny
+Qwen3-architecture pair trained from a JSONL and a verl-style Parquet file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruneopd.cli import main
+from pruneopd.data import DataError, DataTask, read_records
+from pruneopd.tasks import Problem
+
+FIX = Path(__file__).parent / "fixtures"
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tok(fast_zoo):
+    from pruneopd.tokenizer import load_tokenizer
+
+    t = load_tokenizer(fast_zoo / "tokenizer")
+    t.chat_template = CHAT
+    return t
+
+
+@pytest.mark.parametrize(
+    ("name", "first_answer", "templated"),
+    [("math_plain.jsonl", "43", True), ("math_gsm8k.jsonl", "26", True),
+     ("math_verl.parquet", "58", True)],
+)  # fmt: skip
+def test_layouts_are_recognised(tok, name, first_answer, templated):
+    task = DataTask(FIX / name, tok)
+    assert len(task.train) == 24 and task.test == []
+    p = task.train[0]
+    assert p.answer == first_answer  # GSM8K: only what follows '####'
+    assert p.data["templated"] is templated and p.prompt.startswith("<|user|>")
+    assert p.prompt.endswith("<|assistant|>")
+
+
+def test_text_prompts_stay_plain_without_a_template(tok):
+    task = DataTask(FIX / "math_plain.jsonl", tok, chat_template=False)
+    assert task.train[0].prompt.startswith("Ana has") and not task.train[0].data["templated"]
+
+
+def test_train_prompts_cycle_in_seeded_epochs_and_test_is_held_out(tok):
+    task = DataTask(FIX / "math_plain.jsonl", tok, eval_holdout=4)
+    assert len(task.train) == 20 and len(task.test) == 4
+    a = task.problems("train", 50, seed=3)
+    assert a == task.problems("train", 50, seed=3) and a != task.problems("train", 50, seed=4)
+    assert set(p.prompt for p in a[:20]) == set(p.prompt for p in task.train)  # one epoch
+    assert not set(p.prompt for p in a) & set(p.prompt for p in task.test)
+
+
+@pytest.mark.parametrize(
+    ("gold", "response", "ok"),
+    [("7", "3 + 4 = 7, so the answer is \\boxed{7}", True),
+     ("7", "the answer is \\boxed{8}", False),
+     ("\\frac{1}{2}", "that is \\boxed{\\frac{2}{4}}", True),
+     ("\\frac{1}{2}", "\\boxed{0.5}", True),
+     ("12", "", False),
+     ("12", "}}}{{\\boxed{", False)],
+)  # fmt: skip
+def test_math_verify_checks_answers(tok, gold, response, ok):
+    task = DataTask(FIX / "math_plain.jsonl", tok)
+    p = Problem(task.name, "q", gold, (gold,), {})
+    assert task.check(p, response) is ok
+    assert task.partial_credit(p, response) == float(ok)
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", "ans\n',
+      "line 3: malformed JSON"),
+     ('{"prompt": "a", "answer": "1"}\n[1, 2]\n', "line 2: expected a JSON object"),
+     ("", "holds no records"),
+     ('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n', "line 2: no field 'answer'"),
+     ('{"prompt": 5, "answer": "1"}\n', "line 1: field 'prompt' must be text"),
+     ('{"prompt": "a", "answer": ""}\n', "line 1: field 'answer' is empty"),
+     ('{"text": "a", "label": "1"}\n', "no prompt field found")],
+)  # fmt: skip
+def test_bad_data_files_name_the_problem(tok, tmp_path, text, needle):
+    with pytest.raises(DataError, match=needle):
+        DataTask(write(tmp_path, "d.jsonl", text), tok)
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="unknown format '.csv'"):
+        read_records(write(tmp_path, "d.csv", "a,b\n"))
+    with pytest.raises(DataError, match="does not exist"):
+        read_records(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        read_records(write(tmp_path, "d.parquet", "not parquet"))
+
+
+# ---- a tiny random Qwen3 pair with its own tokenizer -------------------------------------
+
+
+def tiny_qwen3(path: Path, tok, seed: int, hidden: int = 32) -> Path:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    Qwen3ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen_pair(tmp_path_factory, tok):
+    root = tmp_path_factory.mktemp("qwen")
+    return tiny_qwen3(root / "student", tok, 0), tiny_qwen3(root / "teacher", tok, 1, hidden=48)
+
+
+def run_main(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("data", ["math_plain.jsonl", "math_verl.parquet"])
+def test_tiny_qwen3_trains_from_a_data_file(qwen_pair, tmp_path, capsys, monkeypatch, data):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    student, teacher = qwen_pair
+    out = tmp_path / "run"
+    code, cap = run_main(["train", f"student={student}", f"teacher={teacher}",
+                          f"data={FIX / data}", "max_steps=2", f"out={out}", "progress=false",
+                          "max_len=32", "init_len=32"], capsys)  # fmt: skip
+    assert code == 0, cap.err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in rows) == 2
+    assert (out / "final" / "model.safetensors").exists() and (out / "summary.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "qwen3"
+
+
+def test_mismatched_vocabularies_are_refused_before_any_compute(qwen_pair, tmp_path, capsys):
+    student, teacher = qwen_pair
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "teacher2"
+    import shutil
+
+    shutil.copytree(teacher, other)
+    t = AutoTokenizer.from_pretrained(other)
+    t.add_tokens(["<extra_token>"])
+    t.save_pretrained(other)
+    code, cap = run_main(["train", f"student={student}", f"teacher={other}",
+                          f"data={FIX / 'math_plain.jsonl'}", f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    assert code == 2 and cap.err.count("\n") == 1 and "different vocabularies" in cap.err
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_file_without_the_named_field_is_one_line(qwen_pair, tmp_path, capsys):
+    student, teacher = qwen_pair
+    code, cap = run_main(["train", f"student={student}", f"teacher={teacher}",
+                          f"data={FIX / 'math_plain.jsonl'}", "answer_field=solution",
+                          f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    assert code == 2 and cap.err.count("\n") == 1
+    assert "math_plain.jsonl line 1: no field 'solution'" in cap.err
+
+
+def test_missing_model_path_is_one_line(tmp_path, capsys):
+    code, cap = run_main(["train", f"student={tmp_path / 'nope'}", "teacher=teacher",
+                          f"data={FIX / 'math_plain.jsonl'}", f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    assert code == 2 and cap.err.count("\n") == 1 and "nope" in cap.err
