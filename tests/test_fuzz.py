@@ -95,7 +95,8 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     "override",
     ["max_steps=[1]", "tau=0", "tau=1.01", "w_drop=-0.1", "min_len=600", "topk=100000",
      "lr=abc", "method=ful", "student=/nonexistent/model", "difficulty=100000",
-     "resume=/nonexistent/ckpt", "on_nonfinite=ignore", "keep_checkpoints=0", "out="],
+     "resume=/nonexistent/ckpt", "on_nonfinite=ignore", "keep_checkpoints=0", "out=",
+     "max_len=4000", "data=/nonexistent/data.jsonl", "data=README.md"],
 )  # fmt: skip
 def test_bad_overrides_are_one_line(base, tmp_path, capsys, override):
     path = tmp_path / "cfg.yaml"
@@ -104,6 +105,46 @@ def test_bad_overrides_are_one_line(base, tmp_path, capsys, override):
     assert code == 2
     assert_clean(code, err, override)
     assert override.split("=")[0] in err or "model" in err or "prompts" in err, err
+
+
+def mutate_jsonl(text: str, rng: random.Random) -> bytes:
+    lines = text.splitlines()
+    kind = rng.randrange(5)
+    if kind == 0:  # truncated file (a cut-off last line)
+        return text[: rng.randrange(len(text))].encode()
+    if kind == 1:  # junk in a random line
+        i, j = rng.randrange(len(lines)), rng.randrange(20)
+        lines[i] = lines[i][:j] + rng.choice(JUNK) + lines[i][j:]
+    elif kind == 2:  # a field of the wrong type or missing
+        i = rng.randrange(len(lines))
+        lines[i] = rng.choice(['{"prompt": 3, "answer": "1"}', '{"prompt": "q"}', '[]', '"x"',
+                               '{"prompt": ["a"], "answer": "1"}', '{"prompt": "", "answer": "1"}',
+                               '{"prompt": "q", "answer": null}', "{}"])  # fmt: skip
+    elif kind == 3:  # bytes that are not UTF-8
+        i = rng.randrange(len(lines))
+        return ("\n".join(lines[:i]) + "\n").encode() + b"\xff\xfe" + lines[i].encode()
+    else:  # empty or blank file
+        return rng.choice([b"", b"\n\n", b"   \n"])
+    return "\n".join(lines).encode()
+
+
+def test_fuzzed_data_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
+    good = (Path(__file__).parent / "fixtures" / "math_plain.jsonl").read_text()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(base)
+    rng = random.Random(2)
+    errors = 0
+    for n in range(40):
+        data = mutate_jsonl(good, rng)
+        path = tmp_path / f"d{n}.jsonl"
+        path.write_bytes(data)
+        argv = ["train", "--config", str(cfg), "--check", f"data={path}", "chat_template=false"]
+        code, err = run_main(argv, capsys)
+        assert_clean(code, err, f"case {n}: {data[:300]!r}")
+        if code == 2:
+            errors += 1
+            assert str(path) in err, err  # the message names the file
+    assert errors >= 25, f"only {errors} of 40 corrupted data files were rejected"
 
 
 def test_real_processes_exit_2_with_one_line(base, tmp_path, use_fast_zoo):
