@@ -99,6 +99,21 @@ def cmd_train(args) -> None:
     )
 
 
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(args.out, args.preset, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
+              steps=args.steps, eval_problems=args.eval_problems,
+              log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip
+    print(Path(args.out) / "report.md")
+
+
+def cmd_report(args) -> None:
+    from .report import render_report
+
+    print(render_report(args.dir))
+
+
 def _default_config() -> Path:
     return Path(__file__).parent / "configs" / "prune-cross.yaml"
 
@@ -145,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--check", action="store_true",
                    help="validate config, models and run directory, then exit without training")  # fmt: skip
     t.set_defaults(fn=cmd_train)
+
+    b = sub.add_parser("bench", help="every method on both zoo pairs, side by side, with a report")
+    b.add_argument("--preset", default="quick", help="quick (1 seed, < 30 min) or full (3 seeds)")
+    b.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
+    b.add_argument("--out", default="bench", help="output folder (default: ./bench)")
+    b.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    b.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
+    b.add_argument("--steps", type=int, help="override the preset's steps per run")
+    b.add_argument("--eval-problems", type=int, help="override the preset's test problems")
+    b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("report", help="re-render a bench report and plots from results.json")
+    r.add_argument("dir", help="bench output folder")
+    r.set_defaults(fn=cmd_report)
     return p
 
 

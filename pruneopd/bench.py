@@ -1,0 +1,168 @@
+"""`pruneopd bench`: every method on both zoo pairs, side by side, same everything else.
+
+For each pair (same-family, cross-family), method (full OPD, prefix OPD fixed and
+scheduled, Prune-OPD as released, Prune-OPD with online pruning) and seed, one training run
+from the preset `configs/{method}-{pair}.yaml`, with the preset's steps, prompts, optimizer
+and evaluation overridden identically for every run. Runs go to `OUT/runs/{pair}/{method}/
+seed{k}/`; a run that already has its `summary.json` is not run again, so an interrupted
+benchmark continues where it stopped. Then everything is gathered into `OUT/results.json`
+and rendered into `OUT/report.md` and plots (`pruneopd.report`).
+
+Runs execute as separate `pruneopd train` processes, `jobs` at a time, each with
+`threads` intra-op threads (default: 2 jobs x 1 thread on a 2-core machine), so each run's
+wall-clock is measured under the same load as every other's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PAIRS = ("same", "cross")
+METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online")
+CONFIGS = Path(__file__).parent / "configs"
+STEP_KEYS = ("cap", "eff_len_mean", "hit_ratio", "overlap", "drift_rate", "mean_len",
+             "eos_rate", "pruned_rate", "reward", "rkl", "loss")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    steps: int
+    seeds: int
+    eval_every: int
+    eval_problems: int  # >= 200 held-out problems; the cap never cuts the teacher
+
+
+PRESETS = {
+    "quick": BenchPreset(steps=60, seeds=1, eval_every=30, eval_problems=200),
+    "full": BenchPreset(steps=100, seeds=3, eval_every=25, eval_problems=256),
+}
+
+
+def run_dir(out: Path, pair: str, method: str, seed: int) -> Path:
+    return out / "runs" / pair / method / f"seed{seed}"
+
+
+def run_overrides(preset: BenchPreset, out: Path, pair: str, method: str, seed: int) -> list[str]:
+    """The keys every run shares, on top of its preset file."""
+    return [
+        f"max_steps={preset.steps}", f"seed={seed}", f"eval_every={preset.eval_every}",
+        f"eval_problems={preset.eval_problems}", f"out={run_dir(out, pair, method, seed)}",
+        "progress=false", "save_every=0", "log_samples=4", "resume=auto",
+    ]  # fmt: skip
+
+
+def plan(preset: BenchPreset, seeds: int) -> list[tuple[str, str, int]]:
+    return [(pair, m, s) for s in range(seeds) for pair in PAIRS for m in METHODS]
+
+
+def _run_one(out, preset, pair, method, seed, threads, log) -> subprocess.Popen | None:
+    rd = run_dir(out, pair, method, seed)
+    if (rd / "summary.json").exists():
+        log(f"bench: {pair}/{method}/seed{seed} already done")
+        return None
+    rd.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pruneopd.cli", "train", "--config",
+           str(CONFIGS / f"{method}-{pair}.yaml"), *run_overrides(preset, out, pair, method, seed)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log(f"bench: start {pair}/{method}/seed{seed}")
+    return subprocess.Popen(cmd, env=env, stdout=open(rd / "stdout.log", "w"),
+                            stderr=open(rd / "stderr.log", "w"))  # fmt: skip
+
+
+def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = None,
+              jobs: int = 2, threads: int = 1, steps: int | None = None,
+              eval_problems: int | None = None, log=print) -> dict:  # fmt: skip
+    """Run (or finish) the benchmark into `out`; returns the gathered results."""
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown bench preset {preset_name!r} (choose from {', '.join(PRESETS)})")
+    preset = PRESETS[preset_name]
+    if steps is not None or eval_problems is not None:  # for tests and quick looks
+        preset = BenchPreset(steps or preset.steps, preset.seeds,
+                             min(preset.eval_every, steps or preset.steps),
+                             eval_problems or preset.eval_problems)  # fmt: skip
+    seeds = seeds or preset.seeds
+    if seeds < 1 or jobs < 1 or threads < 1:
+        raise ValueError(
+            f"--seeds, --jobs and --threads must be >= 1 (got {seeds}, {jobs}, {threads})"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = plan(preset, seeds)
+    running: list[tuple[subprocess.Popen, tuple]] = []
+    failed = []
+    t0 = time.time()
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                key = todo.pop(0)
+                proc = _run_one(out, preset, *key, threads, log)
+                if proc is not None:
+                    running.append((proc, key))
+            for proc, key in list(running):
+                if proc.poll() is not None:
+                    running.remove((proc, key))
+                    status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                    log(f"bench: {'/'.join(map(str, key))} {status} [{time.time() - t0:.0f} s]")
+                    if proc.returncode != 0:
+                        failed.append(key)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the runs checkpoint on SIGINT too; rerun to continue
+        for proc, _ in running:
+            proc.wait()
+        raise
+    if failed:
+        first = run_dir(out, *failed[0]) / "stderr.log"
+        raise RuntimeError(
+            f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
+        )
+    results = gather(out, preset, preset_name, seeds)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    from .report import render_report
+
+    render_report(out, results)
+    return results
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int) -> dict:
+    """Every number the report needs, from the runs' summary.json / metrics.jsonl / samples."""
+    from .runlog import versions
+
+    runs = []
+    overlap: dict[str, list[float]] = {p: [] for p in PAIRS}
+    for pair, method, seed in plan(preset, seeds):
+        rd = run_dir(out, pair, method, seed)
+        s = json.loads((rd / "summary.json").read_text())
+        rows = [r for r in _read_jsonl(rd / "metrics.jsonl") if "loss" in r]
+        runs.append({
+            "pair": pair, "method": method, "seed": seed,
+            "train_seconds": s["train_seconds"],
+            "t_sample": s["t_sample"], "t_teacher": s["t_teacher"], "t_update": s["t_update"],
+            "tokens_generated": s["tokens_generated"], "tokens_scored": s["tokens_scored"],
+            "tokens_trained": s["tokens_trained"],
+            "accuracy_before": s["accuracy_before"], "accuracy_after": s["accuracy_after"],
+            "partial_credit_after": s["partial_credit_after"],
+            "evals": [{"step": e["step"], "train_seconds": e.get("train_seconds", 0.0),
+                       "accuracy": e["accuracy"], "cut_rate": e["cut_rate"]} for e in s["evals"]],
+            "steps": {k: [r.get(k) for r in rows] for k in STEP_KEYS},
+            "final_cap": s["final_cap"],
+            "config": s["config"],
+        })  # fmt: skip
+        if method == "full":  # the uncut responses show the pair's overlap distribution
+            for r in _read_jsonl(rd / "samples.jsonl"):
+                overlap[pair].extend(r["overlap"])
+    return {
+        "preset": preset_name, "settings": asdict(preset), "seeds": seeds,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "versions": versions(), "cpu_count": os.cpu_count(),
+        "runs": runs, "overlap_samples": overlap,
+    }  # fmt: skip

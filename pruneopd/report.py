@@ -1,0 +1,197 @@
+"""Benchmark report: `results.json` -> `report.md` tables and PNG plots.
+
+`pruneopd report DIR` re-renders everything from `DIR/results.json` alone, so a report can
+be rebuilt (or restyled) without rerunning a single step.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .bench import METHODS, PAIRS
+
+PAIR_TITLES = {
+    "same": "same-family pair (student-same)",
+    "cross": "cross-family pair (student-cross)",
+}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(results: dict) -> dict:
+    """Per pair and method: means over seeds, and ratios against full OPD."""
+    table: dict = {}
+    for pair in PAIRS:
+        rows = {}
+        for m in METHODS:
+            runs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == m]
+            if not runs:
+                continue
+            acc_m, acc_s = _mean_std([100 * r["accuracy_after"] for r in runs])
+            rows[m] = {
+                "n": len(runs),
+                "time": statistics.fmean(r["train_seconds"] for r in runs),
+                "tokens": statistics.fmean(r["tokens_trained"] for r in runs),
+                "acc": acc_m, "acc_std": acc_s,
+                "before": 100 * statistics.fmean(r["accuracy_before"] for r in runs),
+                "final_cap": runs[0]["final_cap"],
+                "max_len": runs[0]["config"]["max_len"],
+                "split": {k: statistics.fmean(r[k] for r in runs) for k in ("t_sample", "t_teacher", "t_update")},
+            }  # fmt: skip
+        full = rows.get("full")
+        for r in rows.values():
+            r["time_vs_full"] = r["time"] / full["time"] if full else None
+            r["tokens_vs_full"] = r["tokens"] / full["tokens"] if full else None
+            r["acc_vs_full"] = r["acc"] - full["acc"] if full else None
+        table[pair] = rows
+    return table
+
+
+def _fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def render_markdown(results: dict, table: dict) -> str:
+    s = results["settings"]
+    v = results["versions"]
+    lines = [
+        f"# pruneopd bench ({results['preset']} preset)",
+        "",
+        f"{results['date']}; {results['seeds']} seed(s); {s['steps']} steps per run; "
+        f"{s['eval_problems']} held-out problems per evaluation; python {v['python']}, "
+        f"torch {v['torch']}, transformers {v['transformers']}, pruneopd {v['pruneopd']} "
+        f"({(v.get('git_commit') or 'no git')[:10]}); {results['cpu_count']} CPU cores.",
+        "",
+        "Time is training wall-clock (sampling + teacher + update; evaluation excluded). "
+        "Tokens are response tokens trained on. Accuracy is greedy accuracy on the held-out "
+        "test split after training (mean ± std over seeds); `vs full` is the difference in "
+        "points.",
+    ]
+    for pair in PAIRS:
+        rows = table.get(pair, {})
+        if not rows:
+            continue
+        before = next(iter(rows.values()))["before"]
+        lines += ["", f"## {PAIR_TITLES[pair]}", "",
+                  f"Student before distillation: {before:.1f}%.", "",
+                  "| method | time (s) | time vs full | tokens vs full | accuracy (%) | accuracy vs full | final cap |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for m, r in rows.items():
+            vs = "-" if r["acc_vs_full"] is None else f"{r['acc_vs_full']:+.1f}"
+            cap = "-" if r["final_cap"] is None else f"{r['final_cap']} / {r['max_len']}"
+            lines.append(
+                f"| {m} | {r['time']:.0f} | {_fmt_ratio(r['time_vs_full'])} | "
+                f"{_fmt_ratio(r['tokens_vs_full'])} | {r['acc']:.1f} ± {r['acc_std']:.1f} | {vs} | {cap} |"
+            )
+        lines += ["", "Time split (s, mean): " + "; ".join(
+            f"{m} sample {r['split']['t_sample']:.0f} / teacher {r['split']['t_teacher']:.0f} / "
+            f"update {r['split']['t_update']:.0f}" for m, r in rows.items())]  # fmt: skip
+        lines += ["", f"![accuracy vs time](accuracy_vs_time_{pair}.png)",
+                  f"![cap and effective length](cap_{pair}.png)",
+                  f"![hit ratio](hit_ratio_{pair}.png)"]  # fmt: skip
+    lines += ["", "![overlap histogram](overlap_hist.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(out: Path, results: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    colors = dict(
+        zip(METHODS, ["tab:gray", "tab:blue", "tab:cyan", "tab:red", "tab:orange"], strict=True)
+    )
+    for pair in PAIRS:
+        runs = [r for r in results["runs"] if r["pair"] == pair]
+        if not runs:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for r in runs:
+            ax.plot([e["train_seconds"] for e in r["evals"]], [100 * e["accuracy"] for e in r["evals"]],
+                    marker="o", color=colors[r["method"]], alpha=0.8,
+                    label=r["method"] if r["seed"] == 0 else None)  # fmt: skip
+        ax.set(xlabel="training wall-clock (s)", ylabel="held-out accuracy (%)",
+               title=f"accuracy vs time: {PAIR_TITLES[pair]}")  # fmt: skip
+        ax.legend()
+        written.append(_save(fig, out / f"accuracy_vs_time_{pair}.png"))
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for r in runs:
+            if r["seed"] != 0:
+                continue
+            c = colors[r["method"]]
+            ax.plot(r["steps"]["cap"], color=c, label=f"{r['method']} cap L")
+            ax.plot(
+                r["steps"]["eff_len_mean"],
+                color=c,
+                linestyle=":",
+                label=f"{r['method']} effective length",
+            )
+        ax.set(xlabel="step", ylabel="tokens", title=f"cap and effective reliable length: {pair}")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out / f"cap_{pair}.png"))
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for r in runs:
+            if r["seed"] == 0:
+                ax.plot(r["steps"]["hit_ratio"], color=colors[r["method"]], label=r["method"])
+        ax.set(
+            xlabel="step",
+            ylabel="hit ratio h",
+            title=f"hit ratio per step: {pair}",
+            ylim=(-0.02, 1.02),
+        )
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out / f"hit_ratio_{pair}.png"))
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    k = results["runs"][0]["config"].get("drift_k") or results["runs"][0]["config"]["topk"]
+    for pair in PAIRS:
+        xs = results["overlap_samples"].get(pair, [])
+        if xs:
+            ax.hist(
+                xs,
+                bins=20,
+                range=(0, 1),
+                alpha=0.6,
+                density=True,
+                label=f"{pair} ({len(xs)} tokens)",
+            )
+    ax.set(xlabel=f"top-{k} overlap per token (monitor K)", ylabel="density",
+           title="student/teacher overlap on the student's samples (full OPD runs)")  # fmt: skip
+    ax.legend()
+    written.append(_save(fig, out / "overlap_hist.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def render_report(out: str | Path, results: dict | None = None) -> Path:
+    """Write `report.md` and the plots into `out` (from `out/results.json` if not given)."""
+    out = Path(out)
+    if results is None:
+        path = out / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `pruneopd bench --out {out}` first")
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    table = summarize(results)
+    _plots(out, results)
+    report = out / "report.md"
+    report.write_text(render_markdown(results, table))
+    return report
