@@ -1,4 +1,4 @@
-"""`pruneopd` command line: zoo, eval, train.
+"""`pruneopd` command line: zoo, eval, train, bench, report, inspect.
 
 Bad input (config, files, models) ends with one line on stderr and exit code 2.
 """
@@ -114,6 +114,12 @@ def cmd_report(args) -> None:
     print(render_report(args.dir))
 
 
+def cmd_inspect(args) -> None:
+    from .inspect import write_inspect
+
+    print(write_inspect(args.run_dir, step=args.step, out=args.out))
+
+
 def _default_config() -> Path:
     return Path(__file__).parent / "configs" / "prune-cross.yaml"
 
@@ -174,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render a bench report and plots from results.json")
     r.add_argument("dir", help="bench output folder")
     r.set_defaults(fn=cmd_report)
+
+    i = sub.add_parser("inspect", help="one step's sampled responses token by token (HTML page)")
+    i.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `pruneopd train`")
+    i.add_argument("--step", type=int, help="training step (default: the last logged step)")
+    i.add_argument("--out", help="output file (default: RUN_DIR/inspect-step-N.html)")
+    i.set_defaults(fn=cmd_inspect)
     return p
 
 
