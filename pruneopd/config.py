@@ -31,6 +31,9 @@ class TrainConfig:
     student: str = _f("student-cross", "student: zoo name or local Hugging Face folder")
     teacher: str = _f("teacher", "teacher: zoo name or local Hugging Face folder")
     task: str = _f("regs", "built-in task the prompts come from")
+    dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
+    device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
+    gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
     data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")
     eval_data: str = _f(
@@ -117,6 +120,7 @@ METHODS = ("full", "prefix", "prune")
 LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
 DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
 ON_NONFINITE = ("stop", "skip")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _need(ok: bool, key: str, value, what: str):
@@ -149,6 +153,9 @@ def validate(c: TrainConfig) -> None:
     _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
+    _need(c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"), "device", c.device,
+          "must be cpu, cuda, cuda:N or auto")  # fmt: skip
     _need(c.on_nonfinite in ON_NONFINITE, "on_nonfinite", c.on_nonfinite,
           f"must be one of {', '.join(ON_NONFINITE)}")  # fmt: skip
     _need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")

@@ -23,7 +23,9 @@ def response_hidden(model, input_ids_BL: torch.Tensor, prompt_lens_B: torch.Tens
     """
     hidden_BLH = model.get_decoder()(input_ids=input_ids_BL, use_cache=False).last_hidden_state
     L = hidden_BLH.shape[1]
-    src_BT = (prompt_lens_B[:, None] - 1 + torch.arange(T)).clamp(max=L - 1)
+    src_BT = (prompt_lens_B[:, None] - 1 + torch.arange(T, device=input_ids_BL.device)).clamp(
+        max=L - 1
+    )
     return hidden_BLH.gather(1, src_BT[..., None].expand(-1, -1, hidden_BLH.shape[-1]))
 
 
@@ -73,7 +75,7 @@ def token_losses(
     hidden_NH = response_hidden(student, input_ids_BL, prompt_lens_B, T)[mask_BT]
     head_VH = student.get_output_embeddings().weight
     tokens_N1 = tokens_BT[mask_BT][:, None]
-    loss_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
+    loss_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
     if loss == "topk_rkl":
         ids_NK1 = torch.cat([candidate_ids_BTK[mask_BT], tokens_N1], dim=1)
         lp_NK1 = logprobs_at(hidden_NH, head_VH, ids_NK1, chunk)
@@ -96,5 +98,7 @@ def token_losses(
                 fn, hidden_NH, head_VH, t_hidden_NH, t_head_VH, chunk, **kw
             )
     loss_BT = loss_BT.masked_scatter(mask_BT, loss_N.float()) if loss_N.numel() else loss_BT
-    lp_BT = torch.zeros(mask_BT.shape).masked_scatter(mask_BT, token_lp_N.detach().float())
+    lp_BT = torch.zeros(mask_BT.shape, device=mask_BT.device).masked_scatter(
+        mask_BT, token_lp_N.detach().float()
+    )
     return loss_BT, lp_BT

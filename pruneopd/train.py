@@ -91,10 +91,29 @@ def load_task(cfg: TrainConfig, tok):
                     eval_path=cfg.eval_data or None, eval_holdout=holdout)  # fmt: skip
 
 
+def train_device(cfg: TrainConfig) -> torch.device:
+    """The device of `cfg.device`; a CUDA device that is not there is a config error."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' = {cfg.device!r}: no CUDA device is available")
+    return torch.device(name)
+
+
+def load_student(path: str, cfg: TrainConfig):
+    student = load_model(path, getattr(torch, cfg.dtype)).to(train_device(cfg))
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+        student.config.use_cache = False
+    return student
+
+
 def load_pair(cfg: TrainConfig):
     """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
     tok = load_tokenizers(cfg)
-    student, teacher = load_model(cfg.student), load_model(cfg.teacher)
+    student = load_student(cfg.student, cfg)
+    teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
     vs, vt = student.config.vocab_size, teacher.config.vocab_size
     if vs != vt:
         raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
@@ -155,6 +174,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     `dry_run` checks everything a run needs (run directory, checkpoint, models, vocabularies,
     prompts against the context window) and returns before writing or computing anything.
     """
+    device = train_device(cfg)
     resume_from = prepare_run_dir(cfg, dry_run=dry_run)
     saved = load_trainer_state(resume_from) if resume_from is not None else None
     if saved is not None:
@@ -165,7 +185,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     task = load_task(cfg, load_tokenizers(cfg))  # data errors surface before models load
     student, teacher, tok = load_pair(cfg)
     if saved is not None:
-        student = load_model(str(resume_from / "student"))
+        student = load_student(str(resume_from / "student"), cfg)
     difficulty = cfg.difficulty or task.default_difficulty
     n_prompts = cfg.max_steps * cfg.prompts_per_step
     train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
@@ -255,10 +275,11 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
 
             # 2. the teacher scores every response token (already done chunkwise when online)
             t0 = time.perf_counter()
-            mask_BT = rollout.response_mask_BT
+            mask_BT = rollout.response_mask_BT.to(device)
             B, T = mask_BT.shape
-            tokens_BT = rollout.response_tokens_BT(tok.pad_token_id)
+            tokens_BT = rollout.response_tokens_BT(tok.pad_token_id).to(device)
             cand_BTK = rollout.student_topk_ids_BTK()
+            cand_BTK = cand_BTK.to(device) if cand_BTK is not None else None
             if pruner is not None:
                 scores = pruner.assemble(B, T)
             else:
@@ -279,8 +300,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             # 4. the update: token-mean of m_t * loss_t over valid response tokens
             student.train()
             t0 = time.perf_counter()
-            input_ids_BL, _, _ = rollout.to_padded(tok.pad_token_id)
-            prompt_lens_B = torch.tensor([len(p) for p in prompts])
+            input_ids_BL = rollout.to_padded(tok.pad_token_id)[0].to(device)
+            prompt_lens_B = torch.tensor([len(p) for p in prompts], device=device)
             loss_BT, _ = token_losses(
                 cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
                 candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,

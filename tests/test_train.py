@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from pruneopd.config import TrainConfig
+from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.drift import monitor, reliability_weights
 from pruneopd.losses import full_rkl, masked_token_mean
 from pruneopd.models import load_model, load_tokenizer
@@ -277,3 +278,30 @@ def test_prefix_schedule_is_linear_from_start_to_end():
     assert [response_cap(fixed, s, None) for s in range(5)] == [10] * 5
     full = TrainConfig(method="full", max_len=48, min_len=16, init_len=32)
     assert response_cap(full, 3, None) == 48
+
+
+def test_gradient_checkpointing_trains_exactly_the_same(zoo, tmp_path):
+    kw = dict(max_steps=2, lr=1e-2)
+    train(tiny(tmp_path, "plain", **kw))
+    train(tiny(tmp_path, "ckpt", gradient_checkpointing=True, **kw))
+    a, b = step_rows(tmp_path / "plain"), step_rows(tmp_path / "ckpt")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    wa = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "ckpt" / "final" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_bfloat16_weights_train(zoo, tmp_path):
+    s = train(tiny(tmp_path, "bf16", dtype="bfloat16", max_steps=2, lr=1e-2))
+    rows = step_rows(tmp_path / "bf16")
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    w = load_file(tmp_path / "bf16" / "final" / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 and torch.isfinite(t.float()).all() for t in w.values())
+    assert s["skipped_steps"] == 0
+
+
+def test_missing_cuda_is_a_config_error(zoo, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ConfigError, match="'device' = 'cuda': no CUDA device is available"):
+        train(tiny(tmp_path, "cuda", device="cuda"))
