@@ -27,22 +27,26 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, TrainConfig, config_to_yaml
+from .config import TrainConfig, config_to_yaml
 from .drift import monitor, reliability_weights
 from .evaluate import evaluate, reference_cap
 from .losses import masked_token_mean
-from .models import load_model, load_tokenizer, set_threads
+from .models import set_threads
 from .objective import token_losses
 from .online import OnlinePruner
+from .pair import (  # noqa: F401  (PairError is part of this module's interface)
+    PairError,
+    check_context,
+    load_pair,
+    load_student,
+    load_task,
+    load_tokenizers,
+    train_device,
+)
 from .rollout import repeat_prompts, sample
 from .runlog import RunLog, check_resumable, prepare_run_dir, versions
 from .scoring import score_responses
-from .tasks import get_task
 from .tokenizer import decode_response, prompt_ids
-
-
-class PairError(ValueError):
-    """Teacher and student cannot be distilled together (e.g. different vocabularies)."""
 
 
 class TrainingStopped(RuntimeError):
@@ -51,76 +55,6 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def check_context(cfg: TrainConfig, models: dict, prompt_len: int, eval_cap: int) -> None:
-    """Longest prompt + longest response must fit every model's context window."""
-    need = prompt_len + max(cfg.max_len, eval_cap)
-    for name, model in models.items():
-        window = getattr(model.config, "max_position_embeddings", None)
-        if window is not None and need > window:
-            raise ConfigError(
-                f"prompts of task '{cfg.task}' are up to {prompt_len} tokens; with responses "
-                f"of up to {max(cfg.max_len, eval_cap)} tokens that exceeds the {name}'s "
-                f"context window ({window} positions): lower difficulty or max_len"
-            )
-
-
-def load_tokenizers(cfg: TrainConfig):
-    """The student's tokenizer, after checking the teacher's maps every token to the same id."""
-    tok = load_tokenizer(cfg.student)
-    t_tok = load_tokenizer(cfg.teacher)
-    if tok.get_vocab() != t_tok.get_vocab():
-        raise PairError(
-            f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
-            f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
-        )
-    return tok
-
-
-def load_task(cfg: TrainConfig, tok):
-    """The prompts' source: a data file (`data=`) or a built-in task."""
-    if not cfg.data:
-        return get_task(cfg.task)
-    from .data import DataTask, read_records
-
-    holdout = 0
-    if not cfg.eval_data:
-        holdout = max(1, min(cfg.eval_problems, len(read_records(cfg.data)[0]) // 4))
-    return DataTask(cfg.data, tok, cfg.prompt_field, cfg.answer_field, cfg.chat_template,
-                    eval_path=cfg.eval_data or None, eval_holdout=holdout)  # fmt: skip
-
-
-def train_device(cfg: TrainConfig) -> torch.device:
-    """The device of `cfg.device`; a CUDA device that is not there is a config error."""
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device' = {cfg.device!r}: no CUDA device is available")
-    return torch.device(name)
-
-
-def load_student(path: str, cfg: TrainConfig):
-    student = load_model(path, getattr(torch, cfg.dtype)).to(train_device(cfg))
-    if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-        student.config.use_cache = False
-    return student
-
-
-def load_pair(cfg: TrainConfig):
-    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
-    tok = load_tokenizers(cfg)
-    student = load_student(cfg.student, cfg)
-    teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
-    vs, vt = student.config.vocab_size, teacher.config.vocab_size
-    if vs != vt:
-        raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
-    if cfg.topk > vs:
-        raise PairError(f"config key 'topk' = {cfg.topk}: larger than the vocabulary ({vs})")
-    teacher.eval().requires_grad_(False)
-    return student, teacher, tok
 
 
 def response_cap(cfg: TrainConfig, step: int, budget: ResponseBudget | None) -> int:
