@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy accuracy, avg@n, partial credit on a test split")
     e.add_argument("--model", required=True, help="zoo name or local model folder")
-    e.add_argument("--task", required=True, help="built-in task name (regs, walk)")
+    e.add_argument("--task", required=True, help="built-in task name (regs, add)")
     e.add_argument("--n", type=int, default=256, help="number of test problems")
     e.add_argument("--samples", type=int, default=0, help="samples per problem for avg@n")
     e.add_argument("--difficulty", type=int, default=0, help="0 = task default")

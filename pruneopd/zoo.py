@@ -32,11 +32,11 @@ class ZooSpec:
 
     teacher_size: ModelSize = ModelSize(hidden=192, layers=4, heads=6)
     student_size: ModelSize = ModelSize(hidden=128, layers=4, heads=4)
-    teacher_steps: int = 1200
+    teacher_steps: int = 2500
     teacher_lr: float = 1e-3
     teacher_target: float = 0.96  # stop early once every task's accuracy reaches this
-    teacher_styles: dict = field(default_factory=lambda: {"terse": 0.8, "verbose": 0.2})
-    tasks: tuple[str, ...] = ("regs",)
+    teacher_styles: dict = field(default_factory=lambda: {"terse": 0.95, "verbose": 0.05})
+    tasks: tuple[str, ...] = ("regs", "add")
     student_task: str = "regs"
     student_steps: int = 1500
     student_lr: float = 1e-3

@@ -24,9 +24,9 @@ def tok():
 
 
 def some_problems(task, n=20, seed=3):
-    """A mix of difficulties: the smallest, a small one and the default."""
-    out = []
-    for d in (1, 3, None):
+    """A mix of difficulties: the smallest (as many as exist), a small one and the default."""
+    out = task.problems("test", 5, seed=seed, difficulty=1)  # `add` has 8 at difficulty 1
+    for d in (3, None):
         out.extend(task.problems("test", n, seed=seed, difficulty=d))
     return out
 
@@ -62,7 +62,10 @@ def test_difficulty_is_number_of_steps(name):
     for d in (1, 2, task.default_difficulty, MAX_DIFFICULTY):
         for p in task.problems("train", 5, seed=0, difficulty=d):
             assert len(p.steps) == d
-            assert p.answer == p.steps[-1]
+            if name == "add":  # each column's last digit, then the final carry
+                assert p.answer == "".join(v[-1] for v in p.steps) + p.steps[-1][0]
+            else:  # the final state is the answer
+                assert p.answer == p.steps[-1]
     for p in task.problems("train", 5, seed=0):  # None = the task's default
         assert len(p.steps) == task.default_difficulty
 
@@ -144,11 +147,11 @@ def test_checker_rejects_corrupted_answers(name, style):
 def step_spans(body: str, style: str) -> list[tuple[int, int]]:
     """Character spans of each written step of a trace body (the text before ' #answer').
 
-    terse steps start with ' <label>:' (regs) or ' <label><arrow>:' (walk); verbose ones end
+    terse steps start with ' <label>:'; verbose ones end
     every step with ';'.
     """
     if style == "terse":
-        starts = [m.start() for m in re.finditer(r" [A-Za-w][>~]?:", body)]
+        starts = [m.start() for m in re.finditer(r" [A-Za-z]:", body)]
         return list(zip(starts, starts[1:] + [len(body)], strict=True))
     return [m.span() for m in re.finditer(r"[^;]+;", body)]
 
@@ -157,7 +160,7 @@ def corrupt_step(task, problem, style: str, j: int) -> str:
     """The reference trace with the value written by step j edited (its last digit bumped).
 
     In every style the last digit of a step is part of that step's value: the last
-    register (regs) or the running toll total (walk).
+    register (regs) or the column sum (add).
     """
     text = task.render(problem, style)
     cut = text.rindex(" #")
@@ -253,3 +256,9 @@ def test_answer_space_is_large(name):
     assert len(set(answers)) >= 50
     most_common = max(answers.count(a) for a in set(answers))
     assert most_common / len(answers) < 0.05
+
+
+def test_asking_for_more_problems_than_exist_is_an_error():
+    # `add` at difficulty 1 has 100 prompts in all, about 1/8 of them in the test split
+    with pytest.raises(ValueError, match="only about .* distinct test problems at difficulty 1"):
+        TASKS["add"].problems("test", 50, seed=0, difficulty=1)

@@ -1,10 +1,10 @@
 """Built-in synthetic long-horizon reasoning tasks with verifiable answers."""
 
+from .add import AddTask
 from .base import Problem, Task, in_test_split
 from .regs import RegsTask
-from .walk import WalkTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (RegsTask(), WalkTask())}
+TASKS: dict[str, Task] = {t.name: t for t in (RegsTask(), AddTask())}
 
 
 def get_task(name: str) -> Task:

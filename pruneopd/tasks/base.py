@@ -77,9 +77,16 @@ class Task:
         rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
         out: list[Problem] = []
         seen: set[str] = set()
+        misses = 0
         while len(out) < n:
             p = self._make(rng, difficulty)
             if in_test_split(p.prompt) != (split == "test") or p.prompt in seen:
+                misses += 1
+                if misses > 100 * (n + 100):  # small difficulties have few distinct problems
+                    raise ValueError(
+                        f"task {self.name} has only about {len(out)} distinct {split} problems "
+                        f"at difficulty {difficulty}; asked for {n}"
+                    )
                 continue
             seen.add(p.prompt)
             out.append(p)
