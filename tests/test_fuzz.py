@@ -77,16 +77,30 @@ def base(tmp_path, use_fast_zoo) -> str:
     )
 
 
+def fuzz(n_cases: int, make, argv_for, capsys, names_file: bool = False) -> int:
+    """Run `n_cases` corrupted inputs (`make(n) -> path`) through `main(argv_for(path))`;
+    every outcome must be clean (exit 0, or exit 2 with one line, naming the file when
+    `names_file`); returns how many were rejected."""
+    errors = 0
+    for n in range(n_cases):
+        path = make(n)
+        code, err = run_main(argv_for(path), capsys)
+        assert_clean(code, err, f"case {n}: {path.read_bytes()[:300]!r}")
+        if code == 2:
+            errors += 1
+            assert not names_file or str(path) in err, err
+    return errors
+
+
+def write_case(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_fuzzed_config_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     rng = random.Random(0)
-    errors = 0
-    for n in range(100):
-        data = mutate(base, rng)
-        path = tmp_path / f"cfg{n}.yaml"
-        path.write_bytes(data)
-        code, err = run_main(["train", "--config", str(path), "--check"], capsys)
-        assert_clean(code, err, f"case {n}: {data[:300]!r}")
-        errors += code == 2
+    errors = fuzz(100, lambda n: write_case(tmp_path / f"cfg{n}.yaml", mutate(base, rng)),
+                  lambda p: ["train", "--config", str(p), "--check"], capsys)  # fmt: skip
     assert errors >= 50, f"only {errors} of 100 mutations were rejected: the fuzzer is too weak"
     assert not (tmp_path / "run").exists()  # --check writes nothing
 
@@ -133,17 +147,9 @@ def test_fuzzed_data_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(base)
     rng = random.Random(2)
-    errors = 0
-    for n in range(40):
-        data = mutate_jsonl(good, rng)
-        path = tmp_path / f"d{n}.jsonl"
-        path.write_bytes(data)
-        argv = ["train", "--config", str(cfg), "--check", f"data={path}", "chat_template=false"]
-        code, err = run_main(argv, capsys)
-        assert_clean(code, err, f"case {n}: {data[:300]!r}")
-        if code == 2:
-            errors += 1
-            assert str(path) in err, err  # the message names the file
+    errors = fuzz(40, lambda n: write_case(tmp_path / f"d{n}.jsonl", mutate_jsonl(good, rng)),
+                  lambda p: ["train", "--config", str(cfg), "--check", f"data={p}",
+                             "chat_template=false"], capsys, names_file=True)  # fmt: skip
     assert errors >= 25, f"only {errors} of 40 corrupted data files were rejected"
 
 

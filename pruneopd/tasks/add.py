@@ -19,13 +19,14 @@ import re
 
 from .base import LABELS, Problem, Task
 
-_TERSE_STEP = re.compile(r"[A-Za-z]:\d\+\d\+\d=(\d\d)")
-_VERBOSE_STEP = re.compile(r"[A-Za-z] add \d and \d carry \d makes (\d)(\d) ;")
+TERSE_STEP = re.compile(r"[A-Za-z]:\d\+\d\+\d=(\d\d)")
+VERBOSE_STEP = re.compile(r"[A-Za-z] add \d and \d carry \d makes (\d)(\d) ;")
 
 
 class AddTask(Task):
     name = "add"
     styles = ("terse", "verbose")
+    terse_step, verbose_step = TERSE_STEP, VERBOSE_STEP
     default_difficulty = 15  # digits per number
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
@@ -50,8 +51,3 @@ class AddTask(Task):
         if style == "terse":
             return f"{label}:{x}+{y}+{c}={s:02d}"
         return f"{label} add {x} and {y} carry {c} makes {s // 10}{s % 10} ;"
-
-    def parse_steps(self, text: str) -> list[str]:
-        if _VERBOSE_STEP.search(text):
-            return ["".join(m) for m in _VERBOSE_STEP.findall(text)]
-        return _TERSE_STEP.findall(text)

@@ -57,9 +57,14 @@ class Task:
             f" #{problem.answer}"
         )
 
+    # one match per written step, in each style; a match's groups join into the step's value
+    terse_step: re.Pattern
+    verbose_step: re.Pattern
+
     def parse_steps(self, text: str) -> list[str]:
         """The step values a response writes, in order, whatever its style."""
-        raise NotImplementedError
+        pattern = self.verbose_step if self.verbose_step.search(text) else self.terse_step
+        return ["".join(m) if isinstance(m, tuple) else m for m in pattern.findall(text)]
 
     # ---- shared machinery -------------------------------------------------------------
 

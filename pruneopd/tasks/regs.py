@@ -20,8 +20,8 @@ from .base import LABELS, Problem, Task
 REGS = "xyz"
 _WORD = {"+": "add", "-": "sub", "*": "mul"}
 _OP = r"[xyz][+\-*]=[xyz\d]"
-_TERSE_STEP = re.compile(r"[A-Za-z]:" + _OP + r" \d[+\-*]\d=\d>(\d{3})")
-_VERBOSE_STEP = re.compile(
+TERSE_STEP = re.compile(r"[A-Za-z]:" + _OP + r" \d[+\-*]\d=\d>(\d{3})")
+VERBOSE_STEP = re.compile(
     r"[A-Za-z] " + _OP + r" so \d (?:add|sub|mul) \d = \d state (\d) (\d) (\d) ;"
 )
 
@@ -37,6 +37,7 @@ def _apply(op: str, x: int, y: int) -> int:
 class RegsTask(Task):
     name = "regs"
     styles = ("terse", "verbose")
+    terse_step, verbose_step = TERSE_STEP, VERBOSE_STEP
     default_difficulty = 10  # number of operations
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
@@ -75,8 +76,3 @@ class RegsTask(Task):
         if style == "terse":
             return f"{label}:{code} {x}{op}{y}={r}>{''.join(map(str, st))}"
         return f"{label} {code} so {x} {_WORD[op]} {y} = {r} state {' '.join(map(str, st))} ;"
-
-    def parse_steps(self, text: str) -> list[str]:
-        if _VERBOSE_STEP.search(text):
-            return ["".join(m) for m in _VERBOSE_STEP.findall(text)]
-        return _TERSE_STEP.findall(text)
