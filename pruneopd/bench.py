@@ -71,8 +71,9 @@ def _run_one(out, preset, pair, method, seed, threads, log) -> subprocess.Popen 
            str(CONFIGS / f"{method}-{pair}.yaml"), *run_overrides(preset, out, pair, method, seed)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log(f"bench: start {pair}/{method}/seed{seed}")
-    return subprocess.Popen(cmd, env=env, stdout=open(rd / "stdout.log", "w"),
-                            stderr=open(rd / "stderr.log", "w"))  # fmt: skip
+    # the child gets its own copies of the log files' descriptors; ours close at once
+    with open(rd / "stdout.log", "w") as out_f, open(rd / "stderr.log", "w") as err_f:
+        return subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f)
 
 
 def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = None,
