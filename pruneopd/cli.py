@@ -91,7 +91,14 @@ def cmd_train(args) -> None:
         where = f"resumes from {s['resume_from']}" if s["resume_from"] else "starts fresh"
         print(f"config, models and run directory are valid; the run {where} in {cfg.out}")
         return
-    s = train(cfg)
+    from .distributed import shutdown
+
+    try:
+        s = train(cfg)
+    finally:
+        shutdown()
+    if not s:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     print(
         f"accuracy before {s['accuracy_before']:.3f} -> after {s['accuracy_after']:.3f} "
         f"({cfg.method} OPD, {cfg.max_steps} steps, {s['train_seconds']:.0f} s training, "

@@ -34,6 +34,7 @@ class TrainConfig:
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
+    parallel: str = _f("ddp", "under torchrun: ddp (replicated student) | fsdp (FSDP2 shards)")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
     data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")
     eval_data: str = _f(
@@ -121,6 +122,7 @@ LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
 DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
 ON_NONFINITE = ("stop", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
+PARALLEL = ("ddp", "fsdp")
 
 
 def _need(ok: bool, key: str, value, what: str):
@@ -156,6 +158,7 @@ def validate(c: TrainConfig) -> None:
     _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
     _need(c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"), "device", c.device,
           "must be cpu, cuda, cuda:N or auto")  # fmt: skip
+    _need(c.parallel in PARALLEL, "parallel", c.parallel, f"must be one of {', '.join(PARALLEL)}")
     _need(c.on_nonfinite in ON_NONFINITE, "on_nonfinite", c.on_nonfinite,
           f"must be one of {', '.join(ON_NONFINITE)}")  # fmt: skip
     _need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")

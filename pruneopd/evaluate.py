@@ -88,3 +88,15 @@ def evaluate(
         out["avg_at_n"] = sum(sampled_ok) / len(sampled_ok)
         out["samples"] = samples
     return out
+
+
+def combine(results: list[dict]) -> dict:
+    """One result from `evaluate` results on disjoint shards of the problems (means weighted by
+    each shard's `n`; empty shards, given as None, are skipped)."""
+    parts = [r for r in results if r is not None]
+    n = sum(r["n"] for r in parts)
+    out = {**parts[0], "n": n}
+    for key in ("accuracy", "partial_credit", "mean_length", "cut_rate", "avg_at_n"):
+        if key in out:
+            out[key] = sum(r[key] * r["n"] for r in parts) / n
+    return out

@@ -49,6 +49,51 @@ def logprobs_at(hidden_NH, head_VH, ids_NK, chunk: int) -> torch.Tensor:
     return torch.cat(out) if out else hidden_NH.new_zeros((0, ids_NK.shape[1]))
 
 
+class StudentLoss(torch.nn.Module):
+    """The student's side of `token_losses` as one module forward.
+
+    Data-parallel wrappers (DDP, FSDP2's `fully_shard`) hook a module's forward; everything that
+    touches the student's weights (decoder, head, chunked log-probs and the loss) runs inside
+    this forward, so a wrapped `StudentLoss` trains exactly like the bare one.
+    """
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, loss, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT, candidate_ids_BTK,
+                teacher_candidate_logprobs_BTK, teacher_token_logprobs_BT, teacher_hidden_NH,
+                teacher_head_VH, jsd_beta, chunk):  # fmt: skip
+        T = tokens_BT.shape[1]
+        hidden_NH = response_hidden(self.student, input_ids_BL, prompt_lens_B, T)[mask_BT]
+        head_VH = self.student.get_output_embeddings().weight
+        tokens_N1 = tokens_BT[mask_BT][:, None]
+        loss_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
+        if loss == "topk_rkl":
+            ids_NK1 = torch.cat([candidate_ids_BTK[mask_BT], tokens_N1], dim=1)
+            lp_NK1 = logprobs_at(hidden_NH, head_VH, ids_NK1, chunk)
+            s_NK, token_lp_N = lp_NK1[:, :-1], lp_NK1[:, -1]
+            q_NK = teacher_candidate_logprobs_BTK[mask_BT]
+            loss_N = losses.topk_rkl_from_candidates(s_NK[None], q_NK[None])[0]
+        else:
+            token_lp_N = logprobs_at(hidden_NH, head_VH, tokens_N1, chunk)[:, 0]
+            if loss == "sampled_rkl":
+                q_N = teacher_token_logprobs_BT[mask_BT]
+                loss_N = losses.sampled_rkl(token_lp_N[None], q_N[None])[0]
+            else:
+                fn = {"full_rkl": losses.full_rkl, "forward_kl": losses.forward_kl,
+                      "jsd": losses.jsd}[loss]  # fmt: skip
+                kw = {"beta": jsd_beta} if loss == "jsd" else {}
+                loss_N = losses.chunked_token_loss(
+                    fn, hidden_NH, head_VH, teacher_hidden_NH, teacher_head_VH, chunk, **kw
+                )
+        loss_BT = loss_BT.masked_scatter(mask_BT, loss_N.float()) if loss_N.numel() else loss_BT
+        lp_BT = torch.zeros(mask_BT.shape, device=mask_BT.device).masked_scatter(
+            mask_BT, token_lp_N.detach().float()
+        )
+        return loss_BT, lp_BT
+
+
 def token_losses(
     loss: str,
     student,
@@ -67,38 +112,19 @@ def token_losses(
     """Per-token loss `[B, T]` (0 on invalid positions) and the student's detached
     log-prob of each sampled token `[B, T]`.
 
+    `student` is a Hugging Face causal LM or a (possibly DDP/FSDP-wrapped) `StudentLoss`.
     `sampled_rkl` needs `teacher_token_logprobs_BT`; `topk_rkl` needs the candidate ids
     (the student's top-K at sampling time) and the teacher's log-probs at them; the
     full-vocabulary losses run the teacher here, chunked, on the same sequences.
     """
-    T = tokens_BT.shape[1]
-    hidden_NH = response_hidden(student, input_ids_BL, prompt_lens_B, T)[mask_BT]
-    head_VH = student.get_output_embeddings().weight
-    tokens_N1 = tokens_BT[mask_BT][:, None]
-    loss_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
-    if loss == "topk_rkl":
-        ids_NK1 = torch.cat([candidate_ids_BTK[mask_BT], tokens_N1], dim=1)
-        lp_NK1 = logprobs_at(hidden_NH, head_VH, ids_NK1, chunk)
-        s_NK, token_lp_N = lp_NK1[:, :-1], lp_NK1[:, -1]
-        q_NK = teacher_candidate_logprobs_BTK[mask_BT]
-        loss_N = losses.topk_rkl_from_candidates(s_NK[None], q_NK[None])[0]
-    else:
-        token_lp_N = logprobs_at(hidden_NH, head_VH, tokens_N1, chunk)[:, 0]
-        if loss == "sampled_rkl":
-            q_N = teacher_token_logprobs_BT[mask_BT]
-            loss_N = losses.sampled_rkl(token_lp_N[None], q_N[None])[0]
-        else:
-            with torch.no_grad():
-                t_hidden_NH = response_hidden(teacher, input_ids_BL, prompt_lens_B, T)[mask_BT]
-            t_head_VH = teacher.get_output_embeddings().weight.detach()
-            fn = {"full_rkl": losses.full_rkl, "forward_kl": losses.forward_kl,
-                  "jsd": losses.jsd}[loss]  # fmt: skip
-            kw = {"beta": jsd_beta} if loss == "jsd" else {}
-            loss_N = losses.chunked_token_loss(
-                fn, hidden_NH, head_VH, t_hidden_NH, t_head_VH, chunk, **kw
-            )
-    loss_BT = loss_BT.masked_scatter(mask_BT, loss_N.float()) if loss_N.numel() else loss_BT
-    lp_BT = torch.zeros(mask_BT.shape, device=mask_BT.device).masked_scatter(
-        mask_BT, token_lp_N.detach().float()
-    )
-    return loss_BT, lp_BT
+    t_hidden_NH = t_head_VH = None
+    if loss not in ("topk_rkl", "sampled_rkl"):
+        with torch.no_grad():
+            T = tokens_BT.shape[1]
+            t_hidden_NH = response_hidden(teacher, input_ids_BL, prompt_lens_B, T)[mask_BT]
+        t_head_VH = teacher.get_output_embeddings().weight.detach()
+    if hasattr(student, "get_decoder"):  # a bare model
+        student = StudentLoss(student)
+    return student(loss, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT, candidate_ids_BTK,
+                   teacher_candidate_logprobs_BTK, teacher_token_logprobs_BT, t_hidden_NH,
+                   t_head_VH, jsd_beta, chunk)  # fmt: skip

@@ -4,6 +4,8 @@ Everything here runs before any compute, so bad input fails fast."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .config import ConfigError, TrainConfig
@@ -47,6 +49,8 @@ def train_device(cfg: TrainConfig) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' = {cfg.device!r}: no CUDA device is available")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(name)
 
 

@@ -18,6 +18,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
+from . import decode
+
 _CAP, _EOS, _PRUNED = 0, 1, 2
 _STOP_NAMES = {_CAP: "cap", _EOS: "eos", _PRUNED: "pruned"}
 
@@ -140,17 +142,43 @@ def pick_tokens(
     temperature: float,
     top_p: float,
     generator: torch.Generator | None = None,
+    uniform_A: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[A] next tokens: argmax if temperature == 0, else a draw from softmax(logits / temperature)
-    restricted to the top_p nucleus. Randomness comes only from `generator`."""
+    restricted to the top_p nucleus.
+
+    The draw is by inverse CDF: sample a takes the first token whose cumulative probability
+    exceeds uniform_A[a] (in [0, 1)) times the nucleus mass. Without `uniform_A` the uniforms
+    come from `generator`. Example: probs [0.2, 0.5, 0.3], u = 0.6 -> cumulative [0.2, 0.7, 1.0]
+    -> token 1.
+    """
     if temperature == 0:
         return logits_AV.argmax(-1)
     probs_AV = torch.softmax(logits_AV.float() / temperature, dim=-1)
     if top_p < 1.0:
         probs_AV = top_p_filter(probs_AV, top_p)
-    if generator is not None and generator.device != probs_AV.device:
-        probs_AV = probs_AV.to(generator.device)
-    return torch.multinomial(probs_AV, 1, generator=generator)[:, 0].to(logits_AV.device)
+    if uniform_A is None:
+        uniform_A = torch.rand(
+            probs_AV.shape[0], generator=generator, device=_rng_device(generator)
+        )
+    cdf_AV = probs_AV.cumsum(-1)
+    target_A1 = uniform_A.to(cdf_AV.device, torch.float32)[:, None] * cdf_AV[:, -1:]
+    tok_A = torch.searchsorted(cdf_AV, target_A1, right=True)[:, 0]
+    return tok_A.clamp_(max=probs_AV.shape[-1] - 1)
+
+
+def _rng_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def sample_uniforms(n_samples: int, n_tokens: int, generator: torch.Generator | None):
+    """[n_samples, n_tokens] uniforms in [0, 1): the randomness of one sampling call.
+
+    Sample i's token t uses entry [i, t], so a sample's tokens depend only on its own row, not on
+    the rest of the batch. Drawing the rows of a global batch once and giving each process its
+    slice makes a multi-process rollout equal to the one-process one.
+    """
+    return torch.rand((n_samples, n_tokens), generator=generator, device=_rng_device(generator))
 
 
 def sample(
@@ -166,6 +194,8 @@ def sample(
     chunk_size: int = 0,
     on_chunk: Callable[[Chunk], torch.Tensor | None] | None = None,
     topk: int = 0,
+    uniforms_BN: torch.Tensor | None = None,
+    engine: str = "auto",
 ) -> Rollout:
     """Sample one response per prompt (use `repeat_prompts` for several).
 
@@ -174,9 +204,13 @@ def sample(
     that already ended (EOS, cap) keep their reason. Student log-probs and top-k ids always refer to
     the temperature-1 distribution, whatever temperature is used to sample.
 
-    Randomness comes only from `generator`: the same seed, model and prompts give the same tokens.
-    The batch shares one random stream, so a sample's tokens also depend on which other samples
-    are still running (greedy decoding does not).
+    Randomness comes only from `uniforms_BN` ([B, max_new_tokens], see `sample_uniforms`), or,
+    when it is None, from `generator` (one `sample_uniforms` draw per call): the same seed, model
+    and prompts give the same tokens, and a sample's tokens do not depend on the other samples.
+
+    `engine`: "lean" runs each one-token step with `decode.LeanDecoder` (the model's weights,
+    a preallocated KV cache, no Hugging Face forward bookkeeping), "hf" with the model's own
+    forward; "auto" (default) takes "lean" when `decode.supported(model)`.
     """
     if max_new_tokens < 0 or chunk_size < 0 or topk < 0 or temperature < 0:
         raise ValueError("max_new_tokens, chunk_size, topk and temperature must be >= 0")
@@ -184,6 +218,18 @@ def sample(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if on_chunk is not None and chunk_size == 0:
         raise ValueError("on_chunk needs chunk_size > 0")
+    if engine not in ("auto", "lean", "hf"):
+        raise ValueError(f"engine must be auto, lean or hf, got {engine!r}")
+    lean = decode.supported(model) if engine == "auto" else engine == "lean"
+    if lean and not decode.supported(model):
+        raise ValueError(f"engine='lean' does not support this model ({type(model).__name__})")
+    if uniforms_BN is None and temperature > 0:
+        uniforms_BN = sample_uniforms(len(prompts), max_new_tokens, generator)
+    if uniforms_BN is not None and tuple(uniforms_BN.shape) != (len(prompts), max_new_tokens):
+        raise ValueError(
+            f"uniforms_BN has shape {tuple(uniforms_BN.shape)}, "
+            f"expected ({len(prompts)}, {max_new_tokens})"
+        )
     with torch.inference_mode():
         tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B = _sample_loop(
             model,
@@ -193,10 +239,11 @@ def sample(
             pad_id,
             temperature,
             top_p,
-            generator,
+            uniforms_BN,
             chunk_size,
             on_chunk,
             topk,
+            lean,
         )
     # Clone outside inference mode so the results can enter autograd graphs (as constants).
     lengths = lengths_B.tolist()
@@ -216,7 +263,18 @@ def sample(
 
 
 def _sample_loop(
-    model, prompts, N, eos_id, pad_id, temperature, top_p, generator, chunk_size, on_chunk, topk
+    model,
+    prompts,
+    N,
+    eos_id,
+    pad_id,
+    temperature,
+    top_p,
+    uniforms_BN,
+    chunk_size,
+    on_chunk,
+    topk,
+    lean,
 ):
     """The per-token loop of `sample`. Outputs are indexed by original sample id."""
     device = next(model.parameters()).device
@@ -247,10 +305,12 @@ def _sample_loop(
     )
     logits_AV = out.logits[:, -1]
     chunk_ids_A, chunk_start = active_A, 0
+    lean_decoder = decode.LeanDecoder(model, cache, P, N) if lean else None
 
     for t in range(N):
         logp_AV = torch.log_softmax(logits_AV.float(), dim=-1)
-        tok_A = pick_tokens(logits_AV, temperature, top_p, generator)
+        u_A = uniforms_BN[active_A.to(uniforms_BN.device), t] if uniforms_BN is not None else None
+        tok_A = pick_tokens(logits_AV, temperature, top_p, uniform_A=u_A)
         tokens_BN[active_A, t] = tok_A
         logprobs_BN[active_A, t] = logp_AV.gather(-1, tok_A[:, None])[:, 0]
         if topk:
@@ -287,19 +347,25 @@ def _sample_loop(
             keep_idx_A = keep_A.nonzero()[:, 0]
             if keep_idx_A.numel() == 0:
                 break
-            cache.batch_select_indices(keep_idx_A)
+            if lean_decoder is not None:
+                lean_decoder.select(keep_idx_A)
+            else:
+                cache.batch_select_indices(keep_idx_A)
             active_A, tok_A = active_A[keep_idx_A], tok_A[keep_idx_A]
             next_pos_A, attention_mask_AL = next_pos_A[keep_idx_A], attention_mask_AL[keep_idx_A]
 
-        out = model(
-            input_ids=tok_A[:, None],
-            attention_mask=attention_mask_AL[:, : P + t + 1],
-            position_ids=next_pos_A[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        if lean_decoder is not None:
+            logits_AV = lean_decoder.step(tok_A, next_pos_A, t, attention_mask_AL)
+        else:
+            out = model(
+                input_ids=tok_A[:, None],
+                attention_mask=attention_mask_AL[:, : P + t + 1],
+                position_ids=next_pos_A[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits_AV = out.logits[:, -1]
         next_pos_A = next_pos_A + 1
-        logits_AV = out.logits[:, -1]
     return tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B
 
 

@@ -43,7 +43,7 @@ def versions() -> dict:
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "tb", "checkpoints", "final",
              "wandb", "wandb_id.txt")  # fmt: skip
 # config keys that may change when a run is resumed (they do not change its trajectory)
-RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "progress",
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "progress", "parallel",
                      "keep_checkpoints", "tensorboard", "wandb", "wandb_project", "out"}  # fmt: skip
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed, step_metrics
 from .budget import ResponseBudget
 from .checkpoint import (
     GracefulStop,
@@ -27,9 +27,9 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, config_to_yaml
+from .config import ConfigError, TrainConfig, config_to_yaml
 from .drift import monitor, reliability_weights
-from .evaluate import evaluate, reference_cap
+from .evaluate import combine, evaluate, reference_cap
 from .losses import masked_token_mean
 from .models import set_threads
 from .objective import token_losses
@@ -43,7 +43,7 @@ from .pair import (  # noqa: F401  (PairError is part of this module's interface
     load_tokenizers,
     train_device,
 )
-from .rollout import repeat_prompts, sample
+from .rollout import repeat_prompts, sample, sample_uniforms
 from .runlog import RunLog, check_resumable, prepare_run_dir, versions
 from .scoring import score_responses
 from .tokenizer import decode_response, prompt_ids
@@ -109,7 +109,12 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     prompts against the context window) and returns before writing or computing anything.
     """
     device = train_device(cfg)
-    resume_from = prepare_run_dir(cfg, dry_run=dry_run)
+    B_all = cfg.prompts_per_step * cfg.responses_per_prompt
+    if B_all % distributed.world_size():
+        raise ConfigError(f"prompts_per_step x responses_per_prompt = {B_all} samples per step "
+                          f"cannot be split evenly over {distributed.world_size()} processes")  # fmt: skip
+    d = distributed.init(device)
+    resume_from = _on_main(d, lambda: prepare_run_dir(cfg, dry_run=dry_run))
     saved = load_trainer_state(resume_from) if resume_from is not None else None
     if saved is not None:
         check_resumable(cfg, saved["config"], resume_from)
@@ -130,14 +135,20 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     if dry_run:
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
-    log = RunLog(out, tensorboard=cfg.tensorboard, resume=saved["log_offsets"] if saved else None,
-                 step=saved["step"] if saved else 0, wandb_project=cfg.wandb_project if cfg.wandb else None,
-                 config=asdict(cfg))  # fmt: skip
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_to_yaml(cfg))
+        (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+        log = RunLog(out, tensorboard=cfg.tensorboard, resume=saved["log_offsets"] if saved else None,
+                     step=saved["step"] if saved else 0, wandb_project=cfg.wandb_project if cfg.wandb else None,
+                     config=asdict(cfg))  # fmt: skip
+    else:
+        log = _NoLog()
+    ps = distributed.ParallelStudent(student, cfg.parallel, d)
+    student = ps.model  # full weights on every rank: sampling, evaluation, saving
+    rows = slice(*d.split(B_all))  # this rank's samples of each step's global batch
 
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(ps.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
@@ -148,22 +159,24 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def run_eval(step: int) -> dict:
-        res = evaluate(student, tok, task, test_problems, max_new_tokens=eval_cap,
-                       samples=cfg.eval_samples, seed=cfg.seed)  # fmt: skip
+        mine = test_problems[slice(*d.split(len(test_problems)))]
+        res = evaluate(student, tok, task, mine, max_new_tokens=eval_cap,
+                       samples=cfg.eval_samples, seed=cfg.seed) if mine else None  # fmt: skip
+        res = combine(d.gather_objects(res))
         log.log(step, {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         return res
 
     def trainer_state(step: int, rng: dict, offsets: dict) -> dict:
         """Everything besides the weights that step `step + 1` needs to run as if never stopped."""
         return {
-            "config": asdict(cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "config": asdict(cfg), "optimizer": ps.optimizer_state(opt), "scheduler": sched.state_dict(),
             "budget": budget.state_dict() if budget is not None else None, "rng": rng,
             "log_offsets": offsets, "history": history, "totals": dict(totals), "acc": acc,
             "next_prompt": step * cfg.prompts_per_step,
         }  # fmt: skip
 
     if saved is not None:
-        opt.load_state_dict(saved["optimizer"])
+        ps.load_optimizer_state(opt, saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         if budget is not None:
             budget.load_state_dict(saved["budget"])
@@ -177,7 +190,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
         acc, start = before["accuracy"], 0
         totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
                   "tokens_scored": 0, "tokens_trained": 0, "skipped_steps": 0}  # fmt: skip
-    bar = tqdm(range(start, cfg.max_steps), desc=f"{cfg.method} OPD", disable=not cfg.progress,
+    bar = tqdm(range(start, cfg.max_steps), desc=f"{cfg.method} OPD", disable=not (cfg.progress and d.main),
                initial=start, total=cfg.max_steps)  # fmt: skip
     stop = GracefulStop()
     with stop:
@@ -187,8 +200,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step
             ]
             prompts = repeat_prompts([prompt_ids(tok, p) for p in problems],
-                                     cfg.responses_per_prompt)  # fmt: skip
+                                     cfg.responses_per_prompt)[rows]  # fmt: skip
             cap = response_cap(cfg, step, budget)
+            uniforms_BN = sample_uniforms(B_all, cap, gen)[rows]  # global draw, this rank's rows
 
             # 1. the student samples its own responses
             student.eval()
@@ -202,7 +216,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             rollout = sample(
                 student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
                 pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
-                generator=gen, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
+                uniforms_BN=uniforms_BN, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
                 on_chunk=pruner,
             )  # fmt: skip
             t_sample = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
@@ -228,37 +242,43 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             weights_BT, multipliers_BT, eff_len_B = reliability_weights(
                 events_BT, mask_BT, cfg.w_drop, cfg.w_base
             )
+            eff_len_all_B = d.gather(eff_len_B)  # the budget sees the global batch
             mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT)
             t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
 
             # 4. the update: token-mean of m_t * loss_t over valid response tokens
-            student.train()
+            ps.train()
             t0 = time.perf_counter()
             input_ids_BL = rollout.to_padded(tok.pad_token_id)[0].to(device)
             prompt_lens_B = torch.tensor([len(p) for p in prompts], device=device)
             loss_BT, _ = token_losses(
-                cfg.loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
+                cfg.loss, ps.loss_module, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
                 candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
                 teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
                 chunk=cfg.loss_chunk,
             )  # fmt: skip
-            loss = masked_token_mean(loss_BT, mult_BT, train_mask_BT)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                student.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            # the token mean over the global batch: this rank's share, times the world size
+            # because DDP / FSDP average gradients over ranks
+            n_mine = int(train_mask_BT.sum())
+            n_all = d.sum([n_mine])[0]
+            loss_mine = masked_token_mean(loss_BT, mult_BT, train_mask_BT) * (
+                n_mine / max(n_all, 1)
             )
+            opt.zero_grad(set_to_none=True)
+            (loss_mine * d.world).backward()
+            loss = torch.tensor(d.sum([loss_mine.item()])[0])
+            grad_norm = ps.clip_grad_norm(cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
             if finite:
                 opt.step()
                 sched.step()
+                ps.after_update()
             elif cfg.on_nonfinite == "skip":
                 opt.zero_grad(set_to_none=True)
                 totals["skipped_steps"] += 1
             else:  # keep the last good state: weights, optimizer and RNG as at this step's start
-                path = save_checkpoint(out, step, student,
-                                       trainer_state(step, rng_at_start, offsets_at_start),
-                                       cfg.keep_checkpoints)  # fmt: skip
+                path = _save(d, out, step, student, trainer_state(step, rng_at_start, offsets_at_start),
+                             cfg.keep_checkpoints)  # fmt: skip
                 log.close()
                 raise TrainingStopped(
                     f"non-finite {'loss' if not torch.isfinite(loss) else 'gradients'} at step "
@@ -269,41 +289,35 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             t_update = time.perf_counter() - t0
 
             # 5. the budget moves the cap for the next step (prune only)
-            hit = budget.update(eff_len_B) if budget is not None else {}
+            hit = budget.update(eff_len_all_B) if budget is not None else {}
             next_cap = (
                 hit["next_length"] if budget is not None else response_cap(cfg, step + 1, None)
             )
 
             # 6. metrics (method.md, "Metrics every run logs")
-            n_valid = int(mask_BT.sum())
-            lens = rollout.response_lengths.tolist()
             texts = [decode_response(tok, r) for r in rollout.responses]
-            reward = statistics.fmean(
-                task.check(problems[i // cfg.responses_per_prompt], t) for i, t in enumerate(texts)
-            )
+            first = rows.start  # global index of this rank's first sample
+            rewards = [task.check(problems[(first + i) // cfg.responses_per_prompt], t)
+                       for i, t in enumerate(texts)]  # fmt: skip
+            rkl_BT = rollout.student_logprobs_BT().to(device) - scores.token_logprobs_BT
+            sums = step_metrics.local_sums(overlap_BT, events_BT, weights_BT, mult_BT, mask_BT,
+                                           train_mask_BT, rkl_BT, rewards,
+                                           rollout.response_lengths.tolist(), rollout.stopped_by)  # fmt: skip
             boundary = max(cfg.min_len, cap - cfg.budget_margin)
+            times = d.sum(
+                [t_sample, t_teacher, t_update]
+            )  # every rank's work, as one process would
             m = {
                 "loss": loss.item(),
-                "overlap": float(overlap_BT[mask_BT].mean()) if n_valid else 0.0,
-                "drift_rate": float(events_BT[mask_BT].float().mean()) if n_valid else 0.0,
-                "weight_mean": float(weights_BT[mask_BT].mean()) if n_valid else 0.0,
-                "multiplier_mean": float(mult_BT[train_mask_BT].mean()) if n_valid else 0.0,
-                "eff_len_mean": float(eff_len_B.float().mean()),
-                "eff_len_median": float(eff_len_B.float().median()),
-                "hit_ratio": hit.get("hit_ratio", float((eff_len_B >= boundary).float().mean())),
+                **step_metrics.reduce_means(sums, d),
+                "eff_len_mean": float(eff_len_all_B.float().mean()),
+                "eff_len_median": float(eff_len_all_B.float().median()),
+                "hit_ratio": hit.get("hit_ratio", float((eff_len_all_B >= boundary).float().mean())),
                 "cap": cap,
                 "next_cap": next_cap,
-                "tokens_generated": n_valid,
-                "tokens_scored": n_valid,
-                "tokens_trained": int(train_mask_BT.sum()),
-                "t_sample": t_sample,
-                "t_teacher": t_teacher,
-                "t_update": t_update,
-                "rkl": float((rollout.student_logprobs_BT() - scores.token_logprobs_BT)[mask_BT].mean()) if n_valid else 0.0,
-                "reward": reward,
-                "mean_len": statistics.fmean(lens),
-                "eos_rate": rollout.stopped_by.count("eos") / B,
-                "pruned_rate": rollout.stopped_by.count("pruned") / B,
+                "t_sample": times[0] / d.world,
+                "t_teacher": times[1] / d.world,
+                "t_update": times[2] / d.world,
                 "lr": sched.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
                 "skipped": int(not finite),
@@ -313,7 +327,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
                 totals[k] += m[k]
             log.log(step + 1, m)
-            if cfg.log_samples:
+            if cfg.log_samples and d.main:
                 log.samples(step + 1, _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT,
                                                    scores, cap, cfg.log_samples))  # fmt: skip
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
@@ -323,20 +337,24 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             bar.set_postfix(L=cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
                             rkl=f"{m['rkl']:.3f}", acc=f"{acc:.3f}")  # fmt: skip
             last = step + 1 == cfg.max_steps
-            if last or stop.requested or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                path = save_checkpoint(out, step + 1, student,
-                                       trainer_state(step + 1, rng_state(gen), log.offsets()),
-                                       cfg.keep_checkpoints)  # fmt: skip
-            if stop.requested and not last:
+            stopping = d.any(stop.requested)  # a signal to any rank stops every rank
+            if last or stopping or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                path = _save(d, out, step + 1, student,
+                             trainer_state(step + 1, rng_state(gen), log.offsets()),
+                             cfg.keep_checkpoints)  # fmt: skip
+            if stopping and not last:
                 log.close()
                 raise TrainingStopped(
-                    f"stopped by {stop.signal_name} after step {step + 1} of {cfg.max_steps}; "
+                    f"stopped by {stop.signal_name or 'a signal to another rank'} after step "
+                    f"{step + 1} of {cfg.max_steps}; "
                     f"checkpoint {path}; continue with the same command and resume=auto",
-                    exit_code=stop.exit_code,
+                    exit_code=stop.exit_code or 143,
                 )
 
     after = run_eval(cfg.max_steps)
     history["eval"].append({"step": cfg.max_steps, "train_seconds": _train_s(totals), **after})
+    if not d.main:
+        return {}
     student.save_pretrained(out / "final")
     tok.save_pretrained(out / "final")
     summary = {
@@ -357,3 +375,40 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
 
 def _train_s(totals: dict) -> float:
     return totals["t_sample"] + totals["t_teacher"] + totals["t_update"]
+
+
+def _on_main(d, fn):
+    """Run `fn` on rank 0 only and hand its result (or its error) to every rank."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn()
+        except ConfigError as e:
+            error = str(e)
+    result, error = d.broadcast((result, error))
+    if error is not None:
+        raise ConfigError(error)
+    return result
+
+
+def _save(d, out, step, student, state, keep):
+    """Checkpoint on rank 0; the others wait so no rank runs ahead of a half-written step."""
+    path = save_checkpoint(out, step, student, state, keep) if d.main else None
+    d.barrier()
+    return d.broadcast(path)
+
+
+class _NoLog:
+    """The log of ranks other than 0: they compute every metric but write none."""
+
+    def log(self, step, metrics):
+        pass
+
+    def samples(self, step, rows):
+        pass
+
+    def offsets(self):
+        return {}
+
+    def close(self):
+        pass

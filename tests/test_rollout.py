@@ -3,7 +3,8 @@ import torch
 from tiny import tiny_llama
 from transformers import LlamaForCausalLM
 
-from pruneopd.rollout import Chunk, repeat_prompts, sample
+from pruneopd.decode import LeanDecoder
+from pruneopd.rollout import Chunk, pick_tokens, repeat_prompts, sample, sample_uniforms
 
 V, EOS, PAD = 50, 2, 0
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
@@ -71,7 +72,8 @@ def test_max_new_tokens_respected(model):
     assert empty.responses == [[]] * 4 and empty.response_mask_BT.shape == (4, 0)
 
 
-def test_eos_stops_sample_and_drops_it_from_the_batch():
+@pytest.mark.parametrize("engine", ["hf", "lean"])
+def test_eos_stops_sample_and_drops_it_from_the_batch(engine, monkeypatch):
     model = tiny_model(eos_bias=100.0)
     r = sample(model, PROMPTS, max_new_tokens=6, eos_id=EOS, pad_id=PAD, generator=gen(0))
     assert r.responses == [[EOS]] * 4 and r.stopped_by == ["eos"] * 4
@@ -82,8 +84,16 @@ def test_eos_stops_sample_and_drops_it_from_the_batch():
         lambda mod, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]),
         with_kwargs=True,
     )
+    real_step = LeanDecoder.step
+
+    def counted_step(self, tok_A, *args):
+        batch_sizes.append(tok_A.shape[0])
+        return real_step(self, tok_A, *args)
+
+    monkeypatch.setattr(LeanDecoder, "step", counted_step)
     prompts = repeat_prompts(PROMPTS, 4)
-    r = sample(model, prompts, max_new_tokens=20, eos_id=EOS, pad_id=PAD, generator=gen(0))
+    r = sample(model, prompts, max_new_tokens=20, eos_id=EOS, pad_id=PAD, generator=gen(0),
+               engine=engine)  # fmt: skip
     lengths = r.response_lengths
     for resp, why in zip(r.responses, r.stopped_by, strict=True):
         assert EOS not in resp[:-1]
@@ -99,6 +109,40 @@ def test_left_padding_invariance(model):
     batch = sample(model, PROMPTS, max_new_tokens=6, eos_id=EOS, pad_id=PAD, temperature=0.0)
     assert batch.responses[1] == alone.responses[0]
     torch.testing.assert_close(batch.student_logprobs[1], alone.student_logprobs[0])
+
+
+def test_pick_tokens_inverse_cdf_golden():
+    # probs [0.2, 0.5, 0.3] -> cumulative [0.2, 0.7, 1.0]; u picks the first cumulative > u.
+    logits_AV = torch.tensor([[0.2, 0.5, 0.3]]).log().expand(5, 3)
+    u_A = torch.tensor([0.0, 0.19, 0.2, 0.69, 0.999])
+    assert pick_tokens(logits_AV, 1.0, 1.0, uniform_A=u_A).tolist() == [0, 0, 1, 1, 2]
+    # top_p 0.6 keeps {1, 2} (0.5 + 0.3 >= 0.6): mass 0.8, u * 0.8 against [0, 0.5, 0.8]
+    assert pick_tokens(logits_AV, 1.0, 0.6, uniform_A=u_A).tolist() == [1, 1, 1, 2, 2]
+
+
+def test_pick_tokens_frequencies_follow_the_distribution():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    logits_AV = probs.log().expand(20000, 3)
+    toks = pick_tokens(logits_AV, 1.0, 1.0, generator=gen(0))
+    freq = torch.bincount(toks, minlength=3).float() / len(toks)
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+
+
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch():
+    model = tiny_model(eos_bias=2.0)  # samples end at different steps
+    prompts = repeat_prompts(PROMPTS, 3)
+    u_BN = sample_uniforms(len(prompts), 12, gen(3))
+    kw = dict(max_new_tokens=12, eos_id=EOS, pad_id=PAD, topk=4)
+    whole = sample(model, prompts, uniforms_BN=u_BN, **kw)
+    assert whole.responses == sample(model, prompts, generator=gen(3), **kw).responses
+    halves = [sample(model, prompts[i::2], uniforms_BN=u_BN[i::2], **kw) for i in (0, 1)]
+    for i in range(len(prompts)):
+        part = halves[i % 2]
+        assert part.responses[i // 2] == whole.responses[i]
+        assert part.stopped_by[i // 2] == whole.stopped_by[i]
+        torch.testing.assert_close(part.student_logprobs[i // 2], whole.student_logprobs[i])
+    with pytest.raises(ValueError, match="uniforms_BN has shape"):
+        sample(model, prompts, uniforms_BN=u_BN[:, :5], **kw)
 
 
 def test_tiny_top_p_is_greedy(model):

@@ -112,7 +112,7 @@ def test_incremental_chunks_equal_whole_response_scoring(student, teacher, prune
         chunk_size=3,
         on_chunk=on_chunk,
         topk=4,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(1),  # a seed where sample 0 outlives chunk 1
     )
     assert ("pruned" in rollout.stopped_by) == prune and "eos" in rollout.stopped_by
     assert len({shape[0] for shape in chunk_sizes}) > 1  # samples left the batch along the way

@@ -1,0 +1,131 @@
+"""Cost of the drift monitor per Prune-OPD step, as a share of the step's wall time.
+
+Runs real Prune-OPD steps on the built-in pair with the prune-cross preset's settings
+(pruneopd/configs/prune-cross.yaml; `key=value` arguments override it, as for `pruneopd
+train`): the student samples (EOS ends a sample, cap --new-tokens), the teacher scores every
+token (top-K + the student's candidates), the drift monitor runs, then the preset's loss,
+backward and an AdamW step, as pruneopd/train.py does (no logging or eval).
+
+"Drift" here is what Prune-OPD adds to a step: `pruneopd.drift.monitor` (top-K overlap and
+drift events), `reliability_weights` (weights, loss multipliers, effective lengths) and
+`ResponseBudget.update` (the next cap). It is timed twice:
+- in the step (one call, as the trainer makes it), and
+- as a micro-benchmark: --repeats calls on each step's own tensors, median per call (one
+  call is far below a millisecond, where a single timing is mostly timer noise).
+share = drift time / whole step time, per step, then the median over steps. Target: < 5%.
+The step-time split (sample / score / drift / update) is printed too.
+
+Run (real measurement):
+    python benchmarks/drift_overhead.py --steps 10 --batch 8 --responses-per-prompt 4 \\
+        --new-tokens 128 --json drift_overhead.json
+Smoke test:
+    python benchmarks/drift_overhead.py --steps 2 --batch 2 --new-tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import (
+    add_common_args,
+    environment,
+    load_models,
+    opd_step,
+    print_table,
+    setup,
+    step_prompts,
+    write_json,
+)
+
+import pruneopd
+from pruneopd.budget import ResponseBudget
+from pruneopd.config import load_config
+from pruneopd.drift import monitor, reliability_weights
+
+PRESET = Path(pruneopd.__file__).parent / "configs" / "prune-cross.yaml"
+
+
+def time_drift(cfg, budget, drift_in, mask_BT, repeats: int) -> dict:
+    """Median seconds per call of each drift piece and of the three together."""
+    parts = {"monitor": [], "weights": [], "budget": [], "drift": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, events_BT = monitor(*drift_in)
+        t1 = time.perf_counter()
+        _, _, eff_len_B = reliability_weights(events_BT, mask_BT, cfg.w_drop, cfg.w_base)
+        t2 = time.perf_counter()
+        budget.update(eff_len_B)
+        t3 = time.perf_counter()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+            parts[k].append(v)
+    return {k: statistics.median(v) for k, v in parts.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p, steps=10, batch=8, new_tokens=128)
+    p.add_argument("--config", default=str(PRESET), help="preset (default: prune-cross)")
+    p.add_argument("--repeats", type=int, default=50, help="drift calls per step, micro-bench")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. drift_k=16)")
+    args = p.parse_args()
+    setup(args)
+    cfg = load_config(args.config, args.overrides)
+    student, teacher, tok = load_models(args)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    budget = ResponseBudget(cfg.init_len, cfg.min_len, cfg.max_len, cfg.budget_step,
+                            cfg.budget_margin, cfg.hit_ratio, cfg.patience)  # fmt: skip
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    steps, micro = [], []
+    for i, prompts in enumerate(step_prompts(args, tok, args.warmup + args.steps)):
+        r = opd_step(student, teacher, tok, opt, prompts, cap=args.new_tokens, loss=cfg.loss,
+                     eos_id=tok.eos_token_id, gen=gen, topk=cfg.topk, drift_k=cfg.monitor_k,
+                     tau=cfg.tau, w_drop=cfg.w_drop, w_base=cfg.w_base, metric=cfg.drift_metric,
+                     budget=budget, prune=True, grad_clip=cfg.grad_clip,
+                     loss_chunk=cfg.loss_chunk)  # fmt: skip
+        if i < args.warmup:
+            continue
+        m = time_drift(cfg, budget, r["drift_in"], r["mask_BT"], args.repeats)
+        steps.append({k: v for k, v in r.items() if not k.endswith(("_in", "_BT"))})
+        micro.append(m)
+        print(f"step {i + 1 - args.warmup}: {r['tokens']} tokens, step {r['t_step']:.3f}s, "
+              f"drift {m['drift'] * 1e3:.3f} ms ({100 * m['drift'] / r['t_step']:.3f}%)")  # fmt: skip
+
+    def med(key, rows=steps):
+        return statistics.median(row[key] for row in rows)
+
+    total = sum(s["t_step"] for s in steps)  # shares of the summed time, so they add up to 100
+    split = [{"phase": k[2:], "median_s": med(k), "share": 100 * sum(s[k] for s in steps) / total}
+             for k in ("t_sample", "t_score", "t_drift", "t_update", "t_step")]  # fmt: skip
+    pieces = [{"piece": k, "median_ms": 1e3 * med(k, micro),
+               "share": statistics.median(100 * m[k] / s["t_step"] for m, s in zip(micro, steps, strict=True))}
+              for k in ("monitor", "weights", "budget", "drift")]  # fmt: skip
+    share = pieces[-1]["share"]
+    in_step = statistics.median(100 * s["t_drift"] / s["t_step"] for s in steps)
+    B = args.batch * args.responses_per_prompt
+    print(f"\nPrune-OPD step ({Path(args.config).name}, loss {cfg.loss}, drift "
+          f"{cfg.drift_metric} K={cfg.monitor_k}), {B} samples, cap {args.new_tokens}, "
+          f"median {med('tokens'):.0f} tokens/step, {args.threads} threads")  # fmt: skip
+    print_table(split, [("phase", "phase", ""), ("median_s", "median s", ".4f"),
+                        ("share", "% of all steps", ".2f")])  # fmt: skip
+    print(f"\ndrift micro-benchmark ({args.repeats} calls per step, median per call)")
+    print_table(pieces, [("piece", "piece", ""), ("median_ms", "ms/call", ".3f"),
+                         ("share", "% of step", ".3f")])  # fmt: skip
+    verdict = "meets" if share < 5.0 else "misses"
+    print(f"drift share of the step: {share:.3f}% (micro-benchmark), {in_step:.3f}% (timed in "
+          f"the step) -> {verdict} the < 5% target")  # fmt: skip
+    write_json(args.json, {"benchmark": "drift_overhead", **environment(args),
+                           "config": {k: getattr(cfg, k) for k in ("loss", "topk", "drift_metric",
+                                                                   "tau", "w_drop", "w_base")},
+                           "monitor_k": cfg.monitor_k, "split": split, "drift_pieces": pieces,
+                           "share_micro": share, "share_in_step": in_step,
+                           "steps": steps, "micro": micro})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""A lean one-token decode step for Llama / Qwen2 / Qwen3 / Mistral-architecture models.
+
+Sampling calls the model once per generated token on a [A, 1] batch. Through a Hugging Face
+`forward` every such call builds attention masks, rotary tables and cache objects and goes
+through several layers of wrappers; on small models that bookkeeping, not the arithmetic, is
+the cost. `LeanDecoder` runs the same arithmetic on the model's own weights with:
+
+- a preallocated KV cache `[layers, A, kv_heads, P + N, head_dim]` written in place (no
+  concatenation per token), filled from one Hugging Face prefill forward over the prompts;
+- the rotary cos/sin of every position computed once by the model's own rotary module;
+- attention of the one new query per sample as two small matmuls, grouped-query heads
+  sharing their key/value head, the left-padding mask applied to the scores;
+- dropping finished samples with one `index_select` per cache.
+
+Logits equal the Hugging Face forward's up to float rounding (tests/test_decode.py).
+Architectures outside `SUPPORTED` (or with sliding windows, biases on o_proj / MLP, or
+non-SiLU MLPs) fall back to the Hugging Face forward.
+
+Shapes: A = active samples, P = padded prompt length, N = max new tokens, S = P + N,
+H = hidden size, D = head dim, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def supported(model) -> bool:
+    """True when `LeanDecoder` reproduces `model`'s forward."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
+        return False
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        if cfg.model_type != "llama":
+            return False
+    if getattr(model, "training", False):
+        return False
+    dec = model.get_decoder()
+    return hasattr(dec, "layers") and hasattr(dec, "rotary_emb") and hasattr(dec, "norm")
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as Hugging Face computes it (in float32, weight applied in the input dtype)."""
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+class LeanDecoder:
+    """KV-cached decoding of one token per active sample, after a prefill of the prompts."""
+
+    def __init__(self, model, cache, prompt_len: int, max_new_tokens: int):
+        """`cache`: the DynamicCache filled by a Hugging Face forward over the [B, P] prompts."""
+        cfg = model.config
+        dec = model.get_decoder()
+        self.model, self.dec = model, dec
+        self.eps = cfg.rms_norm_eps
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.qk_norm = cfg.model_type == "qwen3"
+        self.P, S = prompt_len, prompt_len + max_new_tokens
+        k0 = cache.layers[0].keys
+        B = k0.shape[0]
+        shape = (len(dec.layers), B, self.n_kv, S, self.head_dim)
+        self.K = k0.new_zeros(shape)
+        self.V = k0.new_zeros(shape)
+        for i, layer in enumerate(cache.layers):
+            self.K[i, :, :, :prompt_len] = layer.keys
+            self.V[i, :, :, :prompt_len] = layer.values
+        positions = torch.arange(S, device=k0.device)[None]
+        cos, sin = dec.rotary_emb(k0, positions)  # [1, S, D]
+        self.cos_SD, self.sin_SD = cos[0], sin[0]
+
+    def select(self, keep_A: torch.Tensor) -> None:
+        """Keep only the samples at indices keep_A (the others are finished)."""
+        self.K = self.K.index_select(1, keep_A)
+        self.V = self.V.index_select(1, keep_A)
+
+    @torch.inference_mode()
+    def step(self, tok_A: torch.Tensor, pos_A: torch.Tensor, t: int, mask_AS: torch.Tensor):
+        """Logits [A, V] after feeding token tok_A at response position t.
+
+        pos_A: rotary position of each token (prompt length without padding + t).
+        mask_AS: [A, >= P + t + 1] attention mask (1 = attend) over the cache slots.
+        """
+        A, L = tok_A.shape[0], self.P + t + 1
+        x = self.dec.embed_tokens(tok_A)  # [A, H]
+        cos, sin = self.cos_SD[pos_A][:, None], self.sin_SD[pos_A][:, None]  # [A, 1, D]
+        blocked = ~mask_AS[:, None, None, :L].bool()  # [A, 1, 1, L]: padding
+        G = self.n_heads // self.n_kv
+        for i, layer in enumerate(self.dec.layers):
+            att = layer.self_attn
+            h = _rms(x, layer.input_layernorm.weight, self.eps)
+            q = att.q_proj(h).view(A, self.n_heads, self.head_dim)
+            k = att.k_proj(h).view(A, self.n_kv, self.head_dim)
+            v = att.v_proj(h).view(A, self.n_kv, self.head_dim)
+            if self.qk_norm:
+                q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
+                k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.K[i, :, :, L - 1] = k
+            self.V[i, :, :, L - 1] = v
+            # one query per sample: plain matmuls beat SDPA's CPU kernels at this size; the
+            # G = heads / kv_heads query heads of a group share their K/V head (GQA)
+            q_AKGD = q.view(A, self.n_kv, G, self.head_dim)
+            scores_AKGL = (q_AKGD @ self.K[i, :, :, :L].transpose(-1, -2)) * att.scaling
+            probs_AKGL = scores_AKGL.masked_fill(blocked, float("-inf")).softmax(-1)
+            o = probs_AKGL.to(q.dtype) @ self.V[i, :, :, :L]  # [A, Hkv, G, D]
+            x = x + att.o_proj(o.reshape(A, self.n_heads * self.head_dim))
+            h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        x = _rms(x, self.dec.norm.weight, self.eps)
+        return self.model.get_output_embeddings()(x)

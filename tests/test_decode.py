@@ -1,0 +1,86 @@
+"""The lean decode step equals the Hugging Face forward (Llama with grouped-query heads, Qwen3
+with q/k norms), with left padding and samples dropped mid-way; `sample` gives the same
+tokens through either engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_llama
+from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
+
+from pruneopd.decode import LeanDecoder, supported
+from pruneopd.rollout import left_pad, sample
+
+V, PAD, EOS = 50, 0, 2
+PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+
+
+def tiny_qwen3(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                      max_position_embeddings=128)  # fmt: skip
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": lambda: tiny_llama(V), "qwen3": tiny_qwen3}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@torch.inference_mode()
+def test_lean_step_equals_hf_forward(arch):
+    model = MODELS[arch]()
+    assert supported(model)
+    N = 6
+    ids_BP, mask_BP, pos_BP = left_pad(PROMPTS, PAD)
+    P = ids_BP.shape[1]
+    hf_cache, lean_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
+                past_key_values=hf_cache, use_cache=True)  # fmt: skip
+    model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
+          past_key_values=lean_cache, use_cache=True)  # fmt: skip
+    lean = LeanDecoder(model, lean_cache, P, N)
+    mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
+    pos_A = mask_BP.sum(-1)
+    tok_A = out.logits[:, -1].argmax(-1)
+    for t in range(N):
+        if t == 3:  # drop samples 0 and 2 from both
+            keep = torch.tensor([1, 3])
+            hf_cache.batch_select_indices(keep)
+            lean.select(keep)
+            tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
+        hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
+                   position_ids=pos_A[:, None], past_key_values=hf_cache, use_cache=True)  # fmt: skip
+        hf_AV = hf.logits[:, -1]
+        lean_AV = lean.step(tok_A, pos_A, t, mask_AL)
+        torch.testing.assert_close(lean_AV, hf_AV, rtol=1e-5, atol=1e-5)
+        tok_A, pos_A = hf_AV.argmax(-1), pos_A + 1
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_sample_is_the_same_through_either_engine(arch):
+    model = MODELS[arch]()
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    kw = dict(max_new_tokens=12, eos_id=EOS, pad_id=PAD, topk=4)
+    for temperature in (0.0, 1.0):
+        a = sample(model, prompts, temperature=temperature, engine="hf",
+                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        b = sample(model, prompts, temperature=temperature, engine="lean",
+                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        assert a.responses == b.responses and a.stopped_by == b.stopped_by
+        for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        assert all(
+            torch.equal(x, y) for x, y in zip(a.student_topk_ids, b.student_topk_ids, strict=True)
+        )
+
+
+def test_unsupported_models_fall_back():
+    model = tiny_llama(V)
+    model.config.hidden_act = "gelu"
+    assert not supported(model)
+    with pytest.raises(ValueError, match="engine='lean' does not support"):
+        sample(model, PROMPTS, max_new_tokens=2, eos_id=EOS, pad_id=PAD, engine="lean")
+    r = sample(model, PROMPTS, max_new_tokens=2, eos_id=EOS, pad_id=PAD, temperature=0.0)
+    assert len(r.responses) == len(PROMPTS)
