@@ -106,6 +106,7 @@ def token_losses(
     candidate_ids_BTK: torch.Tensor | None = None,
     teacher_candidate_logprobs_BTK: torch.Tensor | None = None,
     teacher_token_logprobs_BT: torch.Tensor | None = None,
+    teacher_hidden_NH: torch.Tensor | None = None,
     jsd_beta: float = 0.5,
     chunk: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,14 +116,23 @@ def token_losses(
     `student` is a Hugging Face causal LM or a (possibly DDP/FSDP-wrapped) `StudentLoss`.
     `sampled_rkl` needs `teacher_token_logprobs_BT`; `topk_rkl` needs the candidate ids
     (the student's top-K at sampling time) and the teacher's log-probs at them; the
-    full-vocabulary losses run the teacher here, chunked, on the same sequences.
+    full-vocabulary losses take the teacher's hidden states at the valid positions from
+    `teacher_hidden_NH` (`TokenScores.hidden_NH`: no second teacher forward) or, without it,
+    run the teacher here on the same sequences; its head is applied in chunks.
     """
     t_hidden_NH = t_head_VH = None
     if loss not in ("topk_rkl", "sampled_rkl"):
+        t_hidden_NH = teacher_hidden_NH
         with torch.no_grad():
-            T = tokens_BT.shape[1]
-            t_hidden_NH = response_hidden(teacher, input_ids_BL, prompt_lens_B, T)[mask_BT]
+            if t_hidden_NH is None:
+                T = tokens_BT.shape[1]
+                t_hidden_NH = response_hidden(teacher, input_ids_BL, prompt_lens_B, T)[mask_BT]
         t_head_VH = teacher.get_output_embeddings().weight.detach()
+        if t_hidden_NH.shape[0] != int(mask_BT.sum()):
+            raise ValueError(
+                f"teacher_hidden_NH has {t_hidden_NH.shape[0]} rows for "
+                f"{int(mask_BT.sum())} valid tokens"
+            )
     if hasattr(student, "get_decoder"):  # a bare model
         student = StudentLoss(student)
     return student(loss, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT, candidate_ids_BTK,

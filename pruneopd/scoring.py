@@ -32,12 +32,16 @@ class TokenScores:
     topk_ids_BTK: [B, T, K] long, the teacher's own top-K ids (descending log-prob).
     topk_logprobs_BTK: [B, T, K] float32, their log-probs.
     candidate_logprobs_BTK: [B, T, Kc] float32, log q_t at given candidate ids, or None.
+    hidden_NH: [N, H] the teacher's final hidden states at the N valid positions (row-major
+        over [B, T]), from which the full-vocabulary losses take q_t without a second teacher
+        forward; None from the incremental scorer.
     """
 
     token_logprobs_BT: torch.Tensor
     topk_ids_BTK: torch.Tensor
     topk_logprobs_BTK: torch.Tensor
     candidate_logprobs_BTK: torch.Tensor | None = None
+    hidden_NH: torch.Tensor | None = None
 
 
 def scores_from_hidden(
@@ -86,6 +90,7 @@ def scores_from_hidden(
         topk_ids_BTK=unflatten(topk_ids_NK),
         topk_logprobs_BTK=unflatten(topk_lp_NK),
         candidate_logprobs_BTK=None if cand_lp_NK is None else unflatten(cand_lp_NK),
+        hidden_NH=hidden_NH,
     )
 
 

@@ -254,7 +254,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             loss_BT, _ = token_losses(
                 cfg.loss, ps.loss_module, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
                 candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-                teacher_token_logprobs_BT=scores.token_logprobs_BT, jsd_beta=cfg.jsd_beta,
+                teacher_token_logprobs_BT=scores.token_logprobs_BT,
+                teacher_hidden_NH=None if scores.hidden_NH is None else scores.hidden_NH[train_mask_BT[mask_BT]],
+                jsd_beta=cfg.jsd_beta,
                 chunk=cfg.loss_chunk,
             )  # fmt: skip
             # the token mean over the global batch: this rank's share, times the world size

@@ -185,3 +185,26 @@ def test_response_hidden_picks_the_predicting_positions(pair):
         logits_BTV = student.lm_head(got_BTH)
         ref_BTV = reference_logits(student)
     torch.testing.assert_close(logits_BTV[mask_BT], ref_BTV[mask_BT], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["full_rkl", "forward_kl", "jsd"])
+def test_teacher_hidden_from_scoring_equals_a_second_teacher_forward(pair, loss):
+    """The full-vocabulary losses reuse the scorer's teacher hidden states (one teacher forward
+    per step instead of two) and get the same losses and gradients."""
+    from pruneopd.scoring import score_responses
+
+    student, teacher = pair
+    input_ids_BL, prompt_lens_B, tokens_BT, mask_BT = batch()
+    scores = score_responses(teacher, PROMPTS, RESPONSES, k=4, pad_id=PAD)
+    assert scores.hidden_NH.shape == (int(mask_BT.sum()), teacher.config.hidden_size)
+    out = []
+    for hidden in (None, scores.hidden_NH):
+        loss_BT, _ = token_losses(loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT,
+                                  mask_BT, teacher_hidden_NH=hidden, jsd_beta=JSD_BETA)  # fmt: skip
+        out.append((loss_BT.detach(), grads(student, loss_BT.sum())))
+    torch.testing.assert_close(out[1][0], out[0][0], atol=1e-6, rtol=1e-5)
+    for name, g in out[0][1].items():
+        torch.testing.assert_close(out[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="rows for"):
+        token_losses(loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
+                     teacher_hidden_NH=scores.hidden_NH[1:])  # fmt: skip
