@@ -30,16 +30,16 @@ def cmd_zoo_build(args) -> None:
 
     set_threads()
     out = Path(args.out)
-    existing = [m for m in STAGES if (out / m / "config.json").exists()]
-    if existing and not args.force:
-        _die(f"{out} already holds a zoo ({', '.join(existing)}); pass --force to overwrite it")
-    if out.resolve() == PACKAGE_ZOO.resolve() and not args.force:
-        _die(f"{out} is the shipped zoo; pass --force to overwrite it")
-    spec = FAST if args.fast else ZooSpec()
     only = tuple(args.only.split(",")) if args.only else STAGES
     bad = [m for m in only if m not in STAGES]
     if bad:
         _die(f"--only: unknown model {bad[0]!r} (choose from {', '.join(STAGES)})")
+    existing = [m for m in only if (out / m / "config.json").exists()]
+    if existing and not args.force:
+        _die(f"{out} already holds {', '.join(existing)}; pass --force to overwrite")
+    if out.resolve() == PACKAGE_ZOO.resolve() and not args.force:
+        _die(f"{out} is the shipped zoo; pass --force to overwrite it")
+    spec = FAST if args.fast else ZooSpec()
     report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr),
                        only=only)  # fmt: skip
     if not args.fast and only == STAGES:

@@ -45,7 +45,7 @@ class ZooSpec:
     batch_size: int = 32
     difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
     teacher_eval_every: int = 100
-    student_eval_every: int = 25
+    student_eval_every: int = 10  # the learning jump takes ~25 steps: catch it mid-way
     eval_problems: int = 64
     final_eval_problems: int = 256
     vocab_size: int = 1024

@@ -101,23 +101,33 @@ def test_fast_build_is_deterministic(tmp_path):
 
 
 def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
-    """The shipped zoo: teacher >= 90% on regs, both students inside the 20-60% band."""
+    """The shipped zoo: teacher >= 90% on every built-in task, both students inside the 20-60%
+    band on theirs (64 problems here: the README's figures use 256), and the cross-family
+    student agrees with the teacher's top-1 less often than the same-family one."""
+    import json
+
     import torch
 
     from pruneopd.evaluate import evaluate
     from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
-    from pruneopd.tasks import get_task
+    from pruneopd.tasks import TASKS
 
     if not (PACKAGE_ZOO / "teacher" / "config.json").exists():
         pytest.skip("no shipped zoo")
     torch.set_num_threads(1)
-    task = get_task("regs")
-    problems = task.problems("test", 64, seed=0)
     tok = load_tokenizer(str(PACKAGE_ZOO / "teacher"))
-    acc = {
-        name: evaluate(load_model(str(PACKAGE_ZOO / name)), tok, task, problems)["accuracy"]
-        for name in ("teacher", "student-same", "student-cross")
-    }
-    assert acc["teacher"] >= 0.9, acc
+    teacher = load_model(str(PACKAGE_ZOO / "teacher"))
+    for name, task in TASKS.items():
+        acc = evaluate(teacher, tok, task, task.problems("test", 64, seed=0))["accuracy"]
+        assert acc >= 0.9, (name, acc)
+    task = TASKS["regs"]
+    problems = task.problems("test", 64, seed=0)
     for name in ("student-same", "student-cross"):
-        assert 0.15 <= acc[name] <= 0.6, acc
+        acc = evaluate(load_model(str(PACKAGE_ZOO / name)), tok, task, problems)["accuracy"]
+        assert 0.15 <= acc <= 0.65, (name, acc)
+    compat = json.loads((PACKAGE_ZOO / "zoo_report.json").read_text())["compatibility"]
+    same, cross = (
+        compat["student-same"]["top1_agreement"],
+        compat["student-cross"]["top1_agreement"],
+    )
+    assert cross < same - 0.05, (same, cross)
