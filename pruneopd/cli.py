@@ -128,7 +128,7 @@ def cmd_inspect(args) -> None:
 
 
 def _default_config() -> Path:
-    return Path(__file__).parent / "configs" / "prune-cross.yaml"
+    return Path(__file__).parent / "configs" / "prune-same.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     t = sub.add_parser("train", help="on-policy distillation (Prune-OPD, full, prefix)")
-    t.add_argument("--config", help="YAML config (default: the prune-cross preset)")
+    t.add_argument("--config", help="YAML config (default: the prune-same preset)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--help-config", action="store_true", help="list every config key")
     t.add_argument("--check", action="store_true",

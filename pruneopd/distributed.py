@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checkpoint import save_checkpoint
 from .config import ConfigError
 from .objective import StudentLoss
 
@@ -106,6 +107,27 @@ def init(device: torch.device) -> Dist:
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+def on_main(d: Dist, fn):
+    """Run `fn` on rank 0 only and hand its result (or its ConfigError) to every rank."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn()
+        except ConfigError as e:
+            error = str(e)
+    result, error = d.broadcast((result, error))
+    if error is not None:
+        raise ConfigError(error)
+    return result
+
+
+def save_once(d: Dist, out, step: int, student, state: dict, keep: int):
+    """Checkpoint on rank 0; the others wait so no rank runs ahead of a half-written step."""
+    path = save_checkpoint(out, step, student, state, keep) if d.main else None
+    d.barrier()
+    return d.broadcast(path)
 
 
 def shutdown() -> None:

@@ -191,3 +191,19 @@ def _start_wandb(project: str | None, out: Path, config: dict | None, resume: bo
         return None
     id_file.write_text(run_id)
     return run
+
+
+class NullLog:
+    """The log of ranks other than 0 under torchrun: they compute every metric, write none."""
+
+    def log(self, step, metrics):
+        pass
+
+    def samples(self, step, rows):
+        pass
+
+    def offsets(self):
+        return {}
+
+    def close(self):
+        pass

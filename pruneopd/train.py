@@ -24,7 +24,6 @@ from .checkpoint import (
     GracefulStop,
     load_trainer_state,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, config_to_yaml
@@ -44,7 +43,7 @@ from .pair import (  # noqa: F401  (PairError is part of this module's interface
     train_device,
 )
 from .rollout import repeat_prompts, sample, sample_uniforms
-from .runlog import RunLog, check_resumable, prepare_run_dir, versions
+from .runlog import NullLog, RunLog, check_resumable, prepare_run_dir, versions
 from .scoring import score_responses
 from .tokenizer import decode_response, prompt_ids
 
@@ -114,7 +113,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
         raise ConfigError(f"prompts_per_step x responses_per_prompt = {B_all} samples per step "
                           f"cannot be split evenly over {distributed.world_size()} processes")  # fmt: skip
     d = distributed.init(device)
-    resume_from = _on_main(d, lambda: prepare_run_dir(cfg, dry_run=dry_run))
+    resume_from = distributed.on_main(d, lambda: prepare_run_dir(cfg, dry_run=dry_run))
     saved = load_trainer_state(resume_from) if resume_from is not None else None
     if saved is not None:
         check_resumable(cfg, saved["config"], resume_from)
@@ -143,7 +142,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                      step=saved["step"] if saved else 0, wandb_project=cfg.wandb_project if cfg.wandb else None,
                      config=asdict(cfg))  # fmt: skip
     else:
-        log = _NoLog()
+        log = NullLog()
     ps = distributed.ParallelStudent(student, cfg.parallel, d)
     student = ps.model  # full weights on every rank: sampling, evaluation, saving
     rows = slice(*d.split(B_all))  # this rank's samples of each step's global batch
@@ -279,7 +278,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 opt.zero_grad(set_to_none=True)
                 totals["skipped_steps"] += 1
             else:  # keep the last good state: weights, optimizer and RNG as at this step's start
-                path = _save(d, out, step, student, trainer_state(step, rng_at_start, offsets_at_start),
+                path = distributed.save_once(d, out, step, student, trainer_state(step, rng_at_start, offsets_at_start),
                              cfg.keep_checkpoints)  # fmt: skip
                 log.close()
                 raise TrainingStopped(
@@ -341,7 +340,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
             last = step + 1 == cfg.max_steps
             stopping = d.any(stop.requested)  # a signal to any rank stops every rank
             if last or stopping or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                path = _save(d, out, step + 1, student,
+                path = distributed.save_once(d, out, step + 1, student,
                              trainer_state(step + 1, rng_state(gen), log.offsets()),
                              cfg.keep_checkpoints)  # fmt: skip
             if stopping and not last:
@@ -377,40 +376,3 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
 
 def _train_s(totals: dict) -> float:
     return totals["t_sample"] + totals["t_teacher"] + totals["t_update"]
-
-
-def _on_main(d, fn):
-    """Run `fn` on rank 0 only and hand its result (or its error) to every rank."""
-    result, error = None, None
-    if d.main:
-        try:
-            result = fn()
-        except ConfigError as e:
-            error = str(e)
-    result, error = d.broadcast((result, error))
-    if error is not None:
-        raise ConfigError(error)
-    return result
-
-
-def _save(d, out, step, student, state, keep):
-    """Checkpoint on rank 0; the others wait so no rank runs ahead of a half-written step."""
-    path = save_checkpoint(out, step, student, state, keep) if d.main else None
-    d.barrier()
-    return d.broadcast(path)
-
-
-class _NoLog:
-    """The log of ranks other than 0: they compute every metric but write none."""
-
-    def log(self, step, metrics):
-        pass
-
-    def samples(self, step, rows):
-        pass
-
-    def offsets(self):
-        return {}
-
-    def close(self):
-        pass
