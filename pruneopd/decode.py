@@ -47,6 +47,8 @@ def supported(model) -> bool:
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as Hugging Face computes it (in float32, weight applied in the input dtype)."""
     dtype = x.dtype
+    if dtype == torch.float32:  # one fused kernel
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(dtype)
@@ -80,6 +82,20 @@ class LeanDecoder:
         for i, layer in enumerate(cache.layers):
             self.K[i, :, :, :prompt_len] = layer.keys
             self.V[i, :, :, :prompt_len] = layer.values
+        # q/k/v and gate/up as one matmul each: fewer, larger ops per token
+        self.qkv, self.gate_up = [], []
+        for layer in dec.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            projs = (att.q_proj, att.k_proj, att.v_proj)
+            w = torch.cat([m.weight for m in projs]).detach()
+            b = None
+            if any(m.bias is not None for m in projs):
+                b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
+                               for m in projs]).detach()  # fmt: skip
+            self.qkv.append((w, b))
+            self.gate_up.append(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach())
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv * self.head_dim
         positions = torch.arange(S, device=k0.device)[None]
         cos, sin = dec.rotary_emb(k0, positions)  # [1, S, D]
         self.cos_SD, self.sin_SD = cos[0], sin[0]
@@ -104,9 +120,10 @@ class LeanDecoder:
         for i, layer in enumerate(self.dec.layers):
             att = layer.self_attn
             h = _rms(x, layer.input_layernorm.weight, self.eps)
-            q = att.q_proj(h).view(A, self.n_heads, self.head_dim)
-            k = att.k_proj(h).view(A, self.n_kv, self.head_dim)
-            v = att.v_proj(h).view(A, self.n_kv, self.head_dim)
+            q, k, v = F.linear(h, *self.qkv[i]).split([self.q_size, self.kv_size, self.kv_size], -1)
+            q = q.reshape(A, self.n_heads, self.head_dim)
+            k = k.reshape(A, self.n_kv, self.head_dim)
+            v = v.reshape(A, self.n_kv, self.head_dim)
             if self.qk_norm:
                 q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
                 k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
@@ -121,7 +138,7 @@ class LeanDecoder:
             o = probs_AKGL.to(q.dtype) @ self.V[i, :, :, :L]  # [A, Hkv, G, D]
             x = x + att.o_proj(o.reshape(A, self.n_heads * self.head_dim))
             h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            gate, up = F.linear(h, self.gate_up[i]).chunk(2, dim=-1)
+            x = x + layer.mlp.down_proj(F.silu(gate) * up)
         x = _rms(x, self.dec.norm.weight, self.eps)
         return self.model.get_output_embeddings()(x)
