@@ -50,3 +50,32 @@ def overlap_stats(
         }
     out["top1_agreement"] = out["k1"]["mean"] if 1 in ks else None
     return out
+
+
+@torch.inference_mode()
+def style_fidelity(teacher, tok, task, problems) -> dict:
+    """Can the teacher supervise each trace style? Teacher-forced on the reference trace of
+    every problem in each style: the share of response tokens (EOS included) where its top-1
+    prediction is the reference token, and the share of traces it gets entirely right.
+
+    A teacher that is poor in a student's style teaches that student wrong tokens on-policy,
+    whatever the drift monitor says (docs/benchmarks.md).
+    """
+    from .scoring import score_responses
+
+    prompts = [prompt_ids(tok, p) for p in problems]
+    out = {}
+    for style in task.styles:
+        refs = [tok(task.render(p, style), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                for p in problems]  # fmt: skip
+        s = score_responses(teacher, prompts, refs, k=1, pad_id=tok.pad_token_id)
+        mask_BT = (
+            torch.arange(s.topk_ids_BTK.shape[1]) < torch.tensor([len(r) for r in refs])[:, None]
+        )
+        ref_BT = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in refs], batch_first=True)
+        hit_BT = (s.topk_ids_BTK[..., 0] == ref_BT) | ~mask_BT
+        out[style] = {
+            "token_top1": float(hit_BT[mask_BT].float().mean()),
+            "traces_right": float(hit_BT.all(dim=1).float().mean()),
+        }
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .compat import overlap_stats
+from .compat import overlap_stats, style_fidelity
 from .evaluate import evaluate, reference_cap
 from .models import load_model, load_tokenizer
 from .tasks import TASKS
@@ -31,11 +31,21 @@ def write_report(zoo: Path, n: int = 256, seed: int = 0, log=None) -> dict:
                                      ("accuracy", "partial_credit", "mean_length", "cut_rate")}  # fmt: skip
             if log:
                 log(f"{name} {tname}: {accuracy[name][tname]}")
+        if name == "teacher":
+            fidelity = {tname: style_fidelity(model, tok, task, task.problems("test", min(n, 64), seed=seed))
+                        for tname, task in tasks.items()}  # fmt: skip
         if name != "teacher":
             task = TASKS[student_task]
             problems = task.problems("test", n, seed=seed)
             compat[name] = overlap_stats(model, teacher, tok, task, problems, seed=seed,
                                          max_new_tokens=reference_cap(task, tok, problems))  # fmt: skip
-    report.update({"accuracy": accuracy, "compatibility": compat, "report_problems": n})
+    report.update(
+        {
+            "accuracy": accuracy,
+            "compatibility": compat,
+            "teacher_style_fidelity": fidelity,
+            "report_problems": n,
+        }
+    )
     path.write_text(json.dumps(report, indent=2))
     return report

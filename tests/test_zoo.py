@@ -125,6 +125,16 @@ def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
     for name in ("student-same", "student-cross"):
         acc = evaluate(load_model(str(PACKAGE_ZOO / name)), tok, task, problems)["accuracy"]
         assert 0.15 <= acc <= 0.65, (name, acc)
+    # the teacher supervises its own style without a wrong token (teacher-forced references)
+    from pruneopd.compat import style_fidelity
+
+    for name, task in TASKS.items():
+        fid = style_fidelity(teacher, tok, task, task.problems("test", 16, seed=0))
+        assert fid["terse"]["token_top1"] > 0.99 and fid["terse"]["traces_right"] >= 0.9, (
+            name,
+            fid,
+        )
+        assert 0.0 <= fid["verbose"]["token_top1"] <= 1.0
     compat = json.loads((PACKAGE_ZOO / "zoo_report.json").read_text())["compatibility"]
     same, cross = (
         compat["student-same"]["top1_agreement"],
