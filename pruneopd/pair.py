@@ -57,7 +57,8 @@ def train_device(cfg: TrainConfig) -> torch.device:
 def load_student(path: str, cfg: TrainConfig):
     student = load_model(path, getattr(torch, cfg.dtype)).to(train_device(cfg))
     if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
+        enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        (enable or student.gradient_checkpointing_enable)()
         student.config.use_cache = False
     return student
 
