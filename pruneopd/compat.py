@@ -61,8 +61,6 @@ def style_fidelity(teacher, tok, task, problems) -> dict:
     A teacher that is poor in a student's style teaches that student wrong tokens on-policy,
     whatever the drift monitor says (docs/benchmarks.md).
     """
-    from .scoring import score_responses
-
     prompts = [prompt_ids(tok, p) for p in problems]
     out = {}
     for style in task.styles:

@@ -35,9 +35,9 @@ def supported(model) -> bool:
         return False
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
         return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        if cfg.model_type != "llama":
-            return False
+    windowed = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+    if windowed and cfg.model_type != "llama":  # Llama configs carry no attention window
+        return False
     if getattr(model, "training", False):
         return False
     dec = model.get_decoder()
@@ -82,20 +82,6 @@ class LeanDecoder:
         for i, layer in enumerate(cache.layers):
             self.K[i, :, :, :prompt_len] = layer.keys
             self.V[i, :, :, :prompt_len] = layer.values
-        # q/k/v and gate/up as one matmul each: fewer, larger ops per token
-        self.qkv, self.gate_up = [], []
-        for layer in dec.layers:
-            att, mlp = layer.self_attn, layer.mlp
-            projs = (att.q_proj, att.k_proj, att.v_proj)
-            w = torch.cat([m.weight for m in projs]).detach()
-            b = None
-            if any(m.bias is not None for m in projs):
-                b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                               for m in projs]).detach()  # fmt: skip
-            self.qkv.append((w, b))
-            self.gate_up.append(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach())
-        self.q_size = self.n_heads * self.head_dim
-        self.kv_size = self.n_kv * self.head_dim
         positions = torch.arange(S, device=k0.device)[None]
         cos, sin = dec.rotary_emb(k0, positions)  # [1, S, D]
         self.cos_SD, self.sin_SD = cos[0], sin[0]
@@ -120,10 +106,9 @@ class LeanDecoder:
         for i, layer in enumerate(self.dec.layers):
             att = layer.self_attn
             h = _rms(x, layer.input_layernorm.weight, self.eps)
-            q, k, v = F.linear(h, *self.qkv[i]).split([self.q_size, self.kv_size, self.kv_size], -1)
-            q = q.reshape(A, self.n_heads, self.head_dim)
-            k = k.reshape(A, self.n_kv, self.head_dim)
-            v = v.reshape(A, self.n_kv, self.head_dim)
+            q = att.q_proj(h).view(A, self.n_heads, self.head_dim)
+            k = att.k_proj(h).view(A, self.n_kv, self.head_dim)
+            v = att.v_proj(h).view(A, self.n_kv, self.head_dim)
             if self.qk_norm:
                 q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
                 k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
@@ -138,7 +123,7 @@ class LeanDecoder:
             o = probs_AKGL.to(q.dtype) @ self.V[i, :, :, :L]  # [A, Hkv, G, D]
             x = x + att.o_proj(o.reshape(A, self.n_heads * self.head_dim))
             h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
-            gate, up = F.linear(h, self.gate_up[i]).chunk(2, dim=-1)
-            x = x + layer.mlp.down_proj(F.silu(gate) * up)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
         x = _rms(x, self.dec.norm.weight, self.eps)
         return self.model.get_output_embeddings()(x)

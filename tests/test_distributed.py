@@ -52,7 +52,6 @@ def one_process(fast_zoo, tmp_path_factory):
     return out
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="posix")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_train_like_one(fast_zoo, one_process, tmp_path, parallel):
     out = tmp_path / parallel
