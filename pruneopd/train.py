@@ -305,9 +305,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                                            train_mask_BT, rkl_BT, rewards,
                                            rollout.response_lengths.tolist(), rollout.stopped_by)  # fmt: skip
             boundary = max(cfg.min_len, cap - cfg.budget_margin)
-            times = d.sum(
-                [t_sample, t_teacher, t_update]
-            )  # every rank's work, as one process would
+            times = d.sum([t_sample, t_teacher, t_update])  # logged: the mean over ranks
             m = {
                 "loss": loss.item(),
                 **step_metrics.reduce_means(sums, d),
