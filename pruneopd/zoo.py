@@ -3,7 +3,9 @@
 `build_zoo` trains, with supervised fine-tuning on task traces:
 - `teacher`: every task, a mix of trace styles with `terse` dominant;
 - `student-same`: the teacher's dominant style only, stopped just after its learning jump;
-- `student-cross`: another style (`verbose`) only, also stopped just after its jump.
+- `student-cross`: another style (`verbose`) as its own habit, mixed with some of the
+  teacher's (`cross_own_share`), also stopped just after its jump. A student with no support
+  at all for the teacher's style cannot follow it: OPD pushes down its tokens and it collapses.
 Each is a `transformers` Llama checkpoint saved with `save_pretrained`, next to one shared
 tokenizer. A JSON report records every accuracy and the overlap statistics that justify
 the presets' K and tau.
@@ -42,6 +44,9 @@ class ZooSpec:
     student_lr: float = 1e-3
     student_band: tuple[float, float] = (0.2, 0.6)  # accepted greedy accuracy
     student_target: float = 0.3  # stop at the first evaluation at or above this
+    # student-cross's share of its own style; the rest is the teacher's dominant style, so
+    # the cross student has some support for what the teacher will push it towards
+    cross_own_share: float = 0.35
     batch_size: int = 32
     difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
     teacher_eval_every: int = 100
@@ -151,7 +156,10 @@ def build_zoo(
         if name not in only:
             continue
         d = TASKS[spec.student_task].default_difficulty
-        mix = TraceMix((spec.student_task,), {style: 1.0}, max(1, d - spec.difficulty_spread),
+        styles = {style: 1.0}
+        if style != dominant and spec.cross_own_share < 1.0:
+            styles = {style: spec.cross_own_share, dominant: 1.0 - spec.cross_own_share}
+        mix = TraceMix((spec.student_task,), styles, max(1, d - spec.difficulty_spread),
                        d + spec.difficulty_spread)  # fmt: skip
 
         def pick(r):
@@ -165,5 +173,6 @@ def build_zoo(
             seed + 1, out, pick, log, spec.student_eval_every,
         )  # fmt: skip
         report["models"][name]["style"] = style
+        report["models"][name]["styles"] = styles
         path.write_text(json.dumps(report, indent=2))
     return report
