@@ -110,7 +110,8 @@ def opd_step(student, teacher, tok, opt, prompts, *, cap, loss, eos_id, gen, top
     loss_BT, _ = token_losses(
         loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
         candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-        teacher_token_logprobs_BT=scores.token_logprobs_BT, chunk=loss_chunk,
+        teacher_token_logprobs_BT=scores.token_logprobs_BT, teacher_hidden_NH=scores.hidden_NH,
+        chunk=loss_chunk,
     )  # fmt: skip
     value = masked_token_mean(loss_BT, mult_BT if prune else mask_BT.float(), mask_BT)
     opt.zero_grad(set_to_none=True)

@@ -9,7 +9,8 @@ that goes first swaps every step, so load from other processes hits both alike):
   loss=full_rkl): `sample` (student, KV cache, temperature 1, eos id -1 so that every response
   runs to --new-tokens), `score_responses` (teacher top-16 + candidates, as the trainer does for
   its drift monitor and metrics), drift monitor + reliability weights, `token_losses`
-  ("full_rkl": exact full-vocabulary KL(p_S || p_T), the teacher re-run inside, chunked),
+  ("full_rkl": exact full-vocabulary KL(p_S || p_T), chunked, from the teacher's final hidden
+  states that scoring returns, so the teacher runs once per step, as in the trainer),
   token mean, backward, grad clip 1.0, AdamW step.
 - TRL: `trl.experimental.gkd.GKDTrainer` with lmbda=1 (always on-policy student samples),
   beta=1 (reverse KL in TRL's generalised-JSD convention), temperature 1, top_k 0, top_p 1,

@@ -49,7 +49,29 @@ def overlap_stats(
             "histogram": torch.histc(o_N.float(), bins=10, min=0, max=1).int().tolist(),
         }
     out["top1_agreement"] = out["k1"]["mean"] if 1 in ks else None
+    # which style each sample is written in, and how often the teacher's top-1 agrees there
+    top1_BT = student_ids_BTK[..., 0] == scores.topk_ids_BTK[..., 0]
+    styles = [
+        sample_style(task, tok.decode(resp, skip_special_tokens=True)) for resp in r.responses
+    ]
+    out["by_style"] = {}
+    for style in sorted(set(styles)):
+        rows_B = torch.tensor([s == style for s in styles])
+        m_BT = mask_BT & rows_B[:, None]
+        out["by_style"][style] = {
+            "samples": int(rows_B.sum()),
+            "tokens": int(m_BT.sum()),
+            "top1_agreement": float(top1_BT[m_BT].float().mean()) if m_BT.any() else None,
+        }
     return out
+
+
+def sample_style(task, text: str) -> str:
+    """The trace style a response is written in: "verbose", "terse" or "other" (neither's
+    step pattern occurs)."""
+    if task.verbose_step.search(text):
+        return "verbose"
+    return "terse" if task.terse_step.search(text) else "other"
 
 
 @torch.inference_mode()

@@ -195,7 +195,12 @@ def _convert(key: str, value, where: str):
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
+            if isinstance(value, str) and "e" in value.lower():  # "1e3"; not "1.5e0" or "1e999"
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -204,7 +209,7 @@ def _convert(key: str, value, where: str):
             if isinstance(value, (dict, list)) or value is None:
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(
             f"{where}config key '{key}' = {value!r}: expected {tp.__name__}"
         ) from None

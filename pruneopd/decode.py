@@ -54,10 +54,10 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as `x * cos + rotate_half(x) * sin`, with rotate_half's sign folded
-    into `signed_sin` (first half negated), so the half swap is one `roll`."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
 
 
 class LeanDecoder:
@@ -84,9 +84,7 @@ class LeanDecoder:
             self.V[i, :, :, :prompt_len] = layer.values
         positions = torch.arange(S, device=k0.device)[None]
         cos, sin = dec.rotary_emb(k0, positions)  # [1, S, D]
-        half = self.head_dim // 2
-        self.cos_SD = cos[0]
-        self.signed_sin_SD = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+        self.cos_SD, self.sin_SD = cos[0], sin[0]
 
     def select(self, keep_A: torch.Tensor) -> None:
         """Keep only the samples at indices keep_A (the others are finished)."""
@@ -101,35 +99,29 @@ class LeanDecoder:
         mask_AS: [A, >= P + t + 1] attention mask (1 = attend) over the cache slots.
         """
         A, L = tok_A.shape[0], self.P + t + 1
-        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        G = H // Hkv
         x = self.dec.embed_tokens(tok_A)  # [A, H]
-        cos, sin = self.cos_SD[pos_A][:, None], self.signed_sin_SD[pos_A][:, None]  # [A, 1, D]
-        # padding as an additive bias on the scores, one [A * Hkv, G, L] tensor for all layers
-        bias_A1L = torch.zeros(mask_AS[:, None, :L].shape, dtype=x.dtype, device=x.device)
-        bias_A1L.masked_fill_(~mask_AS[:, None, :L].bool(), float("-inf"))
-        bias_XGL = bias_A1L[:, None].expand(A, Hkv, G, L).reshape(A * Hkv, G, L)
+        cos, sin = self.cos_SD[pos_A][:, None], self.sin_SD[pos_A][:, None]  # [A, 1, D]
+        blocked = ~mask_AS[:, None, None, :L].bool()  # [A, 1, 1, L]: padding
+        G = self.n_heads // self.n_kv
         for i, layer in enumerate(self.dec.layers):
             att = layer.self_attn
             h = _rms(x, layer.input_layernorm.weight, self.eps)
-            q = att.q_proj(h).view(A, H, D)
-            k = att.k_proj(h).view(A, Hkv, D)
-            v = att.v_proj(h).view(A, Hkv, D)
+            q = att.q_proj(h).view(A, self.n_heads, self.head_dim)
+            k = att.k_proj(h).view(A, self.n_kv, self.head_dim)
+            v = att.v_proj(h).view(A, self.n_kv, self.head_dim)
             if self.qk_norm:
                 q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
                 k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
-            qk = _rotate(torch.cat((q, k), dim=1), cos, sin)  # both rotated in one pass
-            q, k = qk[:, :H], qk[:, H:]
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             self.K[i, :, :, L - 1] = k
             self.V[i, :, :, L - 1] = v
-            # one query per sample: plain batched matmuls beat SDPA's CPU kernels at this size;
-            # the G = heads / kv_heads query heads of a group share their K/V head (GQA)
-            q_XGD = q.reshape(A * Hkv, G, D)
-            K_XLD = self.K[i, :, :, :L].reshape(A * Hkv, L, D)
-            scores_XGL = torch.baddbmm(bias_XGL, q_XGD, K_XLD.transpose(1, 2), alpha=att.scaling)
-            probs_XGL = scores_XGL.softmax(-1).to(q.dtype)
-            o = torch.bmm(probs_XGL, self.V[i, :, :, :L].reshape(A * Hkv, L, D))  # [A*Hkv, G, D]
-            x = x + att.o_proj(o.reshape(A, H * D))
+            # one query per sample: plain matmuls beat SDPA's CPU kernels at this size; the
+            # G = heads / kv_heads query heads of a group share their K/V head (GQA)
+            q_AKGD = q.view(A, self.n_kv, G, self.head_dim)
+            scores_AKGL = (q_AKGD @ self.K[i, :, :, :L].transpose(-1, -2)) * att.scaling
+            probs_AKGL = scores_AKGL.masked_fill(blocked, float("-inf")).softmax(-1)
+            o = probs_AKGL.to(q.dtype) @ self.V[i, :, :, :L]  # [A, Hkv, G, D]
+            x = x + att.o_proj(o.reshape(A, self.n_heads * self.head_dim))
             h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
             mlp = layer.mlp
             x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))

@@ -4,8 +4,9 @@
 - `teacher`: every task, a mix of trace styles with `terse` dominant;
 - `student-same`: the teacher's dominant style only, stopped just after its learning jump;
 - `student-cross`: another style (`verbose`) as its own habit, mixed with some of the
-  teacher's (`cross_own_share`), also stopped just after its jump. A student with no support
-  at all for the teacher's style cannot follow it: OPD pushes down its tokens and it collapses.
+  teacher's (`cross_own_share`), also stopped just after its jump. A `verbose`-only student
+  collapsed under OPD: it has no support for the teacher's format tokens, and the teacher,
+  with 5% `verbose` traces, gets that style's arithmetic wrong.
 Each is a `transformers` Llama checkpoint saved with `save_pretrained`, next to one shared
 tokenizer. A JSON report records every accuracy and the overlap statistics that justify
 the presets' K and tau.

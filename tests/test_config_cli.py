@@ -38,6 +38,7 @@ def test_yaml_file_plus_overrides(tmp_path):
     assert cfg.jsd_beta == 0.25 and cfg.student == "student-same"
     assert cfg.w_drop == TrainConfig().w_drop  # untouched keys keep their defaults
     assert load_config(None, ["online_pruning=yes"]).online_pruning is True
+    assert load_config(None, ["max_steps=2E2"]).max_steps == 200  # integer in exponent form
     assert load_config(write(tmp_path, "", "empty.yaml")).method == TrainConfig().method
 
 

@@ -68,8 +68,10 @@ def test_two_processes_train_like_one(fast_zoo, one_process, tmp_path, parallel)
     w1 = load_file(one_process / "final" / "model.safetensors")
     w2 = load_file(out / "final" / "model.safetensors")
     assert w1.keys() == w2.keys()
+    # Adam divides by the gradient's running RMS, so float-order differences in a near-zero
+    # gradient become update differences of a small fraction of lr (1e-2 here): allow 1% of it
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-2 * ARGS["lr"])
     # the run changed the weights (so the comparison above says something)
     w0 = load_file(fast_zoo / "student-cross" / "model.safetensors")
     assert any(not torch.equal(w0[k], w1[k]) for k in w1)

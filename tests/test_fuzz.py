@@ -110,7 +110,8 @@ def test_fuzzed_config_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     ["max_steps=[1]", "tau=0", "tau=1.01", "w_drop=-0.1", "min_len=600", "topk=100000",
      "lr=abc", "method=ful", "student=/nonexistent/model", "difficulty=100000",
      "resume=/nonexistent/ckpt", "on_nonfinite=ignore", "keep_checkpoints=0", "out=",
-     "max_len=4000", "data=/nonexistent/data.jsonl", "data=README.md"],
+     "max_len=4000", "data=/nonexistent/data.jsonl", "data=README.md", "max_steps=1e999",
+     "max_steps=1.5e0", "seed=-1e400"],
 )  # fmt: skip
 def test_bad_overrides_are_one_line(base, tmp_path, capsys, override):
     path = tmp_path / "cfg.yaml"

@@ -54,6 +54,9 @@ def test_zoo_report(fast_zoo):
         assert report["models"][name]["best_step"] is not None
     assert report["models"]["student-same"]["style"] == "terse"
     assert report["models"]["student-cross"]["style"] == "verbose"
+    # the cross student's own style, mixed with some of the teacher's (ZooSpec.cross_own_share)
+    assert report["models"]["student-cross"]["styles"] == {"verbose": 0.35, "terse": 0.65}
+    assert report["models"]["student-same"]["styles"] == {"terse": 1.0}
 
 
 def run_eval(model, *extra):
