@@ -51,9 +51,7 @@ def overlap_stats(
     out["top1_agreement"] = out["k1"]["mean"] if 1 in ks else None
     # which style each sample is written in, and how often the teacher's top-1 agrees there
     top1_BT = student_ids_BTK[..., 0] == scores.topk_ids_BTK[..., 0]
-    styles = [
-        sample_style(task, tok.decode(resp, skip_special_tokens=True)) for resp in r.responses
-    ]
+    styles = [task.style_of(tok.decode(resp, skip_special_tokens=True)) for resp in r.responses]
     out["by_style"] = {}
     for style in sorted(set(styles)):
         rows_B = torch.tensor([s == style for s in styles])
@@ -64,14 +62,6 @@ def overlap_stats(
             "top1_agreement": float(top1_BT[m_BT].float().mean()) if m_BT.any() else None,
         }
     return out
-
-
-def sample_style(task, text: str) -> str:
-    """The trace style a response is written in: "verbose", "terse" or "other" (neither's
-    step pattern occurs)."""
-    if task.verbose_step.search(text):
-        return "verbose"
-    return "terse" if task.terse_step.search(text) else "other"
 
 
 @torch.inference_mode()

@@ -6,21 +6,21 @@ import random
 
 import pytest
 
-from pruneopd.compat import overlap_stats, sample_style
+from pruneopd.compat import overlap_stats
 from pruneopd.models import load_model, load_tokenizer
 from pruneopd.tasks import TASKS
 
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
-def test_sample_style_reads_the_style_a_reference_is_written_in(task_name):
+def test_style_of_reads_the_style_a_reference_is_written_in(task_name):
     task = TASKS[task_name]
     problem = task._make(random.Random(0), 4)
-    assert sample_style(task, task.render(problem, "terse")) == "terse"
-    assert sample_style(task, task.render(problem, "verbose")) == "verbose"
-    assert sample_style(task, " so state ; #12") == "other"
+    assert task.style_of(task.render(problem, "terse")) == "terse"
+    assert task.style_of(task.render(problem, "verbose")) == "verbose"
+    assert task.style_of(" so state ; #12") == "other"
     # a response that starts terse and switches to verbose counts as verbose
     mixed = task.render(problem, "terse") + task.render(problem, "verbose")
-    assert sample_style(task, mixed) == "verbose"
+    assert task.style_of(mixed) == "verbose"
 
 
 def test_overlap_stats_splits_samples_and_tokens_by_style(use_fast_zoo):

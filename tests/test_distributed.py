@@ -69,9 +69,14 @@ def test_two_processes_train_like_one(fast_zoo, one_process, tmp_path, parallel)
     w2 = load_file(out / "final" / "model.safetensors")
     assert w1.keys() == w2.keys()
     # Adam divides by the gradient's running RMS, so float-order differences in a near-zero
-    # gradient become update differences of a small fraction of lr (1e-2 here): allow 1% of it
+    # gradient (a vocabulary row no sample touched) become update differences of a small
+    # fraction of lr: every weight within 1% of lr (1e-2 here), all but 1 in 1,000 within 1e-5
+    close = total = 0
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-2 * ARGS["lr"])
+        close += int(torch.isclose(w2[k], w1[k], rtol=1e-4, atol=1e-5).sum())
+        total += w1[k].numel()
+    assert close >= 0.999 * total, (close, total)
     # the run changed the weights (so the comparison above says something)
     w0 = load_file(fast_zoo / "student-cross" / "model.safetensors")
     assert any(not torch.equal(w0[k], w1[k]) for k in w1)

@@ -61,9 +61,16 @@ class Task:
     terse_step: re.Pattern
     verbose_step: re.Pattern
 
+    def style_of(self, text: str) -> str:
+        """The style a response is written in: "verbose" if any step is written verbose, else
+        "terse" if any is written terse, else "other"."""
+        if self.verbose_step.search(text):
+            return "verbose"
+        return "terse" if self.terse_step.search(text) else "other"
+
     def parse_steps(self, text: str) -> list[str]:
         """The step values a response writes, in order, whatever its style."""
-        pattern = self.verbose_step if self.verbose_step.search(text) else self.terse_step
+        pattern = self.verbose_step if self.style_of(text) == "verbose" else self.terse_step
         return ["".join(m) if isinstance(m, tuple) else m for m in pattern.findall(text)]
 
     # ---- shared machinery -------------------------------------------------------------
