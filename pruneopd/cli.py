@@ -26,22 +26,25 @@ def _die(msg: str) -> None:
 
 def cmd_zoo_build(args) -> None:
     from .models import PACKAGE_ZOO, set_threads
-    from .zoo import FAST, STAGES, ZooSpec, build_zoo
+    from .zoo import STAGES, build_zoo, suite_spec
 
     set_threads()
-    out = Path(args.out)
+    out = Path(args.out) / ("long" if args.suite == "long" else "")
     only = tuple(args.only.split(",")) if args.only else STAGES
     bad = [m for m in only if m not in STAGES]
     if bad:
         _die(f"--only: unknown model {bad[0]!r} (choose from {', '.join(STAGES)})")
-    existing = [m for m in only if (out / m / "config.json").exists()]
-    if existing and not args.force:
-        _die(f"{out} already holds {', '.join(existing)}; pass --force to overwrite")
-    if out.resolve() == PACKAGE_ZOO.resolve() and not args.force:
+    if (
+        out.resolve() in (PACKAGE_ZOO.resolve(), (PACKAGE_ZOO / "long").resolve())
+        and not args.force
+    ):
         _die(f"{out} is the shipped zoo; pass --force to overwrite it")
-    spec = FAST if args.fast else ZooSpec()
-    report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr),
-                       only=only)  # fmt: skip
+    spec = suite_spec(args.suite, fast=args.fast)
+    try:
+        report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr),
+                           only=only, force=args.force)  # fmt: skip
+    except ValueError as e:
+        _die(str(e))
     if not args.fast and only == STAGES:
         from .zoo_report import write_report
 
@@ -145,7 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="zoo",
         help="output folder (default: ./zoo); use it with PRUNEOPD_ZOO=<folder>",
     )
-    zb.add_argument("--force", action="store_true", help="overwrite models already in --out")
+    zb.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain models already built in --out (default: skip them, resume half-trained ones)",
+    )
+    zb.add_argument(
+        "--suite",
+        choices=("short", "long"),
+        default="short",
+        help="short: the regs/add zoo; long: the long-horizon loop zoo, written to OUT/long",
+    )
     zb.add_argument("--fast", action="store_true", help="tiny models in seconds (for tests)")
     zb.add_argument("--seed", type=int, default=0)
     zb.add_argument("--only", help="comma-separated subset: teacher,student-same,student-cross")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +27,45 @@ class TraceMix:
     styles: dict[str, float]
     min_difficulty: int
     max_difficulty: int
+    # one difficulty per batch instead of per example: a batch is padded to its longest
+    # sequence, so mixing lengths within a batch costs as much as the longest every time
+    per_batch_difficulty: bool = False
 
 
-def sft_batches(
-    tasks: dict[str, Task], mix: TraceMix, tok, batch_size: int, seed: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class SFTBatches:
     """Endless (input_ids_BL, labels_BL) batches of fresh training problems.
 
     Problems are drawn on the fly from the train split (anything whose prompt hashes into
-    the test split is skipped), so a model never sees a test prompt.
+    the test split is skipped), so a model never sees a test prompt. The stream is a
+    function of its seed; `state_dict` / `load_state_dict` save and restore its position,
+    so a resumed build sees the same batches as an uninterrupted one.
     """
-    rng = random.Random(f"sft/{seed}")
-    styles, weights = list(mix.styles), list(mix.styles.values())
-    while True:
+
+    def __init__(self, tasks: dict[str, Task], mix: TraceMix, tok, batch_size: int, seed: int):
+        self.tasks, self.mix, self.tok, self.batch_size = tasks, mix, tok, batch_size
+        self.rng = random.Random(f"sft/{seed}")
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mix, tok, rng, batch_size = self.mix, self.tok, self.rng, self.batch_size
+        styles, weights = list(mix.styles), list(mix.styles.values())
         seqs, n_prompt = [], []
+        batch_d = None  # drawn only when asked, so the default stream stays as it was
+        if mix.per_batch_difficulty:
+            batch_d = rng.randint(mix.min_difficulty, mix.max_difficulty)
         while len(seqs) < batch_size:
-            task = tasks[rng.choice(mix.tasks)]
-            p = task._make(rng, rng.randint(mix.min_difficulty, mix.max_difficulty))
+            task = self.tasks[rng.choice(mix.tasks)]
+            p = task._make(rng, batch_d or rng.randint(mix.min_difficulty, mix.max_difficulty))
             if in_test_split(p.prompt):
                 continue
             prompt = encode_prompt(tok, p.prompt)
@@ -57,7 +79,14 @@ def sft_batches(
         for i, (s, n) in enumerate(zip(seqs, n_prompt, strict=True)):
             input_ids_BL[i, : len(s)] = torch.tensor(s)
             labels_BL[i, n : len(s)] = torch.tensor(s[n:])  # loss on the response only
-        yield input_ids_BL, labels_BL
+        return input_ids_BL, labels_BL
+
+
+def sft_batches(
+    tasks: dict[str, Task], mix: TraceMix, tok, batch_size: int, seed: int
+) -> SFTBatches:
+    """The batch stream of `mix` (see `SFTBatches`)."""
+    return SFTBatches(tasks, mix, tok, batch_size, seed)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1) -> float:
@@ -70,7 +99,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1
 
 def train_sft(
     model,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    batches: SFTBatches,
     *,
     steps: int,
     lr: float,
@@ -78,12 +107,25 @@ def train_sft(
     eval_every: int = 0,
     on_eval: Callable[[int], bool] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, dict], None] | None = None,
+    resume: dict | None = None,
 ) -> int:
     """Train for up to `steps` steps; `on_eval(step)` runs every `eval_every` steps and
-    stops training early when it returns True. Returns the number of steps taken."""
+    stops training early when it returns True. Returns the number of steps taken.
+
+    After each evaluation that does not stop training, `on_checkpoint(step, state)` gets
+    everything needed to continue (`state`: the optimizer's and the batch stream's state
+    and the step); `resume=state` continues from it, with the model's weights of that step
+    already loaded, and ends exactly where an uninterrupted run would.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        batches.load_state_dict(resume["batches"])
+        start = resume["step"]
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         input_ids_BL, labels_BL = next(batches)
@@ -97,4 +139,8 @@ def train_sft(
         if eval_every and on_eval is not None and (step + 1) % eval_every == 0:
             if on_eval(step + 1):
                 return step + 1
+            model.train()
+            if on_checkpoint is not None:
+                state = {"optimizer": opt.state_dict(), "batches": batches.state_dict()}
+                on_checkpoint(step + 1, {**state, "step": step + 1})
     return steps

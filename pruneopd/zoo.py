@@ -15,12 +15,14 @@ the presets' K and tau.
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM
 
 from .evaluate import evaluate
 from .models import ModelSize
@@ -50,6 +52,8 @@ class ZooSpec:
     cross_own_share: float = 0.35
     batch_size: int = 32
     difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
+    min_difficulty: int = 0  # if set, train on [min_difficulty, default + spread] instead
+    per_batch_difficulty: bool = False  # one difficulty per batch (SFT batches pad to longest)
     teacher_eval_every: int = 100
     student_eval_every: int = 10  # the learning jump takes ~25 steps: catch it mid-way
     eval_problems: int = 64
@@ -76,16 +80,66 @@ FAST = ZooSpec(
 )
 
 
-def _new_model(size: ModelSize, tok, seed: int):
-    from transformers import LlamaForCausalLM
+# The long-horizon suite (docs/testbed.md): `loop` programs of 7-14 rounds, 445-891-token
+# traces. Models train on 1-14 rounds, one number of rounds per batch, so short batches are
+# cheap and every round is the same skill wherever it sits in a response.
+LONG = ZooSpec(
+    tasks=("loop",),
+    student_task="loop",
+    teacher_styles={"terse": 1.0},
+    teacher_steps=3000,
+    student_steps=2000,
+    cross_own_share=0.0,
+    min_difficulty=1,
+    per_batch_difficulty=True,
+    teacher_eval_every=100,
+    student_eval_every=10,
+    eval_problems=64,
+)
 
+FAST_LONG = replace(
+    FAST, tasks=("loop",), student_task="loop", teacher_styles={"terse": 1.0},
+    cross_own_share=0.0, min_difficulty=1, per_batch_difficulty=True, eval_difficulty=2,
+)  # fmt: skip
+
+
+def _new_model(size: ModelSize, tok, seed: int):
     torch.manual_seed(seed)
     cfg = size.config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     return LlamaForCausalLM(cfg)
 
 
+PARTIAL = ".partial"  # out/.partial/<model>/: the newest checkpoint of a model in training
+
+
+def _save_partial(out: Path, name: str, model, state: dict) -> None:
+    """Atomically replace `out/.partial/<name>` with this step's weights and `state`."""
+    root = out / PARTIAL
+    tmp, final, old = root / f"{name}.tmp", root / name, root / f"{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save(state, tmp / "state.pt")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_partial(out: Path, name: str) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint of `name` (a crash mid-save leaves `.old` complete)."""
+    for folder in (out / PARTIAL / name, out / PARTIAL / f"{name}.old"):
+        if (folder / "state.pt").is_file() and (folder / "model.safetensors").is_file():
+            return folder, torch.load(folder / "state.pt", weights_only=False)
+    return None
+
+
 def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval_every):
-    """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep."""
+    """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep.
+
+    After every evaluation the whole training state goes to `out/.partial/<name>/`; a build
+    that finds one there continues from it and ends with the same model as one that never
+    stopped (same seed, spec and thread count).
+    """
     model = _new_model(size, tok, seed)
     tasks = {t: TASKS[t] for t in mix.tasks}
     test = {
@@ -95,7 +149,20 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval
     }  # fmt: skip
     batches = sft_batches(tasks, mix, tok, spec.batch_size, seed)
     best = {"score": -1.0}
-    bar = tqdm(total=steps, desc=f"zoo {name}", leave=False)
+    resume, seconds = None, 0.0
+    found = _load_partial(out, name)
+    if found is not None:
+        folder, resume = found
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if resume["spec"] != asdict(spec) or resume["seed"] != seed:
+            raise ValueError(
+                f"{folder} holds a half-trained {name} of another spec or seed; "
+                "pass --force to start it over"
+            )
+        best, seconds = resume["best"], resume["seconds"]
+        log(f"{name}: resuming at step {resume['step']} (best so far: step {best.get('step')})")
+    bar = tqdm(total=steps, initial=resume["step"] if resume else 0, desc=f"zoo {name}",
+               leave=False)  # fmt: skip
 
     def on_step(step, loss):
         bar.update(1)
@@ -111,57 +178,93 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval
         return stop
 
     t0 = time.time()
+
+    def on_checkpoint(step, state):
+        state.update(spec=asdict(spec), seed=seed, best=best, seconds=seconds + time.time() - t0)
+        _save_partial(out, name, model, state)
+
     taken = train_sft(
         model, batches, steps=steps, lr=lr, eval_every=eval_every,
-        on_eval=on_eval, on_step=on_step,
+        on_eval=on_eval, on_step=on_step, on_checkpoint=on_checkpoint, resume=resume,
     )  # fmt: skip
     bar.close()
-    return {"steps_taken": taken, "best_step": best.get("step"), "seconds": time.time() - t0}
+    return {"steps_taken": taken, "best_step": best.get("step"),
+            "seconds": seconds + time.time() - t0}  # fmt: skip
 
 
 STAGES = ("teacher", "student-same", "student-cross")
 
 
+def _difficulties(spec: ZooSpec, tasks) -> tuple[int, int]:
+    """The training difficulty range of a model of `tasks`."""
+    lo = min(TASKS[t].default_difficulty for t in tasks) - spec.difficulty_spread
+    hi = max(TASKS[t].default_difficulty for t in tasks) + spec.difficulty_spread
+    return max(1, spec.min_difficulty or lo), hi
+
+
 def build_zoo(
-    out: Path, spec: ZooSpec = ZooSpec(), seed: int = 0, log=print, only: tuple = STAGES
+    out: Path,
+    spec: ZooSpec = ZooSpec(),
+    seed: int = 0,
+    log=print,
+    only: tuple = STAGES,
+    force: bool = False,
 ) -> dict:
     """Build tokenizer, teacher and students into `out`; returns (and writes) the report.
 
-    `only` rebuilds a subset of the models (the tokenizer is always rebuilt, identically).
+    A build resumes: a model already finished in `out` (same spec and seed) is not trained
+    again, and a half-trained one continues from its last checkpoint (`out/.partial/`).
+    `force` retrains the models in `only` from scratch. The tokenizer is always rebuilt,
+    identically. A zoo of another spec or seed is refused unless `force`.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "zoo_report.json"
+    report: dict = json.loads(path.read_text()) if path.exists() else {}
+    same_build = (
+        report.get("spec") == json.loads(json.dumps(asdict(spec))) and report.get("seed") == seed
+    )
+    if report.get("models") and not same_build and not force:
+        raise ValueError(f"{out} holds a zoo of another spec or seed; pass --force to rebuild it")
     torch.manual_seed(seed)
     tok = build_tokenizer(vocab_size=spec.vocab_size, seed=seed)
     tok.save_pretrained(out / "tokenizer")
-    path = out / "zoo_report.json"
-    report: dict = json.loads(path.read_text()) if path.exists() else {}
     report.update({"spec": asdict(spec), "seed": seed})
     report.setdefault("models", {})
     hi_ok = spec.student_band[1]
 
-    lo = min(TASKS[t].default_difficulty for t in spec.tasks) - spec.difficulty_spread
-    hi = max(TASKS[t].default_difficulty for t in spec.tasks) + spec.difficulty_spread
-    teacher_mix = TraceMix(spec.tasks, spec.teacher_styles, max(1, lo), hi)
-    if "teacher" in only:
+    def todo(name: str) -> bool:
+        if name not in only:
+            return False
+        if force:
+            report["models"].pop(name, None)
+            shutil.rmtree(out / PARTIAL / name, ignore_errors=True)
+            shutil.rmtree(out / PARTIAL / f"{name}.old", ignore_errors=True)
+        elif name in report["models"] and (out / name / "config.json").exists():
+            log(f"{name}: already built in {out}, skipped (--force rebuilds it)")
+            return False
+        return True
+
+    teacher_mix = TraceMix(spec.tasks, spec.teacher_styles, *_difficulties(spec, spec.tasks),
+                           per_batch_difficulty=spec.per_batch_difficulty)  # fmt: skip
+    if todo("teacher"):
         report["models"]["teacher"] = _train_one(
             "teacher", spec, tok, teacher_mix, spec.teacher_size, spec.teacher_steps,
             spec.teacher_lr, seed, out,
             lambda r: (min(r.values()), min(r.values()) >= spec.teacher_target), log,
             spec.teacher_eval_every,
         )  # fmt: skip
-        path.write_text(json.dumps(report, indent=2))
+        _finish(out, "teacher", path, report)
     dominant = max(spec.teacher_styles, key=spec.teacher_styles.get)
     other = next(s for s in TASKS[spec.student_task].styles if s != dominant)
     for name, style in (("student-same", dominant), ("student-cross", other)):
-        if name not in only:
+        if not todo(name):
             continue
-        d = TASKS[spec.student_task].default_difficulty
         styles = {style: 1.0}
         if style != dominant and spec.cross_own_share < 1.0:
             styles = {style: spec.cross_own_share, dominant: 1.0 - spec.cross_own_share}
-        mix = TraceMix((spec.student_task,), styles, max(1, d - spec.difficulty_spread),
-                       d + spec.difficulty_spread)  # fmt: skip
+        mix = TraceMix((spec.student_task,), styles, *_difficulties(spec, (spec.student_task,)),
+                       per_batch_difficulty=spec.per_batch_difficulty)  # fmt: skip
 
         def pick(r):
             # keep the best checkpoint not above the band; stop at the first evaluation at or
@@ -175,5 +278,23 @@ def build_zoo(
         )  # fmt: skip
         report["models"][name]["style"] = style
         report["models"][name]["styles"] = styles
-        path.write_text(json.dumps(report, indent=2))
+        _finish(out, name, path, report)
     return report
+
+
+def _finish(out: Path, name: str, path: Path, report: dict) -> None:
+    """Record a finished model (atomically), then drop its training checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    shutil.rmtree(out / PARTIAL / name, ignore_errors=True)
+    shutil.rmtree(out / PARTIAL / f"{name}.old", ignore_errors=True)
+
+
+def suite_spec(suite: str, fast: bool = False) -> ZooSpec:
+    """The spec of a test-bed suite: "short" (regs/add) or "long" (loop); `fast`: tiny models."""
+    specs = {("short", False): ZooSpec(), ("short", True): FAST,
+             ("long", False): LONG, ("long", True): FAST_LONG}  # fmt: skip
+    if (suite, fast) not in specs:
+        raise ValueError(f"unknown suite {suite!r} (choose from short, long)")
+    return specs[suite, fast]

@@ -60,14 +60,17 @@ def test_generation_is_deterministic(name, split):
 def test_difficulty_is_number_of_steps(name):
     task = TASKS[name]
     for d in (1, 2, task.default_difficulty, MAX_DIFFICULTY):
+        lo, hi = task.steps_range(d)
+        assert lo <= hi and (lo == hi == d or task.name == "loop")
         for p in task.problems("train", 5, seed=0, difficulty=d):
-            assert len(p.steps) == d
+            assert lo <= len(p.steps) <= hi
             if name == "add":  # each column's last digit, then the final carry
                 assert p.answer == "".join(v[-1] for v in p.steps) + p.steps[-1][0]
             else:  # the final state is the answer
                 assert p.answer == p.steps[-1]
+    lo, hi = task.steps_range(task.default_difficulty)
     for p in task.problems("train", 5, seed=0):  # None = the task's default
-        assert len(p.steps) == task.default_difficulty
+        assert lo <= len(p.steps) <= hi
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -147,12 +150,13 @@ def test_checker_rejects_corrupted_answers(name, style):
 def step_spans(body: str, style: str) -> list[tuple[int, int]]:
     """Character spans of each written step of a trace body (the text before ' #answer').
 
-    terse steps start with ' <label>:'; verbose ones end
-    every step with ';'.
+    terse steps start with ' <label>:' and end where the next step or round marker
+    (' | n', loop) starts; verbose ones end every step with ';'.
     """
     if style == "terse":
         starts = [m.start() for m in re.finditer(r" [A-Za-z]:", body)]
-        return list(zip(starts, starts[1:] + [len(body)], strict=True))
+        cuts = sorted(starts[1:] + [m.start() for m in re.finditer(r" \| ", body)] + [len(body)])
+        return [(a, next(c for c in cuts if c > a)) for a in starts]
     return [m.span() for m in re.finditer(r"[^;]+;", body)]
 
 

@@ -2,9 +2,15 @@
 
 from .add import AddTask
 from .base import Problem, Task, in_test_split
+from .loop import LoopTask
 from .regs import RegsTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (RegsTask(), AddTask())}
+# the short suite's tasks (regs, add) and the long suite's (loop)
+TASKS: dict[str, Task] = {t.name: t for t in (RegsTask(), AddTask(), LoopTask())}
+
+
+# the test beds: the short suite (CI, quick start) and the long-horizon one (docs/testbed.md)
+SUITES: dict[str, tuple[str, ...]] = {"short": ("regs", "add"), "long": ("loop",)}
 
 
 def get_task(name: str) -> Task:
@@ -13,4 +19,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["Problem", "Task", "TASKS", "get_task", "in_test_split"]
+__all__ = ["Problem", "Task", "SUITES", "TASKS", "get_task", "in_test_split"]

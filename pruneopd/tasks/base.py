@@ -43,6 +43,11 @@ class Task:
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         raise NotImplementedError
 
+    def steps_range(self, difficulty: int) -> tuple[int, int]:
+        """How many reasoning steps a problem of `difficulty` has (inclusive bounds); for
+        most tasks exactly `difficulty`."""
+        return difficulty, difficulty
+
     def render_step(self, label: str, step: tuple, style: str) -> str:
         """One reasoning step (an entry of `problem.data["trace"]`) written in `style`."""
         raise NotImplementedError
