@@ -10,8 +10,6 @@ difficulty (7-14 rounds) every EVAL steps. Nothing is saved.
 import sys
 import time
 
-import torch
-
 from pruneopd.evaluate import evaluate
 from pruneopd.models import ModelSize, load_tokenizer, set_threads
 from pruneopd.sft import TraceMix, sft_batches, train_sft
@@ -30,8 +28,11 @@ t0 = time.time()
 
 def on_eval(step):
     res = evaluate(model, tok, task, test)
-    print(f"step {step} {time.time() - t0:.0f}s acc {res['accuracy']:.3f} "
-          f"pc {res['partial_credit']:.3f} len {res['mean_length']:.0f}", flush=True)
+    print(
+        f"step {step} {time.time() - t0:.0f}s acc {res['accuracy']:.3f} "
+        f"pc {res['partial_credit']:.3f} len {res['mean_length']:.0f}",
+        flush=True,
+    )
     model.train()
     return res["accuracy"] >= 0.97
 
@@ -41,5 +42,12 @@ def on_step(step, loss):
         print(f"step {step} {time.time() - t0:.0f}s loss {loss:.4f}", flush=True)
 
 
-train_sft(model, sft_batches({"loop": task}, mix, tok, 32, 0), steps=int(steps), lr=float(lr),
-          eval_every=int(every), on_eval=on_eval, on_step=on_step)
+train_sft(
+    model,
+    sft_batches({"loop": task}, mix, tok, 32, 0),
+    steps=int(steps),
+    lr=float(lr),
+    eval_every=int(every),
+    on_eval=on_eval,
+    on_step=on_step,
+)

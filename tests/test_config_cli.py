@@ -210,6 +210,8 @@ def test_monitor_k():
 
 def test_zoo_build_refuses_to_overwrite_a_zoo(fast_zoo, capsys):
     # a build into a zoo of another seed (or spec) would mix two zoos: refused
-    code, _, err = run_cli(["zoo", "build", "--fast", "--seed", "1", "--out", str(fast_zoo)], capsys)
+    code, _, err = run_cli(
+        ["zoo", "build", "--fast", "--seed", "1", "--out", str(fast_zoo)], capsys
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--force" in err and "another spec" in err
