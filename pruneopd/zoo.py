@@ -87,7 +87,7 @@ LONG = ZooSpec(
     tasks=("loop",),
     student_task="loop",
     teacher_styles={"terse": 1.0},
-    teacher_steps=3000,
+    teacher_steps=2500,
     student_steps=2000,
     cross_own_share=0.0,
     min_difficulty=1,
@@ -107,6 +107,16 @@ def _new_model(size: ModelSize, tok, seed: int):
     torch.manual_seed(seed)
     cfg = size.config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     return LlamaForCausalLM(cfg)
+
+
+def model_spec(spec: ZooSpec, name: str) -> dict:
+    """The part of `spec` that model `name` depends on, as plain JSON values: the teacher
+    does not depend on the students' fields; a student depends on everything (its teacher
+    included: compatibility is a property of the pair)."""
+    d = json.loads(json.dumps(asdict(spec)))
+    if name == "teacher":
+        d = {k: v for k, v in d.items() if not k.startswith(("student_", "cross_", "same_"))}
+    return d
 
 
 PARTIAL = ".partial"  # out/.partial/<model>/: the newest checkpoint of a model in training
@@ -154,7 +164,7 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval
     if found is not None:
         folder, resume = found
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        if resume["spec"] != asdict(spec) or resume["seed"] != seed:
+        if resume["spec"] != model_spec(spec, name) or resume["seed"] != seed:
             raise ValueError(
                 f"{folder} holds a half-trained {name} of another spec or seed; "
                 "pass --force to start it over"
@@ -180,7 +190,9 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval
     t0 = time.time()
 
     def on_checkpoint(step, state):
-        state.update(spec=asdict(spec), seed=seed, best=best, seconds=seconds + time.time() - t0)
+        state.update(
+            spec=model_spec(spec, name), seed=seed, best=best, seconds=seconds + time.time() - t0
+        )
         _save_partial(out, name, model, state)
 
     taken = train_sft(
@@ -221,11 +233,16 @@ def build_zoo(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "zoo_report.json"
     report: dict = json.loads(path.read_text()) if path.exists() else {}
-    same_build = (
-        report.get("spec") == json.loads(json.dumps(asdict(spec))) and report.get("seed") == seed
-    )
-    if report.get("models") and not same_build and not force:
-        raise ValueError(f"{out} holds a zoo of another spec or seed; pass --force to rebuild it")
+    for name, entry in report.get("models", {}).items():
+        built = entry.get("spec") or model_spec(ZooSpec(**report["spec"]), name)
+        if (
+            name in only
+            and not force
+            and (built != model_spec(spec, name) or report["seed"] != seed)
+        ):
+            raise ValueError(
+                f"{out} holds a {name} of another spec or seed; pass --force to rebuild it"
+            )
     torch.manual_seed(seed)
     tok = build_tokenizer(vocab_size=spec.vocab_size, seed=seed)
     tok.save_pretrained(out / "tokenizer")
@@ -254,6 +271,7 @@ def build_zoo(
             lambda r: (min(r.values()), min(r.values()) >= spec.teacher_target), log,
             spec.teacher_eval_every,
         )  # fmt: skip
+        report["models"]["teacher"]["spec"] = model_spec(spec, "teacher")
         _finish(out, "teacher", path, report)
     dominant = max(spec.teacher_styles, key=spec.teacher_styles.get)
     other = next(s for s in TASKS[spec.student_task].styles if s != dominant)
@@ -277,6 +295,7 @@ def build_zoo(
             seed + 1, out, pick, log, spec.student_eval_every,
         )  # fmt: skip
         report["models"][name]["style"] = style
+        report["models"][name]["spec"] = model_spec(spec, name)
         report["models"][name]["styles"] = styles
         _finish(out, name, path, report)
     return report
