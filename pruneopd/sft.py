@@ -97,6 +97,24 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1
     return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def logit_matching_loss(
+    student_logits_BLV: torch.Tensor, teacher_logits_BLV: torch.Tensor, labels_BL: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared difference of the two models' logits, each centred over the vocabulary,
+    at every position that predicts a response token (Ba & Caruana 2014, "Do deep nets
+    really need to be deep?"). Unlike cross-entropy on the reference token, it fixes the
+    whole ranking, the tail included: what a student distilled this way shares with its
+    teacher is how it orders the alternatives, as models of one family do.
+
+    Position t predicts token t + 1, so the mask is `labels_BL[:, 1:] != -100`.
+    """
+    mask_BL = labels_BL[:, 1:] != -100
+    s_NV = student_logits_BLV[:, :-1][mask_BL]
+    t_NV = teacher_logits_BLV[:, :-1][mask_BL]
+    diff_NV = (s_NV - s_NV.mean(-1, keepdim=True)) - (t_NV - t_NV.mean(-1, keepdim=True))
+    return diff_NV.pow(2).mean()
+
+
 def train_sft(
     model,
     batches: SFTBatches,
@@ -109,6 +127,8 @@ def train_sft(
     on_step: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[int, dict], None] | None = None,
     resume: dict | None = None,
+    distill_from=None,
+    distill_weight: float = 0.0,
 ) -> int:
     """Train for up to `steps` steps; `on_eval(step)` runs every `eval_every` steps and
     stops training early when it returns True. Returns the number of steps taken.
@@ -117,6 +137,9 @@ def train_sft(
     everything needed to continue (`state`: the optimizer's and the batch stream's state
     and the step); `resume=state` continues from it, with the model's weights of that step
     already loaded, and ends exactly where an uninterrupted run would.
+
+    `distill_from` (a frozen model) adds `distill_weight` x `logit_matching_loss` against
+    its logits to the cross-entropy on the reference tokens.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     start = 0
@@ -129,7 +152,14 @@ def train_sft(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         input_ids_BL, labels_BL = next(batches)
-        loss = model(input_ids=input_ids_BL, labels=labels_BL).loss
+        out = model(input_ids=input_ids_BL, labels=labels_BL)
+        loss = out.loss
+        if distill_from is not None and distill_weight > 0:
+            with torch.inference_mode():
+                teacher_logits_BLV = distill_from(input_ids=input_ids_BL).logits
+            loss = loss + distill_weight * logit_matching_loss(
+                out.logits, teacher_logits_BLV.clone(), labels_BL
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

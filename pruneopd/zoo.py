@@ -50,6 +50,9 @@ class ZooSpec:
     # student-cross's share of its own style; the rest is the teacher's dominant style, so
     # the cross student has some support for what the teacher will push it towards
     cross_own_share: float = 0.35
+    # student-same's weight of logit matching against the teacher (sft.logit_matching_loss)
+    # on top of cross-entropy; 0 = reference tokens only, like the other models
+    same_distill: float = 0.0
     batch_size: int = 32
     difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
     min_difficulty: int = 0  # if set, train on [min_difficulty, default + spread] instead
@@ -143,7 +146,9 @@ def _load_partial(out: Path, name: str) -> tuple[Path, dict] | None:
     return None
 
 
-def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval_every):
+def _train_one(
+    name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval_every, distill_from=None
+):
     """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep.
 
     After every evaluation the whole training state goes to `out/.partial/<name>/`; a build
@@ -198,6 +203,7 @@ def _train_one(name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval
     taken = train_sft(
         model, batches, steps=steps, lr=lr, eval_every=eval_every,
         on_eval=on_eval, on_step=on_step, on_checkpoint=on_checkpoint, resume=resume,
+        distill_from=distill_from, distill_weight=spec.same_distill if distill_from else 0.0,
     )  # fmt: skip
     bar.close()
     return {"steps_taken": taken, "best_step": best.get("step"),
@@ -290,9 +296,13 @@ def build_zoo(
             acc = r[spec.student_task]
             return (acc if acc <= hi_ok else -1.0), acc >= spec.student_target
 
+        teacher = None
+        if name == "student-same" and spec.same_distill > 0:
+            teacher = LlamaForCausalLM.from_pretrained(out / "teacher", dtype=torch.float32)
+            teacher.eval()
         report["models"][name] = _train_one(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
-            seed + 1, out, pick, log, spec.student_eval_every,
+            seed + 1, out, pick, log, spec.student_eval_every, distill_from=teacher,
         )  # fmt: skip
         report["models"][name]["style"] = style
         report["models"][name]["spec"] = model_spec(spec, name)
