@@ -1,6 +1,7 @@
 """`pruneopd bench`: every method on both zoo pairs, side by side, same everything else.
 
-For each pair (same-family, cross-family), method (full OPD, prefix OPD fixed and
+For each suite (`short`: the regs zoo, presets in `configs/`; `long`: the long-horizon loop
+zoo, presets in `configs/long/`, docs/testbed.md), pair (same-family, cross-family), method (full OPD, prefix OPD fixed and
 scheduled, Prune-OPD as released, Prune-OPD with online pruning) and seed, one training run
 from the preset `configs/{method}-{pair}.yaml`, with the preset's steps, prompts, optimizer
 and evaluation overridden identically for every run. Runs go to `OUT/runs/{pair}/{method}/
@@ -26,6 +27,7 @@ from pathlib import Path
 PAIRS = ("same", "cross")
 METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online")
 CONFIGS = Path(__file__).parent / "configs"
+SUITE_CONFIGS = {"short": CONFIGS, "long": CONFIGS / "long"}
 STEP_KEYS = ("cap", "eff_len_mean", "hit_ratio", "overlap", "drift_rate", "mean_len",
              "eos_rate", "pruned_rate", "reward", "rkl", "loss")  # fmt: skip
 
@@ -53,7 +55,7 @@ def run_overrides(preset: BenchPreset, out: Path, pair: str, method: str, seed: 
     return [
         f"max_steps={preset.steps}", f"seed={seed}", f"eval_every={preset.eval_every}",
         f"eval_problems={preset.eval_problems}", f"out={run_dir(out, pair, method, seed)}",
-        "progress=false", "save_every=0", "log_samples=4", "resume=auto",
+        "progress=false", "save_every=10", "log_samples=4", "resume=auto",
     ]  # fmt: skip
 
 
@@ -61,14 +63,14 @@ def plan(preset: BenchPreset, seeds: int) -> list[tuple[str, str, int]]:
     return [(pair, m, s) for s in range(seeds) for pair in PAIRS for m in METHODS]
 
 
-def _run_one(out, preset, pair, method, seed, threads, log) -> subprocess.Popen | None:
+def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess.Popen | None:
     rd = run_dir(out, pair, method, seed)
     if (rd / "summary.json").exists():
         log(f"bench: {pair}/{method}/seed{seed} already done")
         return None
     rd.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pruneopd.cli", "train", "--config",
-           str(CONFIGS / f"{method}-{pair}.yaml"), *run_overrides(preset, out, pair, method, seed)]  # fmt: skip
+           str(SUITE_CONFIGS[suite] / f"{method}-{pair}.yaml"), *run_overrides(preset, out, pair, method, seed)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log(f"bench: start {pair}/{method}/seed{seed}")
     # the child gets its own copies of the log files' descriptors; ours close at once
@@ -78,8 +80,14 @@ def _run_one(out, preset, pair, method, seed, threads, log) -> subprocess.Popen 
 
 def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = None,
               jobs: int = 2, threads: int = 1, steps: int | None = None,
-              eval_problems: int | None = None, log=print) -> dict:  # fmt: skip
-    """Run (or finish) the benchmark into `out`; returns the gathered results."""
+              eval_problems: int | None = None, log=print, suite: str = "short") -> dict:  # fmt: skip
+    """Run (or finish) the benchmark into `out`; returns the gathered results.
+
+    Resumable: a run with its summary is not run again, a half-finished one continues from
+    its newest checkpoint (every 10 steps), so rerunning the command after an interruption
+    finishes the benchmark."""
+    if suite not in SUITE_CONFIGS:
+        raise ValueError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_CONFIGS)})")
     if preset_name not in PRESETS:
         raise ValueError(f"unknown bench preset {preset_name!r} (choose from {', '.join(PRESETS)})")
     preset = PRESETS[preset_name]
@@ -102,7 +110,7 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
         while todo or running:
             while todo and len(running) < jobs:
                 key = todo.pop(0)
-                proc = _run_one(out, preset, *key, threads, log)
+                proc = _run_one(out, preset, suite, *key, threads, log)
                 if proc is not None:
                     running.append((proc, key))
             for proc, key in list(running):
@@ -123,6 +131,7 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
             f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
         )
     results = gather(out, preset, preset_name, seeds)
+    results["suite"] = suite
     (out / "results.json").write_text(json.dumps(results, indent=1))
     from .report import render_report
 
@@ -140,6 +149,7 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int) -> dict
 
     runs = []
     overlap: dict[str, list[float]] = {p: [] for p in PAIRS}
+    by_position: dict[str, dict] = {}
     for pair, method, seed in plan(preset, seeds):
         rd = run_dir(out, pair, method, seed)
         s = json.loads((rd / "summary.json").read_text())
@@ -159,11 +169,37 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int) -> dict
             "config": s["config"],
         })  # fmt: skip
         if method == "full":  # the uncut responses show the pair's overlap distribution
-            for r in _read_jsonl(rd / "samples.jsonl"):
+            logged = _read_jsonl(rd / "samples.jsonl")
+            for r in logged:
                 overlap[pair].extend(r["overlap"])
+            if seed == 0:  # along the response, in the first and the last tenth of training
+                steps = sorted({r["step"] for r in logged})
+                tenth = max(1, len(steps) // 10)
+                by_position[pair] = {
+                    when: overlap_by_position([r["overlap"] for r in logged if r["step"] in sel])
+                    for when, sel in (("first", set(steps[:tenth])), ("last", set(steps[-tenth:])))
+                }
     return {
         "preset": preset_name, "settings": asdict(preset), "seeds": seeds,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": versions(), "cpu_count": os.cpu_count(),
-        "runs": runs, "overlap_samples": overlap,
+        "runs": runs, "overlap_samples": overlap, "overlap_by_position": by_position,
     }  # fmt: skip
+
+
+def overlap_by_position(samples: list[list[float]], bin_size: int = 32) -> dict:
+    """Mean per-token overlap in bins of response positions over `samples` (lists of a
+    response's per-token overlaps): {"start": [...], "mean": [...], "tokens": [...]}."""
+    import torch
+
+    from .testbed import position_curves
+
+    if not samples:
+        return {"start": [], "mean": [], "tokens": []}
+    T = max(map(len, samples))
+    values_BT = torch.zeros(len(samples), T, dtype=torch.float64)
+    mask_BT = torch.zeros(len(samples), T, dtype=torch.bool)
+    for i, o in enumerate(samples):
+        values_BT[i, : len(o)] = torch.tensor(o, dtype=torch.float64)
+        mask_BT[i, : len(o)] = True
+    return position_curves(values_BT, mask_BT, bin_size)

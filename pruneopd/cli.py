@@ -61,6 +61,23 @@ def cmd_zoo_report(args) -> None:
     print(json.dumps(write_report(out, n=args.n, seed=args.seed), indent=2))
 
 
+def cmd_zoo_card(args) -> None:
+    from .models import set_threads, zoo_dir
+    from .testbed import zoo_card
+
+    set_threads()
+    zoo = Path(args.zoo) if args.zoo else zoo_dir() / ("long" if args.suite == "long" else "")
+    trained = {}
+    for item in args.trained or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            _die(f"--trained {item!r}: expected LABEL=MODEL_FOLDER")
+        trained[label] = Path(path)
+    zoo_card(zoo, args.suite, Path(args.out), n=args.n, trained=trained, seed=args.seed,
+             log=lambda s: print(s, file=sys.stderr))  # fmt: skip
+    print(Path(args.out) / "testbed.json")
+
+
 def cmd_eval(args) -> None:
     from .evaluate import evaluate
     from .models import load_model, load_tokenizer, set_threads
@@ -113,7 +130,7 @@ def cmd_bench(args) -> None:
     from .bench import run_bench
 
     run_bench(args.out, args.preset, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
-              steps=args.steps, eval_problems=args.eval_problems,
+              steps=args.steps, eval_problems=args.eval_problems, suite=args.suite,
               log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip
     print(Path(args.out) / "report.md")
 
@@ -169,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     zr.add_argument("--seed", type=int, default=0)
     zr.set_defaults(fn=cmd_zoo_report)
 
+    zc = zs.add_parser("card", help="the test bed card: lengths, overlap along the response")
+    zc.add_argument("--suite", choices=("short", "long"), default="long")
+    zc.add_argument("--zoo", help="zoo folder (default: the suite's in $PRUNEOPD_ZOO or shipped)")
+    zc.add_argument("--n", type=int, default=256, help="test problems (one sample each)")
+    zc.add_argument("--out", default="testbed", help="output folder (default: ./testbed)")
+    zc.add_argument("--trained", action="append", metavar="LABEL=FOLDER",
+                    help="also a trained student, e.g. same-after=bench/runs/same/full/seed0/final")  # fmt: skip
+    zc.add_argument("--seed", type=int, default=0)
+    zc.set_defaults(fn=cmd_zoo_card)
+
     e = sub.add_parser("eval", help="greedy accuracy, avg@n, partial credit on a test split")
     e.add_argument("--model", required=True, help="zoo name or local model folder")
     e.add_argument("--task", required=True, help="built-in task name (regs, add)")
@@ -195,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
     b.add_argument("--steps", type=int, help="override the preset's steps per run")
     b.add_argument("--eval-problems", type=int, help="override the preset's test problems")
+    b.add_argument("--suite", choices=("short", "long"), default="short",
+                   help="short: the regs zoo (configs/); long: the long-horizon zoo (configs/long/)")  # fmt: skip
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("report", help="re-render a bench report and plots from results.json")

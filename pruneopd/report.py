@@ -59,7 +59,7 @@ def render_markdown(results: dict, table: dict) -> str:
     s = results["settings"]
     v = results["versions"]
     lines = [
-        f"# pruneopd bench ({results['preset']} preset)",
+        f"# pruneopd bench ({results.get('suite', 'short')} suite, {results['preset']} preset)",
         "",
         f"{results['date']}; {results['seeds']} seed(s); {s['steps']} steps per run; "
         f"{s['eval_problems']} held-out problems per evaluation; python {v['python']}, "
@@ -94,6 +94,8 @@ def render_markdown(results: dict, table: dict) -> str:
                   f"![cap and effective length](cap_{pair}.png)",
                   f"![hit ratio](hit_ratio_{pair}.png)"]  # fmt: skip
     lines += ["", "![overlap histogram](overlap_hist.png)", ""]
+    if results.get("overlap_by_position"):
+        lines += ["![overlap along the response](overlap_by_position.png)", ""]
     return "\n".join(lines)
 
 
@@ -167,6 +169,20 @@ def _plots(out: Path, results: dict) -> list[Path]:
            title="student/teacher overlap on the student's samples (full OPD runs)")  # fmt: skip
     ax.legend()
     written.append(_save(fig, out / "overlap_hist.png"))
+
+    by_position = results.get("overlap_by_position") or {}
+    if by_position:  # along the response, early and late in full OPD's training (seed 0)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for pair, color in zip(PAIRS, ("tab:blue", "tab:red"), strict=True):
+            for when, style in (("first", ":"), ("last", "-")):
+                curve = by_position.get(pair, {}).get(when)
+                if curve and curve["start"]:
+                    ax.plot(curve["start"], curve["mean"], color=color, linestyle=style,
+                            label=f"{pair}, {when} tenth of the steps")  # fmt: skip
+        ax.set(xlabel="response position (tokens)", ylabel=f"mean top-{k} overlap",
+               title="overlap along the response (full OPD, seed 0)", ylim=(0, 1.02))  # fmt: skip
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out / "overlap_by_position.png"))
     return written
 
 

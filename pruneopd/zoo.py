@@ -53,6 +53,9 @@ class ZooSpec:
     # student-same's weight of logit matching against the teacher (sft.logit_matching_loss)
     # on top of cross-entropy; 0 = reference tokens only, like the other models
     same_distill: float = 0.0
+    # student-cross's seed (initialisation, data order) is the build seed + this; 1 = the same
+    # as student-same's, as the short zoo was built
+    cross_seed_offset: int = 1
     batch_size: int = 32
     difficulty_spread: int = 0  # train on default difficulty +- spread (0: fixed length)
     min_difficulty: int = 0  # if set, train on [min_difficulty, default + spread] instead
@@ -93,6 +96,8 @@ LONG = ZooSpec(
     teacher_steps=2500,
     student_steps=2000,
     cross_own_share=0.0,
+    same_distill=0.1,
+    cross_seed_offset=2,
     min_difficulty=1,
     per_batch_difficulty=True,
     teacher_eval_every=100,
@@ -102,7 +107,8 @@ LONG = ZooSpec(
 
 FAST_LONG = replace(
     FAST, tasks=("loop",), student_task="loop", teacher_styles={"terse": 1.0},
-    cross_own_share=0.0, min_difficulty=1, per_batch_difficulty=True, eval_difficulty=2,
+    cross_own_share=0.0, same_distill=0.1, cross_seed_offset=2, min_difficulty=1,
+    per_batch_difficulty=True, eval_difficulty=2,
 )  # fmt: skip
 
 
@@ -281,6 +287,8 @@ def build_zoo(
         _finish(out, "teacher", path, report)
     dominant = max(spec.teacher_styles, key=spec.teacher_styles.get)
     other = next(s for s in TASKS[spec.student_task].styles if s != dominant)
+    if spec.cross_own_share <= 0:  # the cross student writes the teacher's style too
+        other = dominant
     for name, style in (("student-same", dominant), ("student-cross", other)):
         if not todo(name):
             continue
@@ -302,7 +310,8 @@ def build_zoo(
             teacher.eval()
         report["models"][name] = _train_one(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
-            seed + 1, out, pick, log, spec.student_eval_every, distill_from=teacher,
+            seed + (spec.cross_seed_offset if name == "student-cross" else 1), out, pick, log,
+            spec.student_eval_every, distill_from=teacher,
         )  # fmt: skip
         report["models"][name]["style"] = style
         report["models"][name]["spec"] = model_spec(spec, name)

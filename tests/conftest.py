@@ -8,12 +8,14 @@ import torch
 
 @pytest.fixture(scope="session")
 def fast_zoo(tmp_path_factory):
-    """Folder with tokenizer/, teacher/, student-same/, student-cross/ from `zoo build --fast`."""
-    from pruneopd.zoo import FAST, build_zoo
+    """Folder with tokenizer/, teacher/, student-same/, student-cross/ from `zoo build --fast`,
+    and the long suite's fast zoo in long/ (`zoo build --fast --suite long`)."""
+    from pruneopd.zoo import FAST, FAST_LONG, build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
     torch.set_num_threads(1)  # tiny models: one thread is fastest
     build_zoo(out, FAST, seed=0, log=lambda s: None)
+    build_zoo(out / "long", FAST_LONG, seed=0, log=lambda s: None)
     return out
 
 

@@ -70,3 +70,49 @@ def test_report_without_results_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "results.json not found" in err
+
+
+@pytest.fixture(scope="module")
+def bench_long(tmp_path_factory, fast_zoo):
+    out = tmp_path_factory.mktemp("bench-long")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
+    try:
+        run_bench(out, "quick", jobs=2, steps=2, eval_problems=4, log=lambda s: None, suite="long")
+    finally:
+        mp.undo()
+    return out
+
+
+def test_long_suite_bench_runs_every_method_on_the_long_presets(bench_long):
+    res = json.loads((bench_long / "results.json").read_text())
+    assert res["suite"] == "long"
+    assert {(r["pair"], r["method"]) for r in res["runs"]} == {
+        (p, m) for p in PAIRS for m in METHODS
+    }
+    for r in res["runs"]:
+        assert r["config"]["task"] == "loop" and r["config"]["student"].startswith("long/")
+    for pair in PAIRS:  # overlap along the response, first and last tenth of full OPD's steps
+        curves = res["overlap_by_position"][pair]
+        assert curves["first"]["start"][0] == 0 and curves["last"]["tokens"]
+    assert (bench_long / "overlap_by_position.png").stat().st_size > 1000
+    assert "long suite" in (bench_long / "report.md").read_text()
+
+
+def test_long_suite_bench_resumes(bench_long, fast_zoo, monkeypatch):
+    monkeypatch.setenv("PRUNEOPD_ZOO", str(fast_zoo))
+    # a run that was killed before its summary is run again, from its checkpoint; the rest
+    # are not
+    victim = bench_long / "runs" / "cross" / "prune" / "seed0"
+    (victim / "summary.json").unlink()
+    logs = []
+    run_bench(bench_long, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append,
+              suite="long")  # fmt: skip
+    assert sum("already done" in x for x in logs) == len(PAIRS) * len(METHODS) - 1
+    assert any("start cross/prune/seed0" in x for x in logs)
+    assert (victim / "summary.json").exists()
+
+
+def test_unknown_suite_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown suite 'huge'"):
+        run_bench(tmp_path, "quick", suite="huge")

@@ -162,7 +162,10 @@ def test_cli_unknown_task_exit_code_and_message(use_fast_zoo, one_thread, capsys
     """The part of the contract that holds today: exit 2, error as the last line, no traceback."""
     code, _, err = run_cli(["train", "task=nope", f"out={tmp_path / 'run'}"], capsys)
     assert code == 2 and "Traceback" not in err
-    assert err.splitlines()[-1] == "pruneopd: error: unknown task 'nope'; built-in tasks: regs, add, loop"
+    assert (
+        err.splitlines()[-1]
+        == "pruneopd: error: unknown task 'nope'; built-in tasks: regs, add, loop"
+    )
     assert not (tmp_path / "run").exists()
 
 
