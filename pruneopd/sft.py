@@ -129,9 +129,11 @@ def train_sft(
     resume: dict | None = None,
     distill_from=None,
     distill_weight: float = 0.0,
+    eval_from: int = 0,
 ) -> int:
     """Train for up to `steps` steps; `on_eval(step)` runs every `eval_every` steps and
-    stops training early when it returns True. Returns the number of steps taken.
+    stops training early when it returns True (from step `eval_from` on). Returns the
+    number of steps taken.
 
     After each evaluation that does not stop training, `on_checkpoint(step, state)` gets
     everything needed to continue (`state`: the optimizer's and the batch stream's state
@@ -166,7 +168,8 @@ def train_sft(
         opt.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step + 1, loss.item())
-        if eval_every and on_eval is not None and (step + 1) % eval_every == 0:
+        due = eval_every and (step + 1) % eval_every == 0 and step + 1 >= eval_from
+        if due and on_eval is not None:
             if on_eval(step + 1):
                 return step + 1
             model.train()

@@ -62,6 +62,7 @@ class ZooSpec:
     per_batch_difficulty: bool = False  # one difficulty per batch (SFT batches pad to longest)
     teacher_eval_every: int = 100
     student_eval_every: int = 10  # the learning jump takes ~25 steps: catch it mid-way
+    student_eval_from: int = 0  # no student evaluation (nor checkpoint) before this step
     eval_problems: int = 64
     final_eval_problems: int = 256
     vocab_size: int = 1024
@@ -102,6 +103,7 @@ LONG = ZooSpec(
     per_batch_difficulty=True,
     teacher_eval_every=100,
     student_eval_every=10,
+    student_eval_from=100,  # (the d=128 canary was at 0% on step 300: the jump comes later)
     eval_problems=64,
 )
 
@@ -153,7 +155,20 @@ def _load_partial(out: Path, name: str) -> tuple[Path, dict] | None:
 
 
 def _train_one(
-    name, spec, tok, mix, size, steps, lr, seed, out, pick, log, eval_every, distill_from=None
+    name,
+    spec,
+    tok,
+    mix,
+    size,
+    steps,
+    lr,
+    seed,
+    out,
+    pick,
+    log,
+    eval_every,
+    distill_from=None,
+    eval_from=0,
 ):
     """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep.
 
@@ -210,6 +225,7 @@ def _train_one(
         model, batches, steps=steps, lr=lr, eval_every=eval_every,
         on_eval=on_eval, on_step=on_step, on_checkpoint=on_checkpoint, resume=resume,
         distill_from=distill_from, distill_weight=spec.same_distill if distill_from else 0.0,
+        eval_from=eval_from,
     )  # fmt: skip
     bar.close()
     return {"steps_taken": taken, "best_step": best.get("step"),
@@ -311,7 +327,7 @@ def build_zoo(
         report["models"][name] = _train_one(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
             seed + (spec.cross_seed_offset if name == "student-cross" else 1), out, pick, log,
-            spec.student_eval_every, distill_from=teacher,
+            spec.student_eval_every, distill_from=teacher, eval_from=spec.student_eval_from,
         )  # fmt: skip
         report["models"][name]["style"] = style
         report["models"][name]["spec"] = model_spec(spec, name)

@@ -19,10 +19,11 @@ def write_report(zoo: Path, n: int = 256, seed: int = 0, log=None) -> dict:
     tok = load_tokenizer(str(zoo / "teacher"))
     teacher = load_model(str(zoo / "teacher"))
     student_task = report.get("spec", {}).get("student_task", "regs")
+    teacher_tasks = report.get("spec", {}).get("tasks", ("regs", "add"))
     accuracy, compat = {}, {}
     for name in ("teacher", "student-same", "student-cross"):
         model = teacher if name == "teacher" else load_model(str(zoo / name))
-        tasks = TASKS if name == "teacher" else {student_task: TASKS[student_task]}
+        tasks = {t: TASKS[t] for t in (teacher_tasks if name == "teacher" else [student_task])}
         accuracy[name] = {}
         for tname, task in tasks.items():
             problems = task.problems("test", n, seed=seed)
