@@ -125,3 +125,60 @@ class ResponseBudget:
                 f"got misses={misses}"
             )
         self.length, self.misses = length, misses
+
+
+@dataclass
+class AdaptivePrefix:
+    """Prefix OPD's prefix length P, grown when the trained prefix stops teaching.
+
+    After each step the step's mean teacher-student reverse KL over the trained prefix is
+    recorded (since the last change of P). Once `window` values are in: with m1, m2 the means
+    of the window's first and second halves,
+      mean(window) <= kl_threshold            (the prefix is learnt)      or
+      m1 - m2 <= flat * m1                    (the KL has flattened)
+      ->  P <- min(P + step, max_len), the record restarts;
+    otherwise P holds. docs/method.md, "Adaptive prefix schedule".
+    """
+
+    init_len: int
+    max_len: int
+    step: int
+    window: int
+    kl_threshold: float
+    flat: float
+    length: int = field(init=False)
+    kls: list = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.init_len <= self.max_len:
+            raise ValueError(
+                f"AdaptivePrefix: need 1 <= init_len <= max_len, got {self.init_len}, {self.max_len}"
+            )
+        if self.window < 2:
+            raise ValueError(f"AdaptivePrefix: window must be >= 2, got {self.window}")
+        self.length = int(self.init_len)
+        self.kls = []
+
+    def update(self, kl: float) -> dict:
+        """Record this step's KL; returns `length` (used this step), `next_length`, `grew`."""
+        used = self.length
+        self.kls.append(float(kl))
+        grew = False
+        if len(self.kls) >= self.window:
+            recent = self.kls[-self.window :]
+            half = self.window // 2
+            m1 = sum(recent[:half]) / half
+            m2 = sum(recent[half:]) / (self.window - half)
+            learnt = sum(recent) / self.window <= self.kl_threshold
+            flattened = m1 - m2 <= self.flat * abs(m1)
+            if (learnt or flattened) and self.length < self.max_len:
+                self.length = min(self.length + self.step, self.max_len)
+                self.kls = []
+                grew = True
+        return {"length": used, "next_length": self.length, "grew": grew}
+
+    def state_dict(self) -> dict:
+        return {"length": self.length, "kls": list(self.kls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.length, self.kls = int(state["length"]), [float(x) for x in state["kls"]]

@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = _f(0, "seed for prompts, sampling and initialisation")
     out: str = _f("runs/default", "run directory (logs, samples, final model)")
     # ---- method ------------------------------------------------------------------------
-    method: str = _f("prune", "full | prefix | prune")
+    method: str = _f("prune", "full | prefix | prune | hybrid (prune + outcome reward on the tail)")
     loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
     jsd_beta: float = _f(0.5, "jsd: 0 = forward KL, 1 = reverse KL (TRL convention)")
     # ---- optimisation ------------------------------------------------------------------
@@ -84,11 +84,26 @@ class TrainConfig:
     # ---- prefix OPD ------------------------------------------------------------------
     prefix_len: int = _f(64, "prefix OPD: response cap P (start of the schedule)")
     prefix_len_end: int = _f(0, "prefix OPD: P at the last step (0 = fixed prefix)")
+    prefix_schedule: str = _f(
+        "auto",
+        "prefix OPD: fixed | linear (prefix_len -> prefix_len_end) | adaptive (grow P by "
+        "prefix_step when the prefix's KL is below prefix_kl_threshold or flat) | auto "
+        "(linear if prefix_len_end > 0, else fixed)",
+    )
+    prefix_step: int = _f(32, "adaptive prefix: tokens P grows by")
+    prefix_window: int = _f(6, "adaptive prefix: steps of KL looked at before P may grow")
+    prefix_kl_threshold: float = _f(0.05, "adaptive prefix: grow once the window's mean KL <= this")
+    prefix_flat: float = _f(
+        0.05, "adaptive prefix: grow once the KL fell by <= this share over the window"
+    )
     # ---- our extensions --------------------------------------------------------------
     online_pruning: bool = _f(False, "prune: stop a sample once w_t <= prune_floor")
     prune_floor: float = _f(0.0, "online pruning stops samples whose weight reaches this")
     chunk_size: int = _f(16, "online pruning: tokens sampled between teacher checks")
     reliable_prefix_only: bool = _f(False, "prune: train only on tokens with w_t > 0")
+    gate_floor: float = _f(0.0, "hybrid: tokens with w_t <= this get the outcome reward")
+    gate_coef: float = _f(1.0, "hybrid: weight of the tail's policy-gradient loss")
+    gate_norm: str = _f("std", "hybrid: group advantage (r - mean) / (std + eps) | none: r - mean")
     # ---- evaluation and logging ----------------------------------------------------------
     eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
     eval_problems: int = _f(256, "held-out problems per evaluation")
@@ -117,7 +132,8 @@ class TrainConfig:
         return self.drift_k or self.topk
 
 
-METHODS = ("full", "prefix", "prune")
+METHODS = ("full", "prefix", "prune", "hybrid")
+PREFIX_SCHEDULES = ("auto", "fixed", "linear", "adaptive")
 LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
 DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
 ON_NONFINITE = ("stop", "skip")
@@ -136,6 +152,18 @@ def validate(c: TrainConfig) -> None:
     _need(c.loss in LOSSES, "loss", c.loss, f"must be one of {', '.join(LOSSES)}")
     _need(c.drift_metric in DRIFT_METRICS, "drift_metric", c.drift_metric,
           f"must be one of {', '.join(DRIFT_METRICS)}")  # fmt: skip
+    _need(c.prefix_schedule in PREFIX_SCHEDULES, "prefix_schedule", c.prefix_schedule,
+          f"must be one of {', '.join(PREFIX_SCHEDULES)}")  # fmt: skip
+    _need(c.gate_norm in ("std", "none"), "gate_norm", c.gate_norm, "must be std or none")
+    _need(0 <= c.gate_floor < 1, "gate_floor", c.gate_floor, "must be in [0, 1)")
+    _need(c.gate_coef >= 0, "gate_coef", c.gate_coef, "must be >= 0")
+    _need(c.prefix_window >= 2, "prefix_window", c.prefix_window, "must be >= 2")
+    _need(c.prefix_step >= 1, "prefix_step", c.prefix_step, "must be >= 1")
+    _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")
+    _need(c.prefix_flat >= 0, "prefix_flat", c.prefix_flat, "must be >= 0")
+    if c.prefix_schedule == "linear":
+        _need(c.prefix_len_end > 0, "prefix_len_end", c.prefix_len_end,
+              "must be > 0 with prefix_schedule=linear")  # fmt: skip
     _need(0 <= c.jsd_beta <= 1, "jsd_beta", c.jsd_beta, "must be in [0, 1]")
     for key in ("max_steps", "prompts_per_step", "responses_per_prompt", "topk", "max_len",
                 "min_len", "init_len", "patience", "prefix_len", "chunk_size", "loss_chunk"):  # fmt: skip

@@ -63,7 +63,7 @@ class StudentLoss(torch.nn.Module):
 
     def forward(self, loss, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT, candidate_ids_BTK,
                 teacher_candidate_logprobs_BTK, teacher_token_logprobs_BT, teacher_hidden_NH,
-                teacher_head_VH, jsd_beta, chunk):  # fmt: skip
+                teacher_head_VH, jsd_beta, chunk, tail_BT=None, advantage_BT=None):  # fmt: skip
         T = tokens_BT.shape[1]
         hidden_NH = response_hidden(self.student, input_ids_BL, prompt_lens_B, T)[mask_BT]
         head_VH = self.student.get_output_embeddings().weight
@@ -87,6 +87,9 @@ class StudentLoss(torch.nn.Module):
                 loss_N = losses.chunked_token_loss(
                     fn, hidden_NH, head_VH, teacher_hidden_NH, teacher_head_VH, chunk, **kw
                 )
+        if tail_BT is not None:  # hybrid: policy gradient -sg(A) log pi(y_t) on the tail
+            tail_N, adv_N = tail_BT[mask_BT], advantage_BT[mask_BT].detach()
+            loss_N = torch.where(tail_N, -adv_N * token_lp_N, loss_N)
         loss_BT = loss_BT.masked_scatter(mask_BT, loss_N.float()) if loss_N.numel() else loss_BT
         lp_BT = torch.zeros(mask_BT.shape, device=mask_BT.device).masked_scatter(
             mask_BT, token_lp_N.detach().float()
@@ -109,6 +112,8 @@ def token_losses(
     teacher_hidden_NH: torch.Tensor | None = None,
     jsd_beta: float = 0.5,
     chunk: int = 4096,
+    tail_BT: torch.Tensor | None = None,
+    advantage_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss `[B, T]` (0 on invalid positions) and the student's detached
     log-prob of each sampled token `[B, T]`.
@@ -119,6 +124,8 @@ def token_losses(
     full-vocabulary losses take the teacher's hidden states at the valid positions from
     `teacher_hidden_NH` (`TokenScores.hidden_NH`: no second teacher forward) or, without it,
     run the teacher here on the same sequences; its head is applied in chunks.
+    `tail_BT` / `advantage_BT` (method hybrid) replace the loss on tail tokens by the
+    policy-gradient loss `-sg(A) * log pi(y_t)`.
     """
     t_hidden_NH = t_head_VH = None
     if loss not in ("topk_rkl", "sampled_rkl"):
@@ -137,4 +144,4 @@ def token_losses(
         student = StudentLoss(student)
     return student(loss, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT, candidate_ids_BTK,
                    teacher_candidate_logprobs_BTK, teacher_token_logprobs_BT, t_hidden_NH,
-                   t_head_VH, jsd_beta, chunk)  # fmt: skip
+                   t_head_VH, jsd_beta, chunk, tail_BT, advantage_BT)  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, step_metrics
-from .budget import ResponseBudget
+from .budget import AdaptivePrefix, ResponseBudget
 from .checkpoint import (
     GracefulStop,
     load_trainer_state,
@@ -29,6 +29,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, config_to_yaml
 from .drift import monitor, reliability_weights
 from .evaluate import combine, evaluate, reference_cap
+from .hybrid import group_advantages, tail_mask
 from .losses import masked_token_mean
 from .models import set_threads
 from .objective import token_losses
@@ -56,20 +57,35 @@ class TrainingStopped(RuntimeError):
         self.exit_code = exit_code
 
 
-def response_cap(cfg: TrainConfig, step: int, budget: ResponseBudget | None) -> int:
-    """This step's response-length cap for each method (method.md, Baselines / Budget)."""
+def prefix_schedule(cfg: TrainConfig) -> str:
+    """fixed | linear | adaptive ("auto": linear if prefix_len_end > 0, else fixed)."""
+    if cfg.prefix_schedule != "auto":
+        return cfg.prefix_schedule
+    return "linear" if cfg.prefix_len_end > 0 else "fixed"
+
+
+def response_cap(cfg: TrainConfig, step: int, budget) -> int:
+    """This step's response-length cap for each method (method.md, Baselines / Budget):
+    `budget` is the `ResponseBudget` of prune, the `AdaptivePrefix` of an adaptive prefix."""
     if cfg.method == "prune":
         return budget.length
     if cfg.method == "prefix":
-        if cfg.prefix_len_end <= 0:
+        schedule = prefix_schedule(cfg)
+        if schedule == "adaptive":
+            return budget.length
+        if schedule == "fixed":
             return cfg.prefix_len
         frac = min(1.0, step / max(1, cfg.max_steps - 1))  # linear schedule P_start -> P_end
         return round(cfg.prefix_len + frac * (cfg.prefix_len_end - cfg.prefix_len))
     return cfg.max_len
 
 
-def method_weights(cfg: TrainConfig, weights_BT, multipliers_BT, mask_BT):
-    """(loss multiplier, train mask) per token: 1 for full/prefix, m_t for prune."""
+def method_weights(cfg: TrainConfig, weights_BT, multipliers_BT, mask_BT, tail_BT=None):
+    """(loss multiplier, train mask) per token: 1 for full/prefix, m_t for prune; for hybrid
+    m_t on the reliable prefix and gate_coef on the tail (`tail_BT`)."""
+    if cfg.method == "hybrid":
+        return torch.where(tail_BT, torch.full_like(multipliers_BT, cfg.gate_coef),
+                           multipliers_BT), mask_BT  # fmt: skip
     if cfg.method != "prune":
         return mask_BT.float(), mask_BT
     train_mask_BT = mask_BT & (weights_BT > 0) if cfg.reliable_prefix_only else mask_BT
@@ -151,10 +167,17 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
-    budget = None
+    budget = None  # the controller of the cap: prune's budget, or an adaptive prefix
     if cfg.method == "prune":
         budget = ResponseBudget(cfg.init_len, cfg.min_len, cfg.max_len, cfg.budget_step,
                                 cfg.budget_margin, cfg.hit_ratio, cfg.patience)  # fmt: skip
+    elif cfg.method == "prefix" and prefix_schedule(cfg) == "adaptive":
+        budget = AdaptivePrefix(cfg.prefix_len, cfg.prefix_len_end or cfg.max_len,
+                                cfg.prefix_step, cfg.prefix_window, cfg.prefix_kl_threshold,
+                                cfg.prefix_flat)  # fmt: skip
+    if cfg.method == "hybrid" and (B_all // distributed.world_size()) % cfg.responses_per_prompt:
+        raise ConfigError("method=hybrid: each process needs whole groups of "
+                          f"responses_per_prompt = {cfg.responses_per_prompt} samples")  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def run_eval(step: int) -> dict:
@@ -242,7 +265,18 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 events_BT, mask_BT, cfg.w_drop, cfg.w_base
             )
             eff_len_all_B = d.gather(eff_len_B)  # the budget sees the global batch
-            mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT)
+            texts = [decode_response(tok, r) for r in rollout.responses]
+            first = rows.start  # global index of this rank's first sample
+            rewards = [task.check(problems[(first + i) // cfg.responses_per_prompt], t)
+                       for i, t in enumerate(texts)]  # fmt: skip
+            tail_BT = adv_BT = None
+            if cfg.method == "hybrid":  # the outcome reward takes over where w_t <= gate_floor
+                tail_BT = tail_mask(weights_BT, mask_BT, cfg.gate_floor)
+                adv_B = group_advantages(torch.tensor(rewards, dtype=torch.float32),
+                                         cfg.responses_per_prompt, cfg.gate_norm).to(device)  # fmt: skip
+                adv_BT = adv_B[:, None].expand(B, T)
+            mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT,
+                                                    tail_BT)  # fmt: skip
             t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
 
             # 4. the update: token-mean of m_t * loss_t over valid response tokens
@@ -256,7 +290,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 teacher_token_logprobs_BT=scores.token_logprobs_BT,
                 teacher_hidden_NH=None if scores.hidden_NH is None else scores.hidden_NH[train_mask_BT[mask_BT]],
                 jsd_beta=cfg.jsd_beta,
-                chunk=cfg.loss_chunk,
+                chunk=cfg.loss_chunk, tail_BT=tail_BT, advantage_BT=adv_BT,
             )  # fmt: skip
             # the token mean over the global batch: this rank's share, times the world size
             # because DDP / FSDP average gradients over ranks
@@ -289,17 +323,12 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 )
             t_update = time.perf_counter() - t0
 
-            # 5. the budget moves the cap for the next step (prune only)
-            hit = budget.update(eff_len_all_B) if budget is not None else {}
-            next_cap = (
-                hit["next_length"] if budget is not None else response_cap(cfg, step + 1, None)
-            )
+            # 5. the budget moves the cap for the next step (prune only; an adaptive prefix
+            # moves after the metrics, from the prefix's reverse KL)
+            hit = budget.update(eff_len_all_B) if isinstance(budget, ResponseBudget) else {}
+            next_cap = hit["next_length"] if hit else response_cap(cfg, step + 1, budget)
 
             # 6. metrics (method.md, "Metrics every run logs")
-            texts = [decode_response(tok, r) for r in rollout.responses]
-            first = rows.start  # global index of this rank's first sample
-            rewards = [task.check(problems[(first + i) // cfg.responses_per_prompt], t)
-                       for i, t in enumerate(texts)]  # fmt: skip
             rkl_BT = rollout.student_logprobs_BT().to(device) - scores.token_logprobs_BT
             sums = step_metrics.local_sums(overlap_BT, events_BT, weights_BT, mult_BT, mask_BT,
                                            train_mask_BT, rkl_BT, rewards,
@@ -321,6 +350,10 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 "grad_norm": float(grad_norm),
                 "skipped": int(not finite),
             }  # fmt: skip
+            if isinstance(budget, AdaptivePrefix):
+                m["next_cap"] = budget.update(m["rkl"])["next_length"]
+            if tail_BT is not None:
+                m["gate_rate"] = d.sum([float(tail_BT.sum())])[0] / max(1, m["tokens_generated"])
             for k in ("t_sample", "t_teacher", "t_update"):
                 totals[k] += m[k]
             for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
