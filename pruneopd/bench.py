@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PAIRS = ("same", "cross")
-METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online")
+METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online", "hybrid", "prefix-adaptive")
+CORE_METHODS = METHODS[:5]  # the released method and its baselines; the last two are ours
 CONFIGS = Path(__file__).parent / "configs"
 SUITE_CONFIGS = {"short": CONFIGS, "long": CONFIGS / "long"}
 STEP_KEYS = ("cap", "eff_len_mean", "hit_ratio", "overlap", "drift_rate", "mean_len",
@@ -59,8 +60,8 @@ def run_overrides(preset: BenchPreset, out: Path, pair: str, method: str, seed: 
     ]  # fmt: skip
 
 
-def plan(preset: BenchPreset, seeds: int) -> list[tuple[str, str, int]]:
-    return [(pair, m, s) for s in range(seeds) for pair in PAIRS for m in METHODS]
+def plan(preset: BenchPreset, seeds: int, methods=METHODS) -> list[tuple[str, str, int]]:
+    return [(pair, m, s) for s in range(seeds) for pair in PAIRS for m in methods]
 
 
 def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess.Popen | None:
@@ -80,12 +81,18 @@ def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess
 
 def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = None,
               jobs: int = 2, threads: int = 1, steps: int | None = None,
-              eval_problems: int | None = None, log=print, suite: str = "short") -> dict:  # fmt: skip
+              eval_problems: int | None = None, log=print, suite: str = "short",
+              methods: tuple = METHODS) -> dict:  # fmt: skip
     """Run (or finish) the benchmark into `out`; returns the gathered results.
 
     Resumable: a run with its summary is not run again, a half-finished one continues from
     its newest checkpoint (every 10 steps), so rerunning the command after an interruption
     finishes the benchmark."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(
+            f"unknown bench method {bad[0] if bad else ''!r} (choose from {', '.join(METHODS)})"
+        )
     if suite not in SUITE_CONFIGS:
         raise ValueError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_CONFIGS)})")
     if preset_name not in PRESETS:
@@ -102,7 +109,7 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = plan(preset, seeds)
+    todo = plan(preset, seeds, methods)
     running: list[tuple[subprocess.Popen, tuple]] = []
     failed = []
     t0 = time.time()
@@ -130,7 +137,7 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
         raise RuntimeError(
             f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
         )
-    results = gather(out, preset, preset_name, seeds)
+    results = gather(out, preset, preset_name, seeds, methods)
     results["suite"] = suite
     (out / "results.json").write_text(json.dumps(results, indent=1))
     from .report import render_report
@@ -143,14 +150,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int) -> dict:
+def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int,
+           methods=METHODS) -> dict:  # fmt: skip
     """Every number the report needs, from the runs' summary.json / metrics.jsonl / samples."""
     from .runlog import versions
 
     runs = []
     overlap: dict[str, list[float]] = {p: [] for p in PAIRS}
     by_position: dict[str, dict] = {}
-    for pair, method, seed in plan(preset, seeds):
+    for pair, method, seed in plan(preset, seeds, methods):
         rd = run_dir(out, pair, method, seed)
         s = json.loads((rd / "summary.json").read_text())
         rows = [r for r in _read_jsonl(rd / "metrics.jsonl") if "loss" in r]

@@ -127,10 +127,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import run_bench
+    from .bench import METHODS, run_bench
 
     run_bench(args.out, args.preset, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
               steps=args.steps, eval_problems=args.eval_problems, suite=args.suite,
+              methods=tuple(args.methods.split(",")) if args.methods else METHODS,
               log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip
     print(Path(args.out) / "report.md")
 
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
     b.add_argument("--steps", type=int, help="override the preset's steps per run")
     b.add_argument("--eval-problems", type=int, help="override the preset's test problems")
+    b.add_argument("--methods", help="comma-separated subset (default: all seven: full, prefix, "
+                   "prefix-sched, prune, prune-online, hybrid, prefix-adaptive)")  # fmt: skip
     b.add_argument("--suite", choices=("short", "long"), default="short",
                    help="short: the regs zoo (configs/); long: the long-horizon zoo (configs/long/)")  # fmt: skip
     b.set_defaults(fn=cmd_bench)

@@ -107,7 +107,19 @@ def _plots(out: Path, results: dict) -> list[Path]:
 
     written = []
     colors = dict(
-        zip(METHODS, ["tab:gray", "tab:blue", "tab:cyan", "tab:red", "tab:orange"], strict=True)
+        zip(
+            METHODS,
+            [
+                "tab:gray",
+                "tab:blue",
+                "tab:cyan",
+                "tab:red",
+                "tab:orange",
+                "tab:green",
+                "tab:purple",
+            ],
+            strict=True,
+        )  # fmt: skip
     )
     for pair in PAIRS:
         runs = [r for r in results["runs"] if r["pair"] == pair]
