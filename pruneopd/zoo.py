@@ -87,8 +87,8 @@ FAST = ZooSpec(
 )
 
 
-# The long-horizon suite (docs/testbed.md): `loop` programs of 7-14 rounds, 445-891-token
-# traces. Models train on 1-14 rounds, one number of rounds per batch, so short batches are
+# The long-horizon suite (docs/testbed.md): `loop` programs of 5-9 rounds, 470-842-token
+# traces. Models train on 1-9 rounds, one number of rounds per batch, so short batches are
 # cheap and every round is the same skill wherever it sits in a response.
 LONG = ZooSpec(
     tasks=("loop",),

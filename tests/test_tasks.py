@@ -11,7 +11,6 @@ import statistics
 import pytest
 
 from pruneopd.tasks import TASKS, in_test_split
-from pruneopd.tasks.base import MAX_DIFFICULTY
 from pruneopd.tokenizer import build_tokenizer
 
 TASK_STYLES = [(t.name, s) for t in TASKS.values() for s in t.styles]
@@ -52,14 +51,15 @@ def test_generation_is_deterministic(name, split):
     other_seed = {p.prompt for p in task.problems(split, 50, seed=8)}
     assert other_seed != {p.prompt for p in a}
     assert len(other_seed & {p.prompt for p in a}) < 5
-    other_diff = task.problems(split, 50, seed=7, difficulty=task.default_difficulty + 1)
+    other = task.default_difficulty + 1 if task.default_difficulty < task.max_difficulty else 1
+    other_diff = task.problems(split, 50, seed=7, difficulty=other)
     assert [p.prompt for p in other_diff] != [p.prompt for p in a]
 
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_difficulty_is_number_of_steps(name):
     task = TASKS[name]
-    for d in (1, 2, task.default_difficulty, MAX_DIFFICULTY):
+    for d in (1, 2, task.default_difficulty, task.max_difficulty):
         lo, hi = task.steps_range(d)
         assert lo <= hi and (lo == hi == d or task.name == "loop")
         for p in task.problems("train", 5, seed=0, difficulty=d):
@@ -245,11 +245,11 @@ def test_default_difficulty_is_long_horizon(tok, name, style):
 @pytest.mark.parametrize("name", list(TASKS))
 def test_difficulty_knob_reaches_long_responses(tok, name):
     task = TASKS[name]
-    lengths = {s: median_tokens(tok, task, s, difficulty=MAX_DIFFICULTY) for s in task.styles}
+    lengths = {s: median_tokens(tok, task, s, difficulty=task.max_difficulty) for s in task.styles}
     assert max(lengths.values()) >= 500, lengths
-    # and length grows with difficulty in every style
+    # and length grows with difficulty in every style (loop's default is its maximum)
     for s in task.styles:
-        assert lengths[s] > median_tokens(tok, task, s)
+        assert lengths[s] > median_tokens(tok, task, s, difficulty=task.max_difficulty // 2)
 
 
 @pytest.mark.parametrize("name", list(TASKS))

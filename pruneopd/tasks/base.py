@@ -39,6 +39,7 @@ class Task:
     name: str = ""
     styles: tuple[str, ...] = ()
     default_difficulty: int = 16
+    max_difficulty: int = MAX_DIFFICULTY
 
     def _make(self, rng: random.Random, difficulty: int) -> Problem:
         raise NotImplementedError
@@ -89,8 +90,11 @@ class Task:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         difficulty = self.default_difficulty if difficulty is None else difficulty
-        if not 1 <= difficulty <= MAX_DIFFICULTY:
-            raise ValueError(f"difficulty must be in [1, {MAX_DIFFICULTY}], got {difficulty}")
+        if not 1 <= difficulty <= self.max_difficulty:
+            raise ValueError(
+                f"difficulty must be in [1, {self.max_difficulty}] for task {self.name}, "
+                f"got {difficulty}"
+            )
         rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
         out: list[Problem] = []
         seen: set[str] = set()

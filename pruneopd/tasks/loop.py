@@ -1,20 +1,22 @@
 """`loop`: a register program run for several rounds: the long-horizon task.
 
 Three registers holding one digit each (arithmetic wraps around) go through a program of
-four labelled operations, run again and again for the number of rounds the prompt asks
-for. The chain of thought writes every round's number and, for every operation, its
-operands, result and the full register state, so each step depends on all earlier ones.
+six labelled operations, run again and again for the number of rounds the prompt asks
+for. The chain of thought counts the rounds down (each round is led by the number of rounds
+left, the last by 1) and writes, for every operation, its operands, result and the full
+register state, so each step depends on all earlier ones.
 
-Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x D:x+=4 ; | 2 ;
-terse:    | 1 A:x+=y 3+7=0>071 B:z*=3 1*3=3>073 C:y-=x 7-0=7>073 D:x+=4 0+4=4>473
-          | 2 A:x+=y 4+7=1>173 ... #...
+Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x D:x+=4 E:z-=y F:y*=7 ; | 2 ;
+terse:    | 2 A:x+=y 3+7=0>071 B:z*=3 1*3=3>073 ... F:y*=7 ... | 1 A:x+=y ... #...
 
-Why this shape (docs/testbed.md): responses run to hundreds of tokens (15 per operation, 63
+Why this shape (docs/testbed.md): responses run to hundreds of tokens (15 per operation, 93
 per round), their lengths spread with the number of rounds, and every round is the same
-skill (the same four labels looked up in the prompt, the state a fixed distance back), so
-what a model learns on the first rounds of a response is what it needs on the last ones.
-`difficulty` is the largest number of rounds; a problem has between half of it (rounded
-up) and all of it.
+skill (the same six labels looked up in the prompt, the state and the round count a fixed
+distance back), so what a model learns on the first rounds of a response is what it needs on
+the last ones. Counting down makes the stop local (after round 1); a first version counted
+up to the prompt's number, and its teacher, right on nearly every value, missed the stop on
+21 of 24 test problems at step 500. `difficulty` is the largest number of rounds (at most
+9, one digit); a problem has between half of it (rounded up) and all of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import random
 from .base import LABELS, Problem, Task
 from .regs import _WORD, REGS, TERSE_STEP, VERBOSE_STEP, _apply
 
-OPS_PER_ROUND = 4
+OPS_PER_ROUND = 6
 
 
 def rounds_range(difficulty: int) -> tuple[int, int]:
@@ -36,7 +38,8 @@ class LoopTask(Task):
     name = "loop"
     styles = ("terse", "verbose")
     terse_step, verbose_step = TERSE_STEP, VERBOSE_STEP
-    default_difficulty = 14  # at most 14 rounds (7-14: 56 operations at most)
+    default_difficulty = 9  # at most 9 rounds (5-9: 54 operations at most)
+    max_difficulty = 9  # the round count is one digit
 
     def steps_range(self, difficulty: int) -> tuple[int, int]:
         lo, hi = rounds_range(difficulty)
@@ -59,7 +62,7 @@ class LoopTask(Task):
                 program.append((dst, "*", None, rng.choice([3, 7, 9])))
         rounds = rng.randint(*rounds_range(difficulty))
         steps, trace = [], []
-        for rnd in range(1, rounds + 1):
+        for rnd in range(rounds, 0, -1):  # rounds left, this one included
             for dst, op, src, const in program:
                 y = state[src] if src is not None else const
                 x = state[dst]
@@ -78,7 +81,7 @@ class LoopTask(Task):
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render(self, problem: Problem, style: str) -> str:
-        """' | 1 <op A> <op B> <op C> <op D> | 2 <op A> ... #<answer>'."""
+        """' | n <op A> ... <op F> | n-1 <op A> ... | 1 <op A> ... <op F> #<answer>'."""
         if style not in self.styles:
             raise ValueError(f"unknown style {style!r} for task {self.name} (have {self.styles})")
         parts = []
