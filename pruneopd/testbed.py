@@ -89,19 +89,54 @@ def reliability_run_out(events_BT: torch.Tensor, mask_BT: torch.Tensor, w_drop: 
     }
 
 
+SWEEP_KS = (1, 2, 4, 8, 16)
+SWEEP_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SWEEP_W_DROPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def monitor_sweep(s_BTK: torch.Tensor, t_BTK: torch.Tensor, mask_BT: torch.Tensor,
+                  ks=SWEEP_KS, taus=SWEEP_TAUS, w_drops=SWEEP_W_DROPS) -> list[dict]:  # fmt: skip
+    """What each monitor setting (K, tau, w_drop) would do on these samples: the event rate,
+    the share of samples whose reliability runs out before their end, and the median and 90th
+    percentile of the effective reliable lengths l_i. The 90th percentile is where the
+    released budget rule (h_min 0.1) holds the cap: about a tenth of the samples must still be
+    reliable at the cap for it to grow."""
+    rows = []
+    for k in ks:
+        if k > s_BTK.shape[-1]:
+            continue
+        overlap_BT = topk_overlap_from_ids(s_BTK[..., :k], t_BTK[..., :k])
+        for tau in taus:
+            events_BT = (overlap_BT < tau) & mask_BT
+            rate = float(events_BT[mask_BT].double().mean())
+            for w in w_drops:
+                _, _, eff_B = reliability_weights(events_BT, mask_BT, w, 0.0)
+                q = torch.quantile(eff_B.double(), torch.tensor([0.5, 0.9], dtype=torch.float64))
+                rows.append({
+                    "k": k, "tau": tau, "w_drop": w, "event_rate": round(rate, 5),
+                    "share_run_out": float((eff_B < mask_BT.sum(-1)).double().mean()),
+                    "eff_len_median": float(q[0]), "eff_len_p90": float(q[1]),
+                })  # fmt: skip
+    return rows
+
+
 @torch.inference_mode()
 def pair_card(student, teacher, tok, task, problems, *, k: int, tau: float, w_drop: float,
               max_new_tokens: int, bin_size: int = 32, seed: int = 0) -> dict:  # fmt: skip
     """One T=1 response per problem from the student, scored by the teacher: its lengths,
     per-position top-1 agreement and top-K overlap curves, the drift-event rate and where
-    reliability runs out with the monitor (K, tau, w_drop)."""
+    reliability runs out with the monitor (K, tau, w_drop), and `monitor_sweep` of the other
+    settings on the same samples."""
     prompts = [prompt_ids(tok, p) for p in problems]
     gen = torch.Generator().manual_seed(seed)
+    kmax = max(k, *SWEEP_KS)
     r = sample(student, prompts, max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id,
-               pad_id=tok.pad_token_id, temperature=1.0, generator=gen, topk=k)  # fmt: skip
-    scores = score_responses(teacher, prompts, r.responses, k=k, pad_id=tok.pad_token_id)
+               pad_id=tok.pad_token_id, temperature=1.0, generator=gen, topk=kmax)  # fmt: skip
+    scores = score_responses(teacher, prompts, r.responses, k=kmax, pad_id=tok.pad_token_id)
     mask_BT = r.response_mask_BT
     s_BTK, t_BTK = r.student_topk_ids_BTK(), scores.topk_ids_BTK
+    sweep = monitor_sweep(s_BTK, t_BTK, mask_BT)
+    s_BTK, t_BTK = s_BTK[..., :k], t_BTK[..., :k]
     top1_BT = (s_BTK[..., 0] == t_BTK[..., 0]).double()
     overlap_BT = topk_overlap_from_ids(s_BTK, t_BTK).double()
     events_BT = (overlap_BT < tau) & mask_BT
@@ -118,6 +153,7 @@ def pair_card(student, teacher, tok, task, problems, *, k: int, tau: float, w_dr
         "top1_curve": position_curves(top1_BT, mask_BT, bin_size),
         "overlap_curve": position_curves(overlap_BT, mask_BT, bin_size),
         "reliability": reliability_run_out(events_BT, mask_BT, w_drop),
+        "sweep": sweep,
     }  # fmt: skip
 
 

@@ -55,6 +55,23 @@ def test_reliability_run_out_by_hand():
     assert none["share_run_out"] == 0 and none["median_position"] is None
 
 
+def test_monitor_sweep_by_hand():
+    from pruneopd.testbed import monitor_sweep
+
+    # two samples, top-2 lists; sample 0 disagrees at top-1 on tokens 1 and 2
+    s_BTK = torch.tensor([[[1, 2], [3, 4], [5, 6], [7, 8]], [[1, 2], [3, 4], [5, 6], [7, 8]]])
+    t_BTK = torch.tensor([[[1, 2], [4, 3], [9, 6], [7, 8]], [[1, 2], [3, 4], [5, 6], [7, 8]]])
+    mask_BT = torch.ones(2, 4, dtype=torch.bool)
+    rows = monitor_sweep(s_BTK, t_BTK, mask_BT, ks=(1, 2, 4), taus=(1.0,), w_drops=(0.5,))
+    assert [r["k"] for r in rows] == [1, 2]  # K = 4 is more than the lists hold
+    k1, k2 = rows
+    # K=1: events at tokens 1, 2 of sample 0 -> w hits 0 at token 2: l = 2 of 4; sample 1: 4
+    assert k1["event_rate"] == 2 / 8 and k1["share_run_out"] == 0.5
+    assert k1["eff_len_median"] == 3.0 and k1["eff_len_p90"] == pytest.approx(3.8)
+    # K=2: overlaps of sample 0 are 1, 1, 0.5, 1 -> one event (tau 1.0): never runs out
+    assert k2["event_rate"] == 1 / 8 and k2["share_run_out"] == 0.0
+
+
 def test_pair_card_on_the_fast_long_zoo(fast_zoo, tmp_path):
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import TASKS
@@ -75,6 +92,7 @@ def test_pair_card_on_the_fast_long_zoo(fast_zoo, tmp_path):
         assert sum(card["top1_curve"]["tokens"]) == sum(card["overlap_curve"]["tokens"]) == total
         assert all(e <= total for e in card["reliability"]["effective_lengths"])
         assert card["overlap_curve"]["start"][0] == 0
+        assert {(r["k"], r["tau"]) for r in card["sweep"]} >= {(1, 0.5), (16, 0.7)}
         cards[name] = card
     ref = reference_lengths(tok, task, problems)
     assert ref["min"] >= 60  # one round of four operations and EOS at least
