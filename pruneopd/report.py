@@ -41,6 +41,7 @@ def summarize(results: dict) -> dict:
                 "final_cap": runs[0]["final_cap"],
                 "max_len": runs[0]["config"]["max_len"],
                 "split": {k: statistics.fmean(r[k] for r in runs) for k in ("t_sample", "t_teacher", "t_update")},
+                "ends": {k: _ends([r["steps"][k] for r in runs]) for k in ("mean_len", "eos_rate", "drift_rate", "reward")},
             }  # fmt: skip
         full = rows.get("full")
         for r in rows.values():
@@ -49,6 +50,14 @@ def summarize(results: dict) -> dict:
             r["acc_vs_full"] = r["acc"] - full["acc"] if full else None
         table[pair] = rows
     return table
+
+
+def _ends(series: list[list], n: int = 10) -> tuple[float, float]:
+    """Mean over runs of a per-step series' first and last `n` steps (missing values skipped)."""
+    first = [x for xs in series for x in xs[:n] if x is not None]
+    last = [x for xs in series for x in xs[-n:] if x is not None]
+    return (statistics.fmean(first) if first else float("nan"),
+            statistics.fmean(last) if last else float("nan"))  # fmt: skip
 
 
 def _fmt_ratio(x):
@@ -87,6 +96,15 @@ def render_markdown(results: dict, table: dict) -> str:
                 f"| {m} | {r['time']:.0f} | {_fmt_ratio(r['time_vs_full'])} | "
                 f"{_fmt_ratio(r['tokens_vs_full'])} | {r['acc']:.1f} ± {r['acc_std']:.1f} | {vs} | {cap} |"
             )
+        lines += ["", "Samples over training (mean over seeds; first / last 10 steps): "
+                  "mean length, EOS rate (share of samples that ended by themselves, not by the "
+                  "cap), drift-event rate, reward (answer right).", "",
+                  "| method | mean length | EOS rate | drift rate | reward |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for m, r in rows.items():
+            e = r["ends"]
+            lines.append(" | ".join([f"| {m}"] + [f"{e[k][0]:{f}} / {e[k][1]:{f}}" for k, f in (
+                ("mean_len", ".0f"), ("eos_rate", ".2f"), ("drift_rate", ".3f"), ("reward", ".2f"))]) + " |")  # fmt: skip
         lines += ["", "Time split (s, mean): " + "; ".join(
             f"{m} sample {r['split']['t_sample']:.0f} / teacher {r['split']['t_teacher']:.0f} / "
             f"update {r['split']['t_update']:.0f}" for m, r in rows.items())]  # fmt: skip
