@@ -6,17 +6,21 @@ for. The chain of thought counts the rounds down (each round is led by the numbe
 left, the last by 1) and writes, for every operation, its operands, result and the full
 register state, so each step depends on all earlier ones.
 
-Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x D:x+=4 E:z-=y F:y*=7 ; | 2 ;
-terse:    | 2 A:x+=y 3+7=0>071 B:z*=3 1*3=3>073 ... F:y*=7 ... | 1 A:x+=y ... #...
+Prompt:   regs x=3 y=7 z=1 ; A:x+=y B:z*=3 C:y-=x D:x+=4 E:z-=y F:y*=7 ; | 2
+terse:     A:x+=y 3+7=0>071 B:z*=3 1*3=3>073 ... F:y*=7 ... | 1 A:x+=y ... #...
 
 Why this shape (docs/testbed.md): responses run to hundreds of tokens (15 per operation, 93
 per round), their lengths spread with the number of rounds, and every round is the same
 skill (the same six labels looked up in the prompt, the state and the round count a fixed
 distance back), so what a model learns on the first rounds of a response is what it needs on
-the last ones. Counting down makes the stop local (after round 1); a first version counted
-up to the prompt's number, and its teacher, right on nearly every value, missed the stop on
-21 of 24 test problems at step 500. `difficulty` is the largest number of rounds (at most
-9, one digit); a problem has between half of it (rounded up) and all of it.
+the last ones. The prompt ends with the first round's marker (the number of rounds), so every
+marker is the one before minus one, found a fixed distance back, and the stop is local (after
+round 1). Two earlier layouts failed: counting up to the prompt's number (the teacher, right on
+nearly every value, missed the stop on 21 of 24 test problems at step 500), and counting down
+with the first marker in the response (at step 900 the teacher wrote ` | 1` as its first
+marker on every test problem instead of copying the prompt's count). `difficulty` is the
+largest number of rounds (at most 9, one digit); a problem has between half of it (rounded
+up) and all of it.
 """
 
 from __future__ import annotations
@@ -76,17 +80,18 @@ class LoopTask(Task):
             + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
             + " ; "
             + " ".join(f"{lab}:{c}" for lab, c in zip(LABELS, codes, strict=False))
-            + f" ; | {rounds} ;\n"
+            + f" ; | {rounds}"
         )
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render(self, problem: Problem, style: str) -> str:
-        """' | n <op A> ... <op F> | n-1 <op A> ... | 1 <op A> ... <op F> #<answer>'."""
+        """' <op A> ... <op F> | n-1 <op A> ... | 1 <op A> ... <op F> #<answer>' (the prompt
+        ends with round n's marker ' | n')."""
         if style not in self.styles:
             raise ValueError(f"unknown style {style!r} for task {self.name} (have {self.styles})")
         parts = []
         for i, step in enumerate(problem.data["trace"]):
-            if i % OPS_PER_ROUND == 0:
+            if i % OPS_PER_ROUND == 0 and i:
                 parts.append(f" | {step[0]}")
             parts.append(" " + self.render_step(LABELS[i % OPS_PER_ROUND], step[1:], style))
         return "".join(parts) + f" #{problem.answer}"
