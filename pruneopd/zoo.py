@@ -87,7 +87,7 @@ FAST = ZooSpec(
 )
 
 
-# The long-horizon suite (docs/testbed.md): `loop` programs of 5-9 rounds, 467-839-token
+# The long-horizon suite (docs/testbed.md): `loop` programs of 5-9 rounds, 463-831-token
 # traces. Models train on 1-9 rounds, one number of rounds per batch, so short batches are
 # cheap and every round is the same skill wherever it sits in a response.
 LONG = ZooSpec(
