@@ -337,10 +337,15 @@ def build_zoo(
 
 
 def _finish(out: Path, name: str, path: Path, report: dict) -> None:
-    """Record a finished model (atomically), then drop its training checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
+    """Record a finished model (atomically, into the report as it is on disk now, so builds
+    of different models into one zoo can run side by side), then drop its checkpoint."""
+    on_disk = json.loads(path.read_text()) if path.exists() else {}
+    on_disk.update({k: v for k, v in report.items() if k != "models"})
+    on_disk.setdefault("models", {})[name] = report["models"][name]
+    tmp = path.with_suffix(f".{name}.tmp")
+    tmp.write_text(json.dumps(on_disk, indent=2))
     tmp.replace(path)
+    report["models"] = on_disk["models"]
     shutil.rmtree(out / PARTIAL / name, ignore_errors=True)
     shutil.rmtree(out / PARTIAL / f"{name}.old", ignore_errors=True)
 
