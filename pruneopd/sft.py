@@ -130,10 +130,12 @@ def train_sft(
     distill_from=None,
     distill_weight: float = 0.0,
     eval_from: int = 0,
+    eval_below_loss: float = 0.0,
 ) -> int:
     """Train for up to `steps` steps; `on_eval(step)` runs every `eval_every` steps and
-    stops training early when it returns True (from step `eval_from` on). Returns the
-    number of steps taken.
+    stops training early when it returns True (from step `eval_from` on, and once the
+    running mean of the loss over the last 10 steps is below `eval_below_loss` if that is
+    set). Returns the number of steps taken.
 
     After each evaluation that does not stop training, `on_checkpoint(step, state)` gets
     everything needed to continue (`state`: the optimizer's and the batch stream's state
@@ -150,6 +152,7 @@ def train_sft(
         batches.load_state_dict(resume["batches"])
         start = resume["step"]
     model.train()
+    recent: list[float] = []  # the last 10 losses (restarts empty on resume)
     for step in range(start, steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
@@ -166,9 +169,12 @@ def train_sft(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        recent = (recent + [loss.item()])[-10:]
         if on_step is not None:
-            on_step(step + 1, loss.item())
+            on_step(step + 1, recent[-1])
         due = eval_every and (step + 1) % eval_every == 0 and step + 1 >= eval_from
+        if eval_below_loss > 0 and sum(recent) / len(recent) >= eval_below_loss:
+            due = False
         if due and on_eval is not None:
             if on_eval(step + 1):
                 return step + 1

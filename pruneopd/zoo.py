@@ -63,6 +63,8 @@ class ZooSpec:
     teacher_eval_every: int = 100
     student_eval_every: int = 10  # the learning jump takes ~25 steps: catch it mid-way
     student_eval_from: int = 0  # no student evaluation (nor checkpoint) before this step
+    # ... nor while the mean training loss of the last 10 steps is at or above this (0: off)
+    student_eval_below_loss: float = 0.0
     eval_problems: int = 64
     final_eval_problems: int = 256
     vocab_size: int = 1024
@@ -107,6 +109,9 @@ LONG = ZooSpec(
     teacher_eval_every=100,
     student_eval_every=10,
     student_eval_from=300,  # before the jump every evaluation runs to the cap: ~30 s each
+    # the teacher's loss fell from 0.065 to 0.003 over its jump (steps 400-500): evaluate
+    # a student only once its loss says the jump may be under way
+    student_eval_below_loss=0.05,
     eval_problems=64,
 )
 
@@ -172,6 +177,7 @@ def _train_one(
     eval_every,
     distill_from=None,
     eval_from=0,
+    eval_below_loss=0.0,
 ):
     """Train one model; `pick(results) -> (score, stop)` chooses the checkpoint to keep.
 
@@ -228,7 +234,7 @@ def _train_one(
         model, batches, steps=steps, lr=lr, eval_every=eval_every,
         on_eval=on_eval, on_step=on_step, on_checkpoint=on_checkpoint, resume=resume,
         distill_from=distill_from, distill_weight=spec.same_distill if distill_from else 0.0,
-        eval_from=eval_from,
+        eval_from=eval_from, eval_below_loss=eval_below_loss,
     )  # fmt: skip
     bar.close()
     return {"steps_taken": taken, "best_step": best.get("step"),
@@ -331,6 +337,7 @@ def build_zoo(
             name, spec, tok, mix, spec.student_size, spec.student_steps, spec.student_lr,
             seed + (spec.cross_seed_offset if name == "student-cross" else 1), out, pick, log,
             spec.student_eval_every, distill_from=teacher, eval_from=spec.student_eval_from,
+            eval_below_loss=spec.student_eval_below_loss,
         )  # fmt: skip
         report["models"][name]["style"] = style
         report["models"][name]["spec"] = model_spec(spec, name)
