@@ -145,3 +145,22 @@ def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
         compat["student-cross"]["top1_agreement"],
     )
     assert cross < same - 0.05, (same, cross)
+
+
+def test_shipped_long_zoo_teacher_reasons():
+    """The long suite's shipped teacher (pruneopd/zoo_weights/long/): >= 85% on 32 held-out
+    `loop` problems of 5-9 rounds (its build stopped at 93% on 64), every response ended by
+    itself."""
+    from pruneopd.evaluate import evaluate
+    from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
+    from pruneopd.tasks import TASKS
+
+    folder = PACKAGE_ZOO / "long" / "teacher"
+    if not (folder / "config.json").exists():
+        pytest.skip("no shipped long zoo")
+    torch.set_num_threads(1)
+    tok = load_tokenizer(str(folder))
+    task = TASKS["loop"]
+    res = evaluate(load_model(str(folder)), tok, task, task.problems("test", 32, seed=0))
+    assert res["accuracy"] >= 0.85 and res["cut_rate"] == 0.0, res
+    assert res["mean_length"] >= 600, res
