@@ -51,7 +51,7 @@ def random_texts(n: int = 200, seed: int = 0) -> list[str]:
 def task_texts() -> list[str]:
     texts = []
     for task in TASKS.values():
-        for d in (1, None, 46):
+        for d in (1, None, min(46, task.max_difficulty)):
             for p in task.problems("test", 5, seed=4, difficulty=d):
                 texts.append(p.prompt)
                 texts.extend(task.render(p, s) for s in task.styles)
