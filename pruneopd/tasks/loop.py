@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 
 from .base import LABELS, Problem, Task
-from .regs import _WORD, REGS, TERSE_STEP, VERBOSE_STEP, _apply
+from .regs import _WORD, REGS, TERSE_STEP, VERBOSE_STEP, _apply, program_prompt
 
 OPS_PER_ROUND = 6
 
@@ -93,13 +93,7 @@ class LoopTask(Task):
                 state[dst] = _apply(op, x, y)
                 trace.append((rnd, _code(dst, op, src, const), op, x, y, state[dst], tuple(state)))
                 steps.append("".join(map(str, state)))
-        prompt = (
-            "regs "
-            + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
-            + " ; "
-            + " ".join(f"{lab}:{_code(*o)}" for lab, o in zip(LABELS, program, strict=False))
-            + " ;\n"
-        )
+        prompt = program_prompt(init, [_code(*o) for o in program])
         return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render(self, problem: Problem, style: str) -> str:

@@ -34,6 +34,17 @@ def _apply(op: str, x: int, y: int) -> int:
     return (x * y) % 10
 
 
+def program_prompt(init: list[int], codes: list[str]) -> str:
+    """'regs x=3 y=7 z=1 ; A:x+=y B:z*=3 ... ;\n': start state, then the labelled operations."""
+    return (
+        "regs "
+        + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
+        + " ; "
+        + " ".join(f"{lab}:{c}" for lab, c in zip(LABELS, codes, strict=False))
+        + " ;\n"
+    )
+
+
 class RegsTask(Task):
     name = "regs"
     styles = ("terse", "verbose")
@@ -62,14 +73,9 @@ class RegsTask(Task):
             ops.append(f"{REGS[dst]}{op}={arg}")
             trace.append((ops[-1], op, x, y, state[dst], tuple(state)))
             steps.append("".join(map(str, state)))
-        prompt = (
-            "regs "
-            + " ".join(f"{r}={v}" for r, v in zip(REGS, init, strict=True))
-            + " ; "
-            + " ".join(f"{lab}:{o}" for lab, o in zip(LABELS, ops, strict=False))
-            + " ;\n"
+        return Problem(
+            self.name, program_prompt(init, ops), steps[-1], tuple(steps), {"trace": trace}
         )
-        return Problem(self.name, prompt, steps[-1], tuple(steps), {"trace": trace})
 
     def render_step(self, label: str, step: tuple, style: str) -> str:
         code, op, x, y, r, st = step
