@@ -120,6 +120,39 @@ def monitor_sweep(s_BTK: torch.Tensor, t_BTK: torch.Tensor, mask_BT: torch.Tenso
     return rows
 
 
+def choose_monitor(same_rows: list[dict], cross_rows: list[dict], grow_at: float,
+                   sink_below: float) -> dict:  # fmt: skip
+    """The monitor setting (K, tau, w_drop) for a suite's presets, from the two pairs'
+    `monitor_sweep` rows on the same problems (never from accuracy).
+
+    The released budget grows the cap while a tenth of the samples stay reliable to the cap
+    minus the margin: it reaches L_max when the 90th-percentile reliable length is at least
+    `grow_at` (= L_max - margin), and sinks to L_min when it is below `sink_below` (= L_min,
+    the boundary there). A setting qualifies when the same pair's cap grows; among those,
+    the ones that sink the cross pair's cap are preferred, and of them the one that takes
+    least from the same pair (the smallest share of its samples that run out); if none sinks
+    it, the smallest cross 90th percentile. Ties go to the larger K, then the smaller w_drop,
+    then the smaller tau. Returns the setting, both pairs' rows, and how many qualified;
+    raises ValueError when none does."""
+    key = lambda r: (r["k"], r["tau"], r["w_drop"])  # noqa: E731
+    cross = {key(r): r for r in cross_rows}
+    ok = [r for r in same_rows if r["eff_len_p90"] >= grow_at and key(r) in cross]
+    if not ok:
+        best = max(same_rows, key=lambda r: r["eff_len_p90"], default=None)
+        got = "no rows" if best is None else f"the best is {best['eff_len_p90']:.0f} at {key(best)}"
+        raise ValueError(f"no monitor setting lets the same pair's cap grow to {grow_at:.0f} "
+                         f"(p90 reliable length; {got})")  # fmt: skip
+    sinks = [r for r in ok if cross[key(r)]["eff_len_p90"] < sink_below]
+    tie = lambda r: (-r["k"], r["w_drop"], r["tau"])  # noqa: E731
+    if sinks:
+        pick = min(sinks, key=lambda r: (r["share_run_out"], *tie(r)))
+    else:
+        pick = min(ok, key=lambda r: (cross[key(r)]["eff_len_p90"], *tie(r)))
+    return {"k": pick["k"], "tau": pick["tau"], "w_drop": pick["w_drop"], "grow_at": grow_at,
+            "sink_below": sink_below, "qualified": len(ok), "sinking": len(sinks),
+            "same": pick, "cross": cross[key(pick)]}  # fmt: skip
+
+
 @torch.inference_mode()
 def pair_card(student, teacher, tok, task, problems, *, k: int, tau: float, w_drop: float,
               max_new_tokens: int, bin_size: int = 32, seed: int = 0) -> dict:  # fmt: skip
@@ -229,4 +262,15 @@ def zoo_card(zoo: Path, suite: str, out: Path, n: int = 256, trained: dict | Non
         "reference": reference_lengths(tok, task, problems),
         "students": {k: str(v) for k, v in students.items()},
     }  # fmt: skip
+    try:  # what the presets' monitor should be, from the untrained pairs' samples
+        extra["chosen_monitor"] = choose_monitor(
+            cards["same"]["sweep"], cards["cross"]["sweep"], cfg.max_len - cfg.budget_margin,
+            cfg.min_len,
+        )
+    except ValueError as e:
+        extra["chosen_monitor"] = {"error": str(e)}
+    if log:
+        c = extra["chosen_monitor"]
+        log(c.get("error") or f"chosen monitor: K {c['k']}, tau {c['tau']}, w_drop {c['w_drop']}"
+            f" (same p90 {c['same']['eff_len_p90']:.0f}, cross p90 {c['cross']['eff_len_p90']:.0f})")  # fmt: skip
     return write_card(cards, extra, out)

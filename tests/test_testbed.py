@@ -72,6 +72,31 @@ def test_monitor_sweep_by_hand():
     assert k2["event_rate"] == 1 / 8 and k2["share_run_out"] == 0.0
 
 
+def _row(k, tau, w, p90, run_out=0.0):
+    return {"k": k, "tau": tau, "w_drop": w, "eff_len_p90": p90, "share_run_out": run_out}
+
+
+def test_choose_monitor_by_hand():
+    from pruneopd.testbed import choose_monitor
+
+    same = [_row(16, 0.7, 0.01, 800, 0.04), _row(8, 0.7, 0.01, 730, 0.30),
+            _row(4, 0.5, 0.02, 700), _row(16, 0.9, 0.01, 720, 0.10),
+            _row(16, 0.5, 0.01, 760, 0.10)]  # fmt: skip
+    cross = [_row(16, 0.7, 0.01, 300), _row(8, 0.7, 0.01, 50), _row(4, 0.5, 0.02, 20),
+             _row(16, 0.9, 0.01, 100), _row(16, 0.5, 0.01, 60)]  # fmt: skip
+    # K4 separates best but the same pair's cap cannot grow with it; of the three that sink
+    # the cross cap (p90 < 128), K16/tau .9 and K16/tau .5 take least from the same pair
+    # (10% run out), and the smaller tau wins the tie
+    got = choose_monitor(same, cross, grow_at=720, sink_below=128)
+    assert (got["k"], got["tau"], got["w_drop"]) == (16, 0.5, 0.01)
+    assert got["qualified"] == 4 and got["sinking"] == 3 and got["cross"]["eff_len_p90"] == 60
+    # nothing sinks it below 40: the smallest cross p90 among those that qualify
+    got = choose_monitor(same, cross, grow_at=720, sink_below=40)
+    assert (got["k"], got["tau"], got["sinking"]) == (8, 0.7, 0)
+    with pytest.raises(ValueError, match="grow to 900.*best is 800"):
+        choose_monitor(same, cross, grow_at=900, sink_below=128)
+
+
 def test_pair_card_on_the_fast_long_zoo(fast_zoo, tmp_path):
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import TASKS
