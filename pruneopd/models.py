@@ -7,6 +7,8 @@ folder. Nothing here downloads anything.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,3 +94,15 @@ def set_threads() -> None:
     n = int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+@functools.cache
+def _cache_name(forward_cls: type) -> str:
+    params = inspect.signature(forward_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """The keyword a Hugging Face model's forward takes its KV cache by: `cache` in the
+    transformers releases that deprecate `past_key_values` (5.2x), `past_key_values` before."""
+    return _cache_name(type(module))

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
 from . import decode
+from .models import cache_kwarg
 
 _CAP, _EOS, _PRUNED = 0, 1, 2
 _STOP_NAMES = {_CAP: "cap", _EOS: "eos", _PRUNED: "pruned"}
@@ -299,7 +300,7 @@ def _sample_loop(
         input_ids=input_ids_BP,
         attention_mask=attention_mask_BP,
         position_ids=position_ids_BP,
-        past_key_values=cache,
+        **{cache_kwarg(model): cache},
         use_cache=True,
         logits_to_keep=1,
     )
@@ -361,7 +362,7 @@ def _sample_loop(
                 input_ids=tok_A[:, None],
                 attention_mask=attention_mask_AL[:, : P + t + 1],
                 position_ids=next_pos_A[:, None],
-                past_key_values=cache,
+                **{cache_kwarg(model): cache},
                 use_cache=True,
             )
             logits_AV = out.logits[:, -1]

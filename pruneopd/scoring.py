@@ -21,6 +21,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
+from pruneopd.models import cache_kwarg
 from pruneopd.rollout import left_pad
 
 
@@ -178,7 +179,7 @@ class IncrementalScorer:
                 input_ids=input_ids_BP,
                 attention_mask=attention_mask_BP,
                 position_ids=position_ids_BP,
-                past_key_values=self.cache,
+                **{cache_kwarg(self.decoder): self.cache},
                 use_cache=True,
             ).last_hidden_state
         self.sample_ids_A = torch.arange(len(prompts), device=self.device)
@@ -207,7 +208,7 @@ class IncrementalScorer:
             input_ids=tokens_AC,
             attention_mask=self.attention_mask_AL,
             position_ids=self.next_pos_A[:, None] + torch.arange(C, device=self.device),
-            past_key_values=self.cache,
+            **{cache_kwarg(self.decoder): self.cache},
             use_cache=True,
         ).last_hidden_state
         predicting_ACH = torch.cat([self.last_hidden_AH[:, None], hidden_ACH[:, :-1]], dim=1)
