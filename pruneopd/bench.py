@@ -57,6 +57,7 @@ def run_overrides(preset: BenchPreset, out: Path, pair: str, method: str, seed: 
         f"max_steps={preset.steps}", f"seed={seed}", f"eval_every={preset.eval_every}",
         f"eval_problems={preset.eval_problems}", f"out={run_dir(out, pair, method, seed)}",
         "progress=false", "save_every=10", "log_samples=4", "resume=auto",
+        f"eval_cache={out / 'eval_cache'}",  # a pair's step-0 evaluation, run once
     ]  # fmt: skip
 
 

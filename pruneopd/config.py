@@ -108,6 +108,9 @@ class TrainConfig:
     eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
     eval_problems: int = _f(256, "held-out problems per evaluation")
     eval_samples: int = _f(0, "also report sampled avg@n with n samples per problem")
+    eval_cache: str = _f("", "folder of step-0 evaluations kept by a hash of the student's "
+                         "weights and the evaluation: runs of one student (every method and "
+                         "seed of a bench) evaluate it once (one process only; '' = off)")  # fmt: skip
     log_samples: int = _f(4, "responses per step kept in samples.jsonl for `inspect`")
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: bool = _f(True, "show a progress bar")

@@ -97,6 +97,61 @@ class LeanDecoder:
         if self.attend_A11S is not None:
             self.attend_A11S = self.attend_A11S.index_select(0, keep_A)
 
+    def read_padding(self, mask_AS: torch.Tensor) -> None:
+        """Record the prompts' left padding from an attention mask [A, >= P] (1 = attend),
+        once: the response slots are never padding (finished samples leave the batch)."""
+        if self._mask_read:
+            return
+        self._mask_read = True
+        if not bool(mask_AS[:, : self.P].all()):
+            A, S = mask_AS.shape[0], self.K.shape[3]
+            self.attend_A11S = torch.ones((A, 1, 1, S), dtype=torch.bool, device=mask_AS.device)
+            self.attend_A11S[:, 0, 0, : self.P] = mask_AS[:, : self.P].bool()
+
+    @torch.inference_mode()
+    def forward_chunk(self, tok_AC: torch.Tensor, pos_A: torch.Tensor, t: int) -> torch.Tensor:
+        """Final hidden states [A, C, H] (after the last norm) after feeding C tokens per
+        sample at response positions t..t+C-1, writing them into the cache: a teacher's
+        chunked prefill while the student samples (online pruning).
+
+        pos_A: rotary position of each sample's first token of the chunk. Query c attends the
+        prompt (without its padding), the earlier responses and the chunk's tokens up to c.
+        """
+        A, C = tok_AC.shape
+        start, L = self.P + t, self.P + t + C
+        G, D = self.n_heads // self.n_kv, self.head_dim
+        x = self.dec.embed_tokens(tok_AC)  # [A, C, H]
+        pos_AC = pos_A[:, None] + torch.arange(C, device=pos_A.device)
+        cos, sin = self.cos_SD[pos_AC][:, None], self.sin_SD[pos_AC][:, None]  # [A, 1, C, D]
+        slots_L = torch.arange(L, device=x.device)
+        causal_CL = slots_L[None] <= start + torch.arange(C, device=x.device)[:, None]
+        attend = causal_CL.repeat(G, 1)[None, None]  # [1, 1, G*C, L]: query (g, c)
+        if self.attend_A11S is not None:
+            attend = attend & self.attend_A11S[..., :L]
+        for i, layer in enumerate(self.dec.layers):
+            att = layer.self_attn
+            h = _rms(x, layer.input_layernorm.weight, self.eps)
+            q = att.q_proj(h).view(A, C, self.n_heads, D).transpose(1, 2)  # [A, Hq, C, D]
+            k = att.k_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)  # [A, Hkv, C, D]
+            v = att.v_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)
+            if self.qk_norm:
+                q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
+                k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.K[i, :, :, start:L] = k
+            self.V[i, :, :, start:L] = v
+            q_AKQD = q.reshape(A, self.n_kv, G * C, D)  # a group's heads, one after another
+            o = F.scaled_dot_product_attention(
+                q_AKQD, self.K[i, :, :, :L], self.V[i, :, :, :L], attn_mask=attend,
+                scale=att.scaling,
+            )  # fmt: skip
+            o = o.view(A, self.n_heads, C, D).transpose(1, 2).reshape(A, C, self.n_heads * D)
+            x = x + att.o_proj(o)
+            h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        return _rms(x, self.dec.norm.weight, self.eps)
+
     @torch.inference_mode()
     def step(self, tok_A: torch.Tensor, pos_A: torch.Tensor, t: int, mask_AS: torch.Tensor):
         """Logits [A, V] after feeding token tok_A at response position t.
@@ -108,12 +163,7 @@ class LeanDecoder:
         A, L = tok_A.shape[0], self.P + t + 1
         x = self.dec.embed_tokens(tok_A)  # [A, H]
         cos, sin = self.cos_SD[pos_A][:, None], self.sin_SD[pos_A][:, None]  # [A, 1, D]
-        if self.attend_A11S is None and not self._mask_read:  # the prompts' padding, once
-            self._mask_read = True
-            if not bool(mask_AS[:, : self.P].all()):
-                S = self.K.shape[3]
-                self.attend_A11S = torch.ones((A, 1, 1, S), dtype=torch.bool, device=x.device)
-                self.attend_A11S[:, 0, 0, : self.P] = mask_AS[:, : self.P].bool()
+        self.read_padding(mask_AS)
         attend = None if self.attend_A11S is None else self.attend_A11S[..., :L]
         G = self.n_heads // self.n_kv
         for i, layer in enumerate(self.dec.layers):

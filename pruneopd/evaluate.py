@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import statistics
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -100,3 +104,34 @@ def combine(results: list[dict]) -> dict:
         if key in out:
             out[key] = sum(r[key] * r["n"] for r in parts) / n
     return out
+
+
+def eval_key(model, tok, task: Task, problems: list[Problem], **settings) -> str:
+    """A hash of everything `evaluate` depends on: the model's weights (every tensor's name,
+    dtype, shape and bytes), the tokenizer's vocabulary, the task, the problems' prompts and
+    answers and steps, and the keyword settings (cap, samples, seed)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    h.update(task.name.encode())
+    for p in problems:
+        h.update(json.dumps([p.prompt, p.answer, list(p.steps), p.data], default=str).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cached(folder: str | Path, key: str, compute) -> tuple[dict, bool]:
+    """`compute()`'s result kept in `folder/<key>.json`: (result, True) when it was there
+    already, else computed, written atomically and returned with False."""
+    path = Path(folder) / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text()), True
+    res = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(res))
+    tmp.replace(path)
+    return res, False

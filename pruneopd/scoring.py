@@ -21,6 +21,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
+from pruneopd import decode
 from pruneopd.models import cache_kwarg
 from pruneopd.rollout import left_pad
 
@@ -168,7 +169,16 @@ class IncrementalScorer:
         k: int,
         pad_id: int,
         position_chunk: int = 256,
+        max_new_tokens: int | None = None,
+        engine: str = "auto",
     ):
+        """`max_new_tokens` (the rollout's cap) lets the chunks run on `decode.LeanDecoder`'s
+        preallocated cache (`engine` "auto" when the teacher is supported, or "lean"); without
+        it, or with engine "hf", each chunk is a Hugging Face forward on a growing cache."""
+        if engine not in ("auto", "lean", "hf"):
+            raise ValueError(f"engine must be auto, lean or hf, got {engine!r}")
+        if engine == "lean" and (max_new_tokens is None or not decode.supported(teacher)):
+            raise ValueError("engine='lean' needs max_new_tokens and a supported teacher")
         self.decoder, self.lm_head = _teacher_parts(teacher)
         self.k, self.pad_id, self.position_chunk = k, pad_id, position_chunk
         self.device = next(teacher.parameters()).device
@@ -186,6 +196,15 @@ class IncrementalScorer:
         self.attention_mask_AL = attention_mask_BP
         self.next_pos_A = attention_mask_BP.sum(-1)
         self.last_hidden_AH = hidden_BPH[:, -1]
+        self.lean = None  # the teacher's cache in LeanDecoder's preallocated layout
+        lean = engine == "lean" or (engine == "auto" and max_new_tokens is not None
+                                    and decode.supported(teacher))  # fmt: skip
+        if lean:
+            P = input_ids_BP.shape[1]
+            self.lean = decode.LeanDecoder(teacher, self.cache, P, max_new_tokens)
+            self.lean.read_padding(attention_mask_BP)
+            self.cache = None
+        self.t = 0  # response tokens fed so far
 
     @torch.no_grad()
     def score_chunk(
@@ -201,16 +220,20 @@ class IncrementalScorer:
         mask_AC = mask_AC.to(device=self.device, dtype=torch.bool)
         tokens_AC = tokens_AC.to(self.device).masked_fill(~mask_AC, self.pad_id)
         C = tokens_AC.shape[1]
-        self.attention_mask_AL = torch.cat(
-            [self.attention_mask_AL, mask_AC.to(self.attention_mask_AL.dtype)], dim=1
-        )
-        hidden_ACH = self.decoder(
-            input_ids=tokens_AC,
-            attention_mask=self.attention_mask_AL,
-            position_ids=self.next_pos_A[:, None] + torch.arange(C, device=self.device),
-            **{cache_kwarg(self.decoder): self.cache},
-            use_cache=True,
-        ).last_hidden_state
+        if self.lean is not None:  # tokens after EOS are attended by no valid position
+            hidden_ACH = self.lean.forward_chunk(tokens_AC, self.next_pos_A, self.t)
+        else:
+            self.attention_mask_AL = torch.cat(
+                [self.attention_mask_AL, mask_AC.to(self.attention_mask_AL.dtype)], dim=1
+            )
+            hidden_ACH = self.decoder(
+                input_ids=tokens_AC,
+                attention_mask=self.attention_mask_AL,
+                position_ids=self.next_pos_A[:, None] + torch.arange(C, device=self.device),
+                **{cache_kwarg(self.decoder): self.cache},
+                use_cache=True,
+            ).last_hidden_state
+        self.t += C
         predicting_ACH = torch.cat([self.last_hidden_AH[:, None], hidden_ACH[:, :-1]], dim=1)
         self.last_hidden_AH = hidden_ACH[:, -1]
         self.next_pos_A = self.next_pos_A + C
@@ -234,7 +257,10 @@ class IncrementalScorer:
         )
         if not valid or bool((idx_A.diff() <= 0).any()):
             raise ValueError("sample_ids_A must be increasing and a subset of the previous call's")
-        self.cache.batch_select_indices(idx_A)
+        if self.lean is not None:
+            self.lean.select(idx_A)
+        else:
+            self.cache.batch_select_indices(idx_A)
         self.sample_ids_A = sample_ids_A
         self.attention_mask_AL = self.attention_mask_AL[idx_A]
         self.next_pos_A = self.next_pos_A[idx_A]

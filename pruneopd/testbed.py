@@ -264,7 +264,9 @@ def zoo_card(zoo: Path, suite: str, out: Path, n: int = 256, trained: dict | Non
     }  # fmt: skip
     try:  # what the presets' monitor should be, from the untrained pairs' samples
         extra["chosen_monitor"] = choose_monitor(
-            cards["same"]["sweep"], cards["cross"]["sweep"], cfg.max_len - cfg.budget_margin,
+            cards["same"]["sweep"],
+            cards["cross"]["sweep"],
+            cfg.max_len - cfg.budget_margin,
             cfg.min_len,
         )
     except ValueError as e:

@@ -1,16 +1,17 @@
-"""The on-policy distillation trainer: full OPD, prefix OPD and Prune-OPD in one loop.
+"""The on-policy distillation trainer: full OPD, prefix OPD, Prune-OPD and hybrid in one loop.
 
     prompts -> student rollouts -> teacher scores -> drift monitor and method weights
             -> per-token loss -> AdamW step -> budget update -> metrics
 
-See docs/method.md for every formula; the comments below point at its sections.
+`train` sets the run up (run directory, models, optimiser, budget, resume) and runs the
+steps; each step is the phases of `pruneopd/step.py` in order. See docs/method.md for every
+formula.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, step_metrics
+from . import distributed
 from .budget import AdaptivePrefix, ResponseBudget
 from .checkpoint import (
     GracefulStop,
@@ -27,13 +28,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, config_to_yaml
-from .drift import monitor, reliability_weights
-from .evaluate import combine, evaluate, reference_cap
-from .hybrid import group_advantages, tail_mask
-from .losses import masked_token_mean
+from .evaluate import cached, combine, eval_key, evaluate, reference_cap
 from .models import set_threads
-from .objective import token_losses
-from .online import OnlinePruner
 from .pair import (  # noqa: F401  (PairError is part of this module's interface)
     PairError,
     check_context,
@@ -43,10 +39,19 @@ from .pair import (  # noqa: F401  (PairError is part of this module's interface
     load_tokenizers,
     train_device,
 )
-from .rollout import repeat_prompts, sample, sample_uniforms
 from .runlog import NullLog, RunLog, check_resumable, prepare_run_dir, versions
-from .scoring import score_responses
-from .tokenizer import decode_response, prompt_ids
+from .step import (  # noqa: F401  (method_weights, response_cap: this module's interface too)
+    Run,
+    budget_phase,
+    method_weights,
+    metrics_phase,
+    prefix_schedule,
+    response_cap,
+    sample_phase,
+    score_and_weigh,
+    update_phase,
+)
+from .tokenizer import prompt_ids
 
 
 class TrainingStopped(RuntimeError):
@@ -55,41 +60,6 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def prefix_schedule(cfg: TrainConfig) -> str:
-    """fixed | linear | adaptive ("auto": linear if prefix_len_end > 0, else fixed)."""
-    if cfg.prefix_schedule != "auto":
-        return cfg.prefix_schedule
-    return "linear" if cfg.prefix_len_end > 0 else "fixed"
-
-
-def response_cap(cfg: TrainConfig, step: int, budget) -> int:
-    """This step's response-length cap for each method (method.md, Baselines / Budget):
-    `budget` is the `ResponseBudget` of prune, the `AdaptivePrefix` of an adaptive prefix."""
-    if cfg.method == "prune":
-        return budget.length
-    if cfg.method == "prefix":
-        schedule = prefix_schedule(cfg)
-        if schedule == "adaptive":
-            return budget.length
-        if schedule == "fixed":
-            return cfg.prefix_len
-        frac = min(1.0, step / max(1, cfg.max_steps - 1))  # linear schedule P_start -> P_end
-        return round(cfg.prefix_len + frac * (cfg.prefix_len_end - cfg.prefix_len))
-    return cfg.max_len
-
-
-def method_weights(cfg: TrainConfig, weights_BT, multipliers_BT, mask_BT, tail_BT=None):
-    """(loss multiplier, train mask) per token: 1 for full/prefix, m_t for prune; for hybrid
-    m_t on the reliable prefix and gate_coef on the tail (`tail_BT`)."""
-    if cfg.method == "hybrid":
-        return torch.where(tail_BT, torch.full_like(multipliers_BT, cfg.gate_coef),
-                           multipliers_BT), mask_BT  # fmt: skip
-    if cfg.method != "prune":
-        return mask_BT.float(), mask_BT
-    train_mask_BT = mask_BT & (weights_BT > 0) if cfg.reliable_prefix_only else mask_BT
-    return multipliers_BT, train_mask_BT
 
 
 def _seed_everything(seed: int) -> None:
@@ -181,10 +151,18 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def run_eval(step: int) -> dict:
-        mine = test_problems[slice(*d.split(len(test_problems)))]
-        res = evaluate(student, tok, task, mine, max_new_tokens=eval_cap,
-                       samples=cfg.eval_samples, seed=cfg.seed) if mine else None  # fmt: skip
-        res = combine(d.gather_objects(res))
+        def compute() -> dict:
+            mine = test_problems[slice(*d.split(len(test_problems)))]
+            res = evaluate(student, tok, task, mine, max_new_tokens=eval_cap,
+                           samples=cfg.eval_samples, seed=cfg.seed) if mine else None  # fmt: skip
+            return combine(d.gather_objects(res))
+
+        if step == 0 and cfg.eval_cache and d.world == 1:  # the same weights, the same result
+            key = eval_key(student, tok, task, test_problems, cap=eval_cap,
+                           samples=cfg.eval_samples, seed=cfg.seed if cfg.eval_samples else 0)  # fmt: skip
+            res, _ = cached(cfg.eval_cache, key, compute)
+        else:
+            res = compute()
         log.log(step, {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         return res
 
@@ -212,161 +190,46 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
         acc, start = before["accuracy"], 0
         totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
                   "tokens_scored": 0, "tokens_trained": 0, "skipped_steps": 0}  # fmt: skip
+    run = Run(cfg, d, ps, student, teacher, tok, task, train_problems, opt, sched, budget, gen,
+              rows, B_all, device)  # fmt: skip
     bar = tqdm(range(start, cfg.max_steps), desc=f"{cfg.method} OPD", disable=not (cfg.progress and d.main),
                initial=start, total=cfg.max_steps)  # fmt: skip
     stop = GracefulStop()
     with stop:
         for step in bar:
             rng_at_start, offsets_at_start = rng_state(gen), log.offsets()
-            problems = train_problems[
-                step * cfg.prompts_per_step : (step + 1) * cfg.prompts_per_step
-            ]
-            prompts = repeat_prompts([prompt_ids(tok, p) for p in problems],
-                                     cfg.responses_per_prompt)[rows]  # fmt: skip
-            cap = response_cap(cfg, step, budget)
-            uniforms_BN = sample_uniforms(B_all, cap, gen)[rows]  # global draw, this rank's rows
-
-            # 1. the student samples its own responses
-            student.eval()
-            t0 = time.perf_counter()
-            pruner = None
-            if cfg.online_pruning:
-                pruner = OnlinePruner(teacher, prompts, k=cfg.topk, drift_k=cfg.monitor_k,
-                                      pad_id=tok.pad_token_id,
-                                      metric=cfg.drift_metric, tau=cfg.tau, w_drop=cfg.w_drop,
-                                      floor=cfg.prune_floor)  # fmt: skip
-            rollout = sample(
-                student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
-                pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
-                uniforms_BN=uniforms_BN, topk=cfg.topk, chunk_size=cfg.chunk_size if pruner else 0,
-                on_chunk=pruner,
-            )  # fmt: skip
-            t_sample = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
-
-            # 2. the teacher scores every response token (already done chunkwise when online)
-            t0 = time.perf_counter()
-            mask_BT = rollout.response_mask_BT.to(device)
-            B, T = mask_BT.shape
-            tokens_BT = rollout.response_tokens_BT(tok.pad_token_id).to(device)
-            cand_BTK = rollout.student_topk_ids_BTK()
-            cand_BTK = cand_BTK.to(device) if cand_BTK is not None else None
-            if pruner is not None:
-                scores = pruner.assemble(B, T)
-            else:
-                scores = score_responses(teacher, prompts, rollout.responses, k=cfg.topk,
-                                         candidate_ids=cand_BTK, pad_id=tok.pad_token_id)  # fmt: skip
-            # 3. drift monitor, reliability weights, method multipliers (method.md)
-            dk = cfg.monitor_k  # both top-K lists are sorted: the top-k' set is a prefix
-            overlap_BT, events_BT = monitor(cfg.drift_metric, cand_BTK[..., :dk],
-                                            scores.topk_ids_BTK[..., :dk],
-                                            scores.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT,
-                                            cfg.tau)  # fmt: skip
-            weights_BT, multipliers_BT, eff_len_B = reliability_weights(
-                events_BT, mask_BT, cfg.w_drop, cfg.w_base
-            )
-            eff_len_all_B = d.gather(eff_len_B)  # the budget sees the global batch
-            texts = [decode_response(tok, r) for r in rollout.responses]
-            first = rows.start  # global index of this rank's first sample
-            rewards = [task.check(problems[(first + i) // cfg.responses_per_prompt], t)
-                       for i, t in enumerate(texts)]  # fmt: skip
-            tail_BT = adv_BT = None
-            if cfg.method == "hybrid":  # the outcome reward takes over where w_t <= gate_floor
-                tail_BT = tail_mask(weights_BT, mask_BT, cfg.gate_floor)
-                adv_B = group_advantages(torch.tensor(rewards, dtype=torch.float32),
-                                         cfg.responses_per_prompt, cfg.gate_norm).to(device)  # fmt: skip
-                adv_BT = adv_B[:, None].expand(B, T)
-            mult_BT, train_mask_BT = method_weights(cfg, weights_BT, multipliers_BT, mask_BT,
-                                                    tail_BT)  # fmt: skip
-            t_teacher = time.perf_counter() - t0 + (pruner.seconds if pruner else 0.0)
-
-            # 4. the update: token-mean of m_t * loss_t over valid response tokens
-            ps.train()
-            t0 = time.perf_counter()
-            input_ids_BL = rollout.to_padded(tok.pad_token_id)[0].to(device)
-            prompt_lens_B = torch.tensor([len(p) for p in prompts], device=device)
-            loss_BT, _ = token_losses(
-                cfg.loss, ps.loss_module, teacher, input_ids_BL, prompt_lens_B, tokens_BT, train_mask_BT,
-                candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-                teacher_token_logprobs_BT=scores.token_logprobs_BT,
-                teacher_hidden_NH=None if scores.hidden_NH is None else scores.hidden_NH[train_mask_BT[mask_BT]],
-                jsd_beta=cfg.jsd_beta,
-                chunk=cfg.loss_chunk, tail_BT=tail_BT, advantage_BT=adv_BT,
-            )  # fmt: skip
-            # the token mean over the global batch: this rank's share, times the world size
-            # because DDP / FSDP average gradients over ranks
-            n_mine = int(train_mask_BT.sum())
-            n_all = d.sum([n_mine])[0]
-            loss_mine = masked_token_mean(loss_BT, mult_BT, train_mask_BT) * (
-                n_mine / max(n_all, 1)
-            )
-            opt.zero_grad(set_to_none=True)
-            (loss_mine * d.world).backward()
-            loss = torch.tensor(d.sum([loss_mine.item()])[0])
-            grad_norm = ps.clip_grad_norm(cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
-            if finite:
-                opt.step()
-                sched.step()
-                ps.after_update()
-            elif cfg.on_nonfinite == "skip":
-                opt.zero_grad(set_to_none=True)
+            batch = sample_phase(run, step)  # 1. the student samples its own responses
+            w = score_and_weigh(run, batch)  # 2-3. the teacher scores, the monitor weighs
+            upd = update_phase(run, batch, w)  # 4. the update
+            if not upd.finite and cfg.on_nonfinite == "skip":
                 totals["skipped_steps"] += 1
-            else:  # keep the last good state: weights, optimizer and RNG as at this step's start
+            elif not upd.finite:  # keep the last good state: weights, optimizer, RNG at step start
                 path = distributed.save_once(d, out, step, student, trainer_state(step, rng_at_start, offsets_at_start),
                              cfg.keep_checkpoints)  # fmt: skip
                 log.close()
+                bad = "loss" if not torch.isfinite(upd.loss) else "gradients"
                 raise TrainingStopped(
-                    f"non-finite {'loss' if not torch.isfinite(loss) else 'gradients'} at step "
-                    f"{step + 1} (loss {loss.item():.4g}, grad norm {float(grad_norm):.4g}); "
-                    f"last good step saved in {path}; lower lr, or set on_nonfinite=skip",
+                    f"non-finite {bad} at step {step + 1} (loss {upd.loss.item():.4g}, grad norm "
+                    f"{float(upd.grad_norm):.4g}); last good step saved in {path}; lower lr, or "
+                    "set on_nonfinite=skip",
                     exit_code=1,
                 )
-            t_update = time.perf_counter() - t0
-
-            # 5. the budget moves the cap for the next step (prune only; an adaptive prefix
-            # moves after the metrics, from the prefix's reverse KL)
-            hit = budget.update(eff_len_all_B) if isinstance(budget, ResponseBudget) else {}
-            next_cap = hit["next_length"] if hit else response_cap(cfg, step + 1, budget)
-
-            # 6. metrics (method.md, "Metrics every run logs")
-            rkl_BT = rollout.student_logprobs_BT().to(device) - scores.token_logprobs_BT
-            sums = step_metrics.local_sums(overlap_BT, events_BT, weights_BT, mult_BT, mask_BT,
-                                           train_mask_BT, rkl_BT, rewards,
-                                           rollout.response_lengths.tolist(), rollout.stopped_by)  # fmt: skip
-            boundary = max(cfg.min_len, cap - cfg.budget_margin)
-            times = d.sum([t_sample, t_teacher, t_update])  # logged: the mean over ranks
-            m = {
-                "loss": loss.item(),
-                **step_metrics.reduce_means(sums, d),
-                "eff_len_mean": float(eff_len_all_B.float().mean()),
-                "eff_len_median": float(eff_len_all_B.float().median()),
-                "hit_ratio": hit.get("hit_ratio", float((eff_len_all_B >= boundary).float().mean())),
-                "cap": cap,
-                "next_cap": next_cap,
-                "t_sample": times[0] / d.world,
-                "t_teacher": times[1] / d.world,
-                "t_update": times[2] / d.world,
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "skipped": int(not finite),
-            }  # fmt: skip
-            if isinstance(budget, AdaptivePrefix):
-                m["next_cap"] = budget.update(m["rkl"])["next_length"]
-            if tail_BT is not None:
-                m["gate_rate"] = d.sum([float(tail_BT.sum())])[0] / max(1, m["tokens_generated"])
+            hit, next_cap = budget_phase(run, step, w)  # 5. the budget moves the cap
+            m = metrics_phase(run, batch, w, upd, hit, next_cap)  # 6. what every run logs
             for k in ("t_sample", "t_teacher", "t_update"):
                 totals[k] += m[k]
             for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
                 totals[k] += m[k]
             log.log(step + 1, m)
             if cfg.log_samples and d.main:
-                log.samples(step + 1, _sample_rows(tok, rollout, overlap_BT, weights_BT, events_BT,
-                                                   scores, cap, cfg.log_samples))  # fmt: skip
+                log.samples(step + 1, _sample_rows(tok, batch.rollout, w.overlap_BT, w.weights_BT,
+                                                   w.events_BT, w.scores, batch.cap,
+                                                   cfg.log_samples))  # fmt: skip
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.max_steps:
                 res = run_eval(step + 1)
                 history["eval"].append({"step": step + 1, "train_seconds": _train_s(totals), **res})
                 acc = res["accuracy"]
-            bar.set_postfix(L=cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
+            bar.set_postfix(L=batch.cap, hit=f"{m['hit_ratio']:.2f}", len=f"{m['mean_len']:.0f}",
                             rkl=f"{m['rkl']:.3f}", acc=f"{acc:.3f}")  # fmt: skip
             last = step + 1 == cfg.max_steps
             stopping = d.any(stop.requested)  # a signal to any rank stops every rank

@@ -10,6 +10,7 @@ from tiny import tiny_llama
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
 from pruneopd.decode import LeanDecoder, supported
+from pruneopd.models import cache_kwarg
 from pruneopd.rollout import left_pad, sample
 
 V, PAD, EOS = 50, 0, 2
@@ -37,9 +38,9 @@ def test_lean_step_equals_hf_forward(arch):
     P = ids_BP.shape[1]
     hf_cache, lean_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
     out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-                past_key_values=hf_cache, use_cache=True)  # fmt: skip
+                use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
     model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-          past_key_values=lean_cache, use_cache=True)  # fmt: skip
+          use_cache=True, **{cache_kwarg(model): lean_cache})  # fmt: skip
     lean = LeanDecoder(model, lean_cache, P, N)
     mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
     pos_A = mask_BP.sum(-1)
@@ -51,7 +52,7 @@ def test_lean_step_equals_hf_forward(arch):
             lean.select(keep)
             tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
         hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
-                   position_ids=pos_A[:, None], past_key_values=hf_cache, use_cache=True)  # fmt: skip
+                   position_ids=pos_A[:, None], use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
         hf_AV = hf.logits[:, -1]
         lean_AV = lean.step(tok_A, pos_A, t, mask_AL)
         torch.testing.assert_close(lean_AV, hf_AV, rtol=1e-5, atol=1e-5)
@@ -84,3 +85,36 @@ def test_unsupported_models_fall_back():
         sample(model, PROMPTS, max_new_tokens=2, eos_id=EOS, pad_id=PAD, engine="lean")
     r = sample(model, PROMPTS, max_new_tokens=2, eos_id=EOS, pad_id=PAD, temperature=0.0)
     assert len(r.responses) == len(PROMPTS)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_lean_chunks_equal_hf_forward(arch):
+    """forward_chunk: C tokens per sample at a time into the preallocated cache give the
+    final hidden states of one Hugging Face forward over prompt + tokens (left padding,
+    grouped-query heads, qk-norm for Qwen3), chunk after chunk, with a sample dropped."""
+    model = MODELS[arch]()
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    g = torch.Generator().manual_seed(0)
+    tokens_BN = torch.randint(3, V, (3, 9), generator=g)
+    ids, mask, pos = left_pad(prompts, 0)
+    dec = model.get_decoder()
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        dec(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+            **{cache_kwarg(dec): cache})  # fmt: skip
+    lean = LeanDecoder(model, cache, ids.shape[1], 9)
+    lean.read_padding(mask)
+    next_pos = mask.sum(-1)
+    keep = torch.arange(3)
+    for t, C in ((0, 4), (4, 3), (7, 2)):
+        if t == 4:  # sample 1 finished: drop it
+            keep = torch.tensor([0, 2])
+            lean.select(torch.tensor([0, 2]))
+            next_pos = next_pos[[0, 2]]
+        got = lean.forward_chunk(tokens_BN[keep, t : t + C], next_pos, t)
+        next_pos = next_pos + C
+        for row, b in enumerate(keep.tolist()):
+            seq = torch.tensor([prompts[b] + tokens_BN[b, : t + C].tolist()])
+            with torch.no_grad():
+                want = dec(input_ids=seq).last_hidden_state[0, -C:]
+            torch.testing.assert_close(got[row], want, atol=1e-5, rtol=0)

@@ -82,11 +82,14 @@ def test_score_responses_matches_full_log_softmax(student, teacher):
     assert (scores.candidate_logprobs_BTK[~mask_BT] == 0).all()
 
 
+@pytest.mark.parametrize("engine", ["hf", "lean"])
 @pytest.mark.parametrize("prune", [False, True])
-def test_incremental_chunks_equal_whole_response_scoring(student, teacher, prune):
+def test_incremental_chunks_equal_whole_response_scoring(student, teacher, prune, engine):
     prompts = repeat_prompts(PROMPTS, 2)
-    scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=PAD, position_chunk=4)
     B, N = len(prompts), 10
+    scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=PAD, position_chunk=4,
+                               max_new_tokens=N, engine=engine)  # fmt: skip
+    assert (scorer.lean is not None) == (engine == "lean")
     token_lp_BN = torch.zeros(B, N)
     topk_lp_BNK = torch.zeros(B, N, K)
     cand_lp_BNK = torch.zeros(B, N, 4)

@@ -7,6 +7,7 @@ Tiny ops run single-threaded: on a shared 2-core machine OpenMP threads only con
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -30,7 +31,7 @@ from pruneopd.train import method_weights, response_cap, train
 METRIC_KEYS = (
     "loss overlap drift_rate weight_mean eff_len_mean eff_len_median hit_ratio cap next_cap "
     "tokens_generated tokens_scored tokens_trained t_sample t_teacher t_update rkl reward "
-    "mean_len eos_rate"
+    "mean_len eos_rate logprob_mismatch"
 ).split()
 
 
@@ -186,6 +187,38 @@ def test_two_steps_change_every_student_parameter(zoo, tmp_path):
     assert not unchanged, f"parameters not updated: {unchanged}"
 
 
+def test_logprob_mismatch_by_hand():
+    from pruneopd.step import logprob_mismatch_sums
+
+    rollout_BT = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
+    train_BT = torch.tensor([[-1.5, -2.0], [-0.25, -9.0]])
+    mask_BT = torch.tensor([[True, True], [True, False]])
+    assert logprob_mismatch_sums(rollout_BT, train_BT, mask_BT) == {"sum": 0.75, "n": 3.0}
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_logprob_mismatch_sees_stale_sampling_weights(zoo, tmp_path, monkeypatch, stale):
+    """3 steps at lr 1e-2: the sampler's log-probs match the update's forward (fp32 rounding)
+    at every step; a sampler left on the initial weights (what a rollout engine without weight
+    sync would do) shows up from the second step on."""
+    from pruneopd import step as step_mod
+
+    if stale:
+        real, frozen = step_mod.sample_responses, {}
+
+        def stale_sampling(run, *args):
+            frozen.setdefault("model", copy.deepcopy(run.student))
+            return real(dataclasses.replace(run, student=frozen["model"]), *args)
+
+        monkeypatch.setattr(step_mod, "sample_responses", stale_sampling)
+    train(tiny(tmp_path, max_steps=3, lr=1e-2, warmup_steps=0))
+    mismatch = [r["logprob_mismatch"] for r in step_rows(tmp_path / "run")]
+    if stale:
+        assert mismatch[0] < 1e-3 < min(mismatch[1:]), mismatch
+    else:
+        assert max(mismatch) < 1e-3, mismatch
+
+
 def mean_full_rkl(student, teacher, input_ids_BL, prompt_lens_B, mask_BT) -> float:
     """Mean KL(p_S || p_T) over response tokens from plain full-forward logits."""
     T = mask_BT.shape[1]
@@ -305,3 +338,22 @@ def test_missing_cuda_is_a_config_error(zoo, tmp_path):
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="'device' = 'cuda': no CUDA device is available"):
         train(tiny(tmp_path, "cuda", device="cuda"))
+
+
+def test_eval_cache_evaluates_a_student_once(zoo, tmp_path, monkeypatch):
+    """Two runs of one student with eval_cache: the second takes its step-0 evaluation from the
+    cache (evaluate is not called for it) and gets the same numbers; another student misses."""
+    import pruneopd.train as train_mod
+
+    calls = []
+    real = train_mod.evaluate
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "cache"
+    first = train(tiny(tmp_path, "a", eval_cache=str(cache)))
+    n_first = len(calls)  # before and after
+    second = train(tiny(tmp_path, "b", eval_cache=str(cache), method="full", seed=3))
+    assert len(calls) == n_first + 1  # only its final evaluation
+    assert second["evals"][0] == first["evals"][0]
+    assert len(list(cache.glob("*.json"))) == 1
+    train(tiny(tmp_path, "c", eval_cache=str(cache), student="student-same"))
+    assert len(list(cache.glob("*.json"))) == 2

@@ -164,3 +164,32 @@ def test_shipped_long_zoo_teacher_reasons():
     res = evaluate(load_model(str(folder)), tok, task, task.problems("test", 32, seed=0))
     assert res["accuracy"] >= 0.85 and res["cut_rate"] == 0.0, res
     assert res["mean_length"] >= 600, res
+
+
+def test_shipped_long_zoo_students():
+    """The long suite's shipped students: just after their learning jump (their builds stopped
+    at >= 30% on 64 held-out problems), and the two pairs differ where the monitor looks: on
+    their own samples, student-same's top-16 overlap with the teacher is far above
+    student-cross's (the card measures it on 256 problems: docs/testbed.md)."""
+    from pruneopd.evaluate import evaluate
+    from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
+    from pruneopd.tasks import TASKS
+    from pruneopd.testbed import pair_card
+
+    zoo = PACKAGE_ZOO / "long"
+    if not (zoo / "student-cross" / "config.json").exists():
+        pytest.skip("no shipped long students")
+    torch.set_num_threads(1)
+    tok = load_tokenizer(str(zoo / "teacher"))
+    teacher = load_model(str(zoo / "teacher"))
+    task = TASKS["loop"]
+    overlap = {}
+    for name in ("student-same", "student-cross"):
+        student = load_model(str(zoo / name))
+        res = evaluate(student, tok, task, task.problems("test", 32, seed=0))
+        assert 0.1 <= res["accuracy"] <= 0.7, (name, res)
+        card = pair_card(student, teacher, tok, task, task.problems("test", 8, seed=1), k=16,
+                         tau=0.5, w_drop=0.1, max_new_tokens=192)  # fmt: skip
+        overlap[name] = card["overlap_mean"]
+    # the card (256 samples to the cap): 0.86 and 0.62
+    assert overlap["student-same"] >= overlap["student-cross"] + 0.15, overlap
