@@ -80,6 +80,14 @@ def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess
         return subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f)
 
 
+def _add_wall(rd: Path, seconds: float) -> None:
+    """Add a run's wall-clock seconds (training and evaluation) to `rd/wall.json`: a run
+    resumed by a later invocation accumulates its parts."""
+    path = rd / "wall.json"
+    before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    path.write_text(json.dumps({"seconds": before + seconds}))
+
+
 def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = None,
               jobs: int = 2, threads: int = 1, steps: int | None = None,
               eval_problems: int | None = None, log=print, suite: str = "short",
@@ -112,18 +120,29 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
     out.mkdir(parents=True, exist_ok=True)
     todo = plan(preset, seeds, methods)
     running: list[tuple[subprocess.Popen, tuple]] = []
+    started: dict[tuple, float] = {}
+    skipped = 0  # runs finished or begun by an earlier invocation
     failed = []
     t0 = time.time()
     try:
         while todo or running:
             while todo and len(running) < jobs:
                 key = todo.pop(0)
+                if (
+                    run_dir(out, *key).exists()
+                    and not (run_dir(out, *key) / "summary.json").exists()
+                ):
+                    skipped += 1  # a run resumed from its checkpoint: part of it ran earlier
                 proc = _run_one(out, preset, suite, *key, threads, log)
                 if proc is not None:
                     running.append((proc, key))
+                    started[key] = time.time()
+                else:
+                    skipped += 1
             for proc, key in list(running):
                 if proc.poll() is not None:
                     running.remove((proc, key))
+                    _add_wall(run_dir(out, *key), time.time() - started.pop(key))
                     status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
                     log(f"bench: {'/'.join(map(str, key))} {status} [{time.time() - t0:.0f} s]")
                     if proc.returncode != 0:
@@ -140,6 +159,9 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
         )
     results = gather(out, preset, preset_name, seeds, methods)
     results["suite"] = suite
+    # the bench's wall time, when this invocation ran every run from its start
+    results["wall_seconds"] = time.time() - t0 if not skipped else None
+    results["jobs"] = jobs
     (out / "results.json").write_text(json.dumps(results, indent=1))
     from .report import render_report
 
@@ -175,6 +197,8 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int,
                        "accuracy": e["accuracy"], "cut_rate": e["cut_rate"]} for e in s["evals"]],
             "steps": {k: [r.get(k) for r in rows] for k in STEP_KEYS},
             "final_cap": s["final_cap"],
+            "wall_seconds": (json.loads((rd / "wall.json").read_text())["seconds"]
+                             if (rd / "wall.json").exists() else None),
             "config": s["config"],
         })  # fmt: skip
         if method == "full":  # the uncut responses show the pair's overlap distribution

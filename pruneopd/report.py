@@ -60,6 +60,84 @@ def _ends(series: list[list], n: int = 10) -> tuple[float, float]:
             statistics.fmean(last) if last else float("nan"))  # fmt: skip
 
 
+def targets(results: dict, table: dict) -> list[dict]:
+    """The long suite's targets (issues 13 and 16), each with what was measured and whether
+    it holds: {"target", "measured", "met"} (met is None when the runs it needs are missing).
+    Prune-OPD's best variant is the faster of prune / prune-online among those that keep
+    full OPD's accuracy within a point."""
+    rows = []
+    same, cross = table.get("same", {}), table.get("cross", {})
+
+    def add(target, measured, met):
+        rows.append({"target": target, "measured": measured, "met": met})
+
+    def have(pair_rows, *methods):
+        return all(m in pair_rows for m in methods)
+
+    if have(cross, "full"):
+        ok = [m for m in ("prune", "prune-online") if m in cross
+              and cross[m]["acc_vs_full"] >= -1.0]  # fmt: skip
+        best = min(ok, key=lambda m: cross[m]["time_vs_full"]) if ok else None
+        shown = "; ".join(f"{m} {cross[m]['time_vs_full']:.2f}x, {cross[m]['acc']:.1f}% vs "
+                          f"{cross['full']['acc']:.1f}%" for m in ("prune", "prune-online")
+                          if m in cross)  # fmt: skip
+        add(
+            "cross: Prune-OPD (released or online) <= 0.5x full OPD's time at accuracy >= full - 1",
+            shown or "no runs",
+            None if not shown else bool(best and cross[best]["time_vs_full"] <= 0.5),
+        )
+    if have(same, "full", "prune"):
+        caps = [r["final_cap"] for r in results["runs"]
+                if r["pair"] == "same" and r["method"] == "prune"]  # fmt: skip
+        max_len = same["prune"]["max_len"]
+        add(
+            "same: prune's final cap >= 90% of L_max on every seed",
+            f"{', '.join(map(str, caps))} / {max_len}",
+            all(c >= 0.9 * max_len for c in caps),
+        )
+        r = same["prune"]
+        add(
+            "same: prune's accuracy within 1 point of full OPD, time <= 1.10x",
+            f"{r['acc_vs_full']:+.1f} points, {r['time_vs_full']:.2f}x",
+            abs(r["acc_vs_full"]) <= 1.0 and r["time_vs_full"] <= 1.10,
+        )
+    for pair, rs in (("same", same), ("cross", cross)):
+        if have(rs, "full"):
+            gain = rs["full"]["acc"] - rs["full"]["before"]
+            add(
+                f"{pair}: full OPD teaches the pair by >= 10 points",
+                f"{rs['full']['before']:.1f}% -> {rs['full']['acc']:.1f}% ({gain:+.1f})",
+                gain >= 10.0,
+            )
+    if have(cross, "hybrid", "prune"):
+        h, p = cross["hybrid"], cross["prune"]
+        ratio = h["time"] / p["time"]
+        add(
+            "cross: hybrid accuracy >= prune + 2 points at <= 1.2x prune's time",
+            f"{h['acc'] - p['acc']:+.1f} points, {ratio:.2f}x",
+            h["acc"] - p["acc"] >= 2.0 and ratio <= 1.2,
+        )
+    if have(cross, "prefix-adaptive", "prefix-sched"):
+        a, sch = cross["prefix-adaptive"], cross["prefix-sched"]
+        add(
+            "cross: prefix-adaptive no more time than prefix-sched at no less accuracy",
+            f"{a['time'] / sch['time']:.2f}x the time, {a['acc'] - sch['acc']:+.1f} points",
+            a["time"] <= sch["time"] and a["acc"] >= sch["acc"],
+        )
+    limit = {"quick": 3600, "full": 4 * 3600}.get(results["preset"])
+    walls = [r.get("wall_seconds") for r in results["runs"]]
+    name = f"{results['preset']} preset under {(limit or 0) // 60} minutes on 2 cores"
+    if limit and results.get("wall_seconds"):
+        w = results["wall_seconds"]
+        add(name, f"{w / 60:.0f} min", w <= limit)
+    elif limit and walls and None not in walls:  # run over several invocations
+        jobs = results.get("jobs", 2)
+        w = sum(walls) / jobs
+        add(name, f"{w / 60:.0f} min (the runs' wall time / {jobs} jobs: it ran over "
+            "several invocations)", w <= limit)  # fmt: skip
+    return rows
+
+
 def _fmt_ratio(x):
     return "-" if x is None else f"{x:.2f}x"
 
@@ -111,6 +189,11 @@ def render_markdown(results: dict, table: dict) -> str:
         lines += ["", f"![accuracy vs time](accuracy_vs_time_{pair}.png)",
                   f"![cap and effective length](cap_{pair}.png)",
                   f"![hit ratio](hit_ratio_{pair}.png)"]  # fmt: skip
+    if results.get("suite") == "long":
+        lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+        for t in targets(results, table):
+            met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+            lines.append(f"| {t['target']} | {t['measured']} | {met} |")
     lines += ["", "![overlap histogram](overlap_hist.png)", ""]
     if results.get("overlap_by_position"):
         lines += ["![overlap along the response](overlap_by_position.png)", ""]

@@ -96,7 +96,13 @@ def test_long_suite_bench_runs_every_method_on_the_long_presets(bench_long):
         curves = res["overlap_by_position"][pair]
         assert curves["first"]["start"][0] == 0 and curves["last"]["tokens"]
     assert (bench_long / "overlap_by_position.png").stat().st_size > 1000
-    assert "long suite" in (bench_long / "report.md").read_text()
+    report = (bench_long / "report.md").read_text()
+    assert "long suite" in report and "## Targets" in report
+    assert res["wall_seconds"] > 0 and all(r["wall_seconds"] > 0 for r in res["runs"])
+    # every method and seed of a pair shares its student's step-0 evaluation
+    assert len(list((bench_long / "eval_cache").glob("*.json"))) == len(PAIRS)
+    before = {p: {r["evals"][0]["accuracy"] for r in res["runs"] if r["pair"] == p} for p in PAIRS}
+    assert all(len(v) == 1 for v in before.values())
 
 
 def test_long_suite_bench_resumes(bench_long, fast_zoo, monkeypatch):
@@ -111,6 +117,39 @@ def test_long_suite_bench_resumes(bench_long, fast_zoo, monkeypatch):
     assert sum("already done" in x for x in logs) == len(PAIRS) * len(METHODS) - 1
     assert any("start cross/prune/seed0" in x for x in logs)
     assert (victim / "summary.json").exists()
+    res = json.loads((bench_long / "results.json").read_text())
+    assert res["wall_seconds"] is None  # most of it ran in the first invocation
+    assert "the runs' wall time / 2 jobs" in (bench_long / "report.md").read_text()
+
+
+def _row(time, acc, before=40.0, cap=None, max_len=848):
+    return {"time": time, "acc": acc, "before": before, "final_cap": cap, "max_len": max_len}
+
+
+def test_long_targets_by_hand():
+    from pruneopd.report import targets
+
+    full = _row(100.0, 60.0)
+    cross = {"full": full, "prune": _row(45.0, 59.5), "prune-online": _row(40.0, 58.0),
+             "hybrid": _row(50.0, 62.0), "prefix-sched": _row(30.0, 55.0),
+             "prefix-adaptive": _row(28.0, 55.0)}  # fmt: skip
+    same = {"full": _row(100.0, 60.0, before=55.0), "prune": _row(105.0, 59.2, cap=848)}
+    for rows in (cross, same):
+        for r in rows.values():
+            r["time_vs_full"] = r["time"] / rows["full"]["time"]
+            r["acc_vs_full"] = r["acc"] - rows["full"]["acc"]
+    runs = [{"pair": "same", "method": "prune", "final_cap": c, "wall_seconds": 1800.0}
+            for c in (848, 784)]  # fmt: skip
+    rows = targets({"runs": runs, "preset": "quick", "jobs": 2}, {"same": same, "cross": cross})
+    got = {t["target"][:16]: t["met"] for t in rows}
+    # prune-online is faster but 2 points down; prune keeps accuracy at 0.45x
+    assert got["cross: Prune-OPD"] is True
+    assert got["same: prune's fi"] is True  # 784 >= 0.9 x 848 = 763.2
+    assert got["same: prune's ac"] is True  # -0.8 points, 1.05x
+    assert got["same: full OPD t"] is False and got["cross: full OPD "] is True
+    assert got["cross: hybrid ac"] is True  # +2.5 points at 1.11x
+    assert got["cross: prefix-ad"] is True
+    assert got["quick preset und"] is True  # 2 x 1800 s / 2 jobs = 30 min
 
 
 def test_unknown_suite_is_refused(tmp_path):
