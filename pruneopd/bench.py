@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 PAIRS = ("same", "cross")
@@ -45,6 +45,10 @@ PRESETS = {
     "quick": BenchPreset(steps=60, seeds=1, eval_every=30, eval_problems=200),
     "full": BenchPreset(steps=100, seeds=3, eval_every=25, eval_problems=256),
 }
+# the long suite's evaluations are ~4x the short one's (650-token answers, up to a 1,334-token
+# cap): its full preset evaluates at steps 0, 50 and 100 (step 0 once per pair: eval_cache)
+SUITE_PRESETS = {"short": PRESETS,
+                 "long": {**PRESETS, "full": replace(PRESETS["full"], eval_every=50)}}  # fmt: skip
 
 
 def run_dir(out: Path, pair: str, method: str, seed: int) -> Path:
@@ -106,7 +110,7 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
         raise ValueError(f"unknown suite {suite!r} (choose from {', '.join(SUITE_CONFIGS)})")
     if preset_name not in PRESETS:
         raise ValueError(f"unknown bench preset {preset_name!r} (choose from {', '.join(PRESETS)})")
-    preset = PRESETS[preset_name]
+    preset = SUITE_PRESETS[suite][preset_name]
     if steps is not None or eval_problems is not None:  # for tests and quick looks
         preset = BenchPreset(steps or preset.steps, preset.seeds,
                              min(preset.eval_every, steps or preset.steps),
