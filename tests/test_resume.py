@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pruneopd.step as step_mod
 import pruneopd.train as train_mod
 from pruneopd.checkpoint import list_checkpoints
 from pruneopd.cli import _default_config
@@ -135,14 +136,14 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(zoo, reference, tmp_
 
 def nan_loss_at(call: int, monkeypatch):
     """Make the loss NaN at the `call`-th step; returns the real loss function."""
-    real, calls = train_mod.masked_token_mean, []
+    real, calls = step_mod.masked_token_mean, []
 
     def loss_fn(*a, **k):
         calls.append(1)
         loss = real(*a, **k)
         return loss * float("nan") if len(calls) == call else loss
 
-    monkeypatch.setattr(train_mod, "masked_token_mean", loss_fn)
+    monkeypatch.setattr(step_mod, "masked_token_mean", loss_fn)
     return real
 
 
@@ -153,7 +154,7 @@ def test_nonfinite_loss_stops_at_the_last_good_step(zoo, reference, tmp_path, mo
         train(cfg_for(out, save_every=0))
     assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
     assert sum(1 for r in rows(out) if "loss" in r) == 2  # nothing of the bad step is logged
-    monkeypatch.setattr(train_mod, "masked_token_mean", real)
+    monkeypatch.setattr(step_mod, "masked_token_mean", real)
     train(cfg_for(out, save_every=0, resume="auto"))
     assert_same_run(reference, out)
 
