@@ -192,6 +192,7 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int,
         runs.append({
             "pair": pair, "method": method, "seed": seed,
             "train_seconds": s["train_seconds"],
+            "cpu_seconds": s.get("cpu_seconds"),  # process CPU time of the steps (None: older runs)
             "t_sample": s["t_sample"], "t_teacher": s["t_teacher"], "t_update": s["t_update"],
             "tokens_generated": s["tokens_generated"], "tokens_scored": s["tokens_scored"],
             "tokens_trained": s["tokens_trained"],

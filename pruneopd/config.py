@@ -104,6 +104,17 @@ class TrainConfig:
     gate_floor: float = _f(0.0, "hybrid: tokens with w_t <= this get the outcome reward")
     gate_coef: float = _f(1.0, "hybrid: weight of the tail's policy-gradient loss")
     gate_norm: str = _f("std", "hybrid: group advantage (r - mean) / (std + eps) | none: r - mean")
+    # ---- engines (docs/scaling.md) ------------------------------------------------------
+    rollout_engine: str = _f("lean", "student sampling: lean (the built-in KV-cache sampler) | "
+                             "vllm (an in-process vLLM engine, new weights pushed every step)")  # fmt: skip
+    teacher_engine: str = _f("hf", "teacher scoring: hf (a forward of the teacher) | vllm "
+                             "(an in-process vLLM engine, or the server at teacher_url)")  # fmt: skip
+    teacher_url: str = _f("", "teacher_engine=vllm: http://HOST:PORT of a `vllm serve TEACHER` "
+                          "(OpenAI-compatible) that scores instead of an in-process engine")  # fmt: skip
+    vllm_kv_cache_mb: int = _f(512, "vLLM on CPU: KV-cache memory of each engine, MiB")
+    vllm_gpu_memory: float = _f(
+        0.3, "vLLM on a GPU: share of the device's memory each engine takes"
+    )
     # ---- evaluation and logging ----------------------------------------------------------
     eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
     eval_problems: int = _f(256, "held-out problems per evaluation")
@@ -142,6 +153,8 @@ DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
 ON_NONFINITE = ("stop", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL = ("ddp", "fsdp")
+ROLLOUT_ENGINES = ("lean", "vllm")
+TEACHER_ENGINES = ("hf", "vllm")
 
 
 def _need(ok: bool, key: str, value, what: str):
@@ -200,6 +213,24 @@ def validate(c: TrainConfig) -> None:
     _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
     _need(c.min_len <= c.init_len <= c.max_len, "init_len", c.init_len,
           f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]")  # fmt: skip
+    _need(c.rollout_engine in ROLLOUT_ENGINES, "rollout_engine", c.rollout_engine,
+          f"must be one of {', '.join(ROLLOUT_ENGINES)}")  # fmt: skip
+    _need(c.teacher_engine in TEACHER_ENGINES, "teacher_engine", c.teacher_engine,
+          f"must be one of {', '.join(TEACHER_ENGINES)}")  # fmt: skip
+    if c.teacher_url:
+        _need(c.teacher_url.startswith(("http://", "https://")), "teacher_url", c.teacher_url,
+              "must be http://HOST:PORT (or https://) of a vLLM server")  # fmt: skip
+        _need(c.teacher_engine == "vllm", "teacher_url", c.teacher_url,
+              "needs teacher_engine=vllm (the server is a vLLM engine)")  # fmt: skip
+    if c.teacher_engine == "vllm":
+        _need(c.loss in ("sampled_rkl", "topk_rkl"), "loss", c.loss,
+              "full-vocabulary losses need the teacher's whole distribution at every token from "
+              "a forward in the trainer: use topk_rkl or sampled_rkl, or teacher_engine=hf")  # fmt: skip
+        _need(not c.online_pruning, "online_pruning", c.online_pruning,
+              "online pruning scores chunks with the hf teacher's KV cache; use teacher_engine=hf "
+              "(rollout_engine=vllm works with it)")  # fmt: skip
+    _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
+    _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
     if c.online_pruning or c.reliable_prefix_only:
         _need(c.method == "prune", "method", c.method,
               "online_pruning / reliable_prefix_only are options of method=prune")  # fmt: skip

@@ -44,7 +44,8 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "tb", "checkpoint
              "wandb", "wandb_id.txt")  # fmt: skip
 # config keys that may change when a run is resumed (they do not change its trajectory)
 RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "progress", "parallel",
-                     "keep_checkpoints", "tensorboard", "wandb", "wandb_project", "out", "eval_cache"}  # fmt: skip
+                     "keep_checkpoints", "tensorboard", "wandb", "wandb_project", "out", "eval_cache",
+                     "rollout_engine", "teacher_engine", "teacher_url", "vllm_kv_cache_mb", "vllm_gpu_memory"}  # fmt: skip
 
 
 def prepare_run_dir(cfg: TrainConfig, dry_run: bool = False) -> Path | None:

@@ -81,6 +81,8 @@ class Run:
     rows: slice  # this rank's samples of each step's global batch
     batch_size: int  # the global batch: prompts_per_step x responses_per_prompt
     device: torch.device
+    sampler: object = None  # rollout_engine=vllm: a vllm_engine.VLLMSampler (None: lean)
+    scorer: object = None  # teacher_engine=vllm: a VLLMTeacher or ServerTeacher (None: hf)
 
 
 @dataclass
@@ -95,10 +97,18 @@ class Batch:
     seconds: float  # sampling only (the pruner's incremental scoring is the teacher's)
 
 
-def sample_responses(run: Run, prompts, cap: int, uniforms_BN, pruner) -> Rollout:
+def sample_responses(run: Run, prompts, cap: int, draws, pruner) -> Rollout:
     """The sampling interface: the student's responses, with its per-token log-probs and
-    top-K ids (and the pruner's stops, when online)."""
+    top-K ids (and the pruner's stops, when online). `draws`: the lean sampler's uniforms
+    [B, cap], or the vLLM engine's per-sample seeds."""
     cfg, tok = run.cfg, run.tok
+    if run.sampler is not None:
+        return run.sampler.sample(
+            prompts, max_new_tokens=cap, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            seeds=draws, temperature=cfg.temperature, top_p=cfg.top_p, topk=cfg.topk,
+            chunk_size=cfg.chunk_size if pruner else 0, on_chunk=pruner,
+        )  # fmt: skip
+    uniforms_BN = draws
     return sample(
         run.student, prompts, max_new_tokens=cap, eos_id=tok.eos_token_id,
         pad_id=tok.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -114,7 +124,10 @@ def sample_phase(run: Run, step: int) -> Batch:
     prompts = repeat_prompts([prompt_ids(tok, p) for p in problems],
                              cfg.responses_per_prompt)[run.rows]  # fmt: skip
     cap = response_cap(cfg, step, run.budget)
-    uniforms_BN = sample_uniforms(run.batch_size, cap, run.gen)[run.rows]  # the global draw
+    if run.sampler is None:  # the global draw, this rank's rows
+        draws = sample_uniforms(run.batch_size, cap, run.gen)[run.rows]
+    else:
+        draws = torch.randint(0, 2**31 - 1, (run.batch_size,), generator=run.gen)[run.rows].tolist()
     run.student.eval()
     t0 = time.perf_counter()
     pruner = None
@@ -123,7 +136,7 @@ def sample_phase(run: Run, step: int) -> Batch:
                               pad_id=tok.pad_token_id, metric=cfg.drift_metric, tau=cfg.tau,
                               w_drop=cfg.w_drop, floor=cfg.prune_floor,
                               max_new_tokens=cap)  # fmt: skip
-    rollout = sample_responses(run, prompts, cap, uniforms_BN, pruner)
+    rollout = sample_responses(run, prompts, cap, draws, pruner)
     seconds = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
     return Batch(problems, prompts, cap, rollout, pruner, seconds)
 
@@ -135,6 +148,9 @@ def score_batch(run: Run, batch: Batch, tokens_BT, cand_BTK) -> TokenScores:
     B, T = tokens_BT.shape
     if batch.pruner is not None:
         return batch.pruner.assemble(B, T)
+    if run.scorer is not None:  # vLLM: the candidates' log-probs only when the loss needs them
+        return run.scorer.score(batch.prompts, batch.rollout.responses, k=run.cfg.topk,
+                                candidate_ids_BTK=cand_BTK if run.cfg.loss == "topk_rkl" else None)  # fmt: skip
     return score_responses(run.teacher, batch.prompts, batch.rollout.responses, k=run.cfg.topk,
                            candidate_ids=cand_BTK, pad_id=run.tok.pad_token_id)  # fmt: skip
 
@@ -213,6 +229,8 @@ def update_phase(run: Run, batch: Batch, w: Weighed) -> Update:
     cfg, d, ps, device = run.cfg, run.d, run.ps, run.device
     ps.train()
     t0 = time.perf_counter()
+    if run.sampler is not None:
+        run.sampler.sleep()  # a GPU engine frees the device for the update
     input_ids_BL = batch.rollout.to_padded(run.tok.pad_token_id)[0].to(device)
     prompt_lens_B = torch.tensor([len(p) for p in batch.prompts], device=device)
     s = w.scores
@@ -240,6 +258,9 @@ def update_phase(run: Run, batch: Batch, w: Weighed) -> Update:
         ps.after_update()
     elif cfg.on_nonfinite == "skip":
         run.opt.zero_grad(set_to_none=True)
+    if run.sampler is not None:  # the next rollouts come from the new weights
+        run.sampler.wake()
+        run.sampler.push_weights(run.student)
     return Update(loss, grad_norm, finite, lp_BT, time.perf_counter() - t0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, engines
 from .budget import AdaptivePrefix, ResponseBudget
 from .checkpoint import (
     GracefulStop,
@@ -117,6 +118,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     eval_cap = reference_cap(task, tok, test_problems) or cfg.max_len
     longest_prompt = max(len(prompt_ids(tok, p)) for p in train_problems + test_problems)
     check_context(cfg, {"student": student, "teacher": teacher}, longest_prompt, eval_cap)
+    engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
     if dry_run:
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
 
@@ -189,15 +191,21 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
         history["eval"].append({"step": 0, **before})
         acc, start = before["accuracy"], 0
         totals = {"t_sample": 0.0, "t_teacher": 0.0, "t_update": 0.0, "tokens_generated": 0,
-                  "tokens_scored": 0, "tokens_trained": 0, "skipped_steps": 0}  # fmt: skip
+                  "tokens_scored": 0, "tokens_trained": 0, "skipped_steps": 0, "cpu_seconds": 0.0}  # fmt: skip
+    longest_response = max(cfg.max_len, cfg.prefix_len, cfg.prefix_len_end)
+    sampler, scorer = engines.build(cfg, student, teacher, tok, device=device, world=d.world,
+                                    max_model_len=longest_prompt + longest_response + 1)  # fmt: skip
     run = Run(cfg, d, ps, student, teacher, tok, task, train_problems, opt, sched, budget, gen,
-              rows, B_all, device)  # fmt: skip
+              rows, B_all, device, sampler, scorer)  # fmt: skip
     bar = tqdm(range(start, cfg.max_steps), desc=f"{cfg.method} OPD", disable=not (cfg.progress and d.main),
                initial=start, total=cfg.max_steps)  # fmt: skip
     stop = GracefulStop()
     with stop:
         for step in bar:
             rng_at_start, offsets_at_start = rng_state(gen), log.offsets()
+            cpu0 = (
+                time.process_time()
+            )  # CPU time: a cost that other load on the machine does not inflate
             batch = sample_phase(run, step)  # 1. the student samples its own responses
             w = score_and_weigh(run, batch)  # 2-3. the teacher scores, the monitor weighs
             upd = update_phase(run, batch, w)  # 4. the update
@@ -216,6 +224,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 )
             hit, next_cap = budget_phase(run, step, w)  # 5. the budget moves the cap
             m = metrics_phase(run, batch, w, upd, hit, next_cap)  # 6. what every run logs
+            totals["cpu_seconds"] = totals.get("cpu_seconds", 0.0) + time.process_time() - cpu0
             for k in ("t_sample", "t_teacher", "t_update"):
                 totals[k] += m[k]
             for k in ("tokens_generated", "tokens_scored", "tokens_trained"):

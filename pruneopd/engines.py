@@ -1,0 +1,73 @@
+"""Which engine samples and which scores (docs/scaling.md): the checks that run before any
+training (installed, reachable, able to serve the loss) and the engines' construction.
+
+`rollout_engine=lean` and `teacher_engine=hf` need nothing here (`None`: the trainer's own
+sampler and teacher forward); `vllm` builds the in-process engines of `vllm_engine`, and
+`teacher_url` the client of `teacher_server`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ConfigError, TrainConfig
+
+
+def needs_local_vllm(cfg: TrainConfig) -> bool:
+    return cfg.rollout_engine == "vllm" or (cfg.teacher_engine == "vllm" and not cfg.teacher_url)
+
+
+def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> None:
+    """Raise ConfigError (one line, before any training) when the configured engines cannot run."""
+    from .vllm_engine import FULL_VOCAB_MAX
+
+    if needs_local_vllm(cfg):
+        key = "rollout_engine" if cfg.rollout_engine == "vllm" else "teacher_engine"
+        try:
+            from .vllm_engine import _vllm
+
+            _vllm()
+        except Exception as e:  # not installed, or its compiled parts do not load
+            raise ConfigError(
+                f"config key '{key}' = 'vllm': vLLM is not installed or does not import "
+                f"({' '.join(str(e).split())[:120]}); pip install -e '.[vllm]' (docs/scaling.md)"
+            ) from None
+        if world > 1 and device.type == "cpu":
+            raise ConfigError(f"config key '{key}' = 'vllm': under torchrun the engines need "
+                              "one GPU per process; on CPU run one process")  # fmt: skip
+    if cfg.teacher_url:
+        from .teacher_server import ServerError, served_model
+
+        try:
+            served_model(cfg.teacher_url)
+        except ServerError as e:
+            raise ConfigError(
+                f"config key 'teacher_url' = {cfg.teacher_url!r}: no vLLM server answers ({e}); "
+                "start one with `vllm serve TEACHER --max-logprobs -1` (docs/scaling.md)"
+            ) from None
+    if cfg.teacher_engine == "vllm" and cfg.loss == "topk_rkl" and vocab > FULL_VOCAB_MAX:
+        raise ConfigError(
+            f"config key 'loss' = 'topk_rkl' with teacher_engine=vllm: the teacher's log-probs at "
+            f"the student's candidates need prompt_logprobs=-1, which this pruneopd allows for "
+            f"vocabularies up to {FULL_VOCAB_MAX} tokens (this pair has {vocab}); use "
+            "loss=sampled_rkl or teacher_engine=hf"
+        )
+
+
+def build(cfg: TrainConfig, student, teacher, tok, *, device: torch.device, world: int,
+          max_model_len: int):  # fmt: skip
+    """(rollout sampler or None, teacher scorer or None) for the configured engines."""
+    from . import vllm_engine
+
+    kw = dict(dtype=cfg.dtype, seed=cfg.seed, max_model_len=max_model_len, device=device,
+              kv_cache_mb=cfg.vllm_kv_cache_mb, gpu_memory=cfg.vllm_gpu_memory, world=world)  # fmt: skip
+    sampler = scorer = None
+    if cfg.rollout_engine == "vllm":
+        sampler = vllm_engine.VLLMSampler(student, tok, **kw)
+    if cfg.teacher_url:
+        from .teacher_server import ServerTeacher
+
+        scorer = ServerTeacher(cfg.teacher_url, vocab=teacher.config.vocab_size)
+    elif cfg.teacher_engine == "vllm":
+        scorer = vllm_engine.VLLMTeacher(teacher, tok, **kw)
+    return sampler, scorer

@@ -1,0 +1,73 @@
+"""The teacher behind a `vllm serve` OpenAI-compatible server (`teacher_url`), e.g. on other
+GPUs or another machine: one `/v1/completions` request per batch with the token ids of prompt +
+response as the prompt, `max_tokens=1` and `prompt_logprobs=K` (or -1 when the student's
+candidates need the teacher's log-probs: vocabularies up to `FULL_VOCAB_MAX`). Standard library
+HTTP only; the same `TokenScores` as the in-process engines."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import torch
+
+from .prompt_logprobs import entries_from_dicts, scores_from_entries, stack_scores
+from .scoring import TokenScores
+from .vllm_engine import FULL_VOCAB_MAX
+
+
+class ServerError(RuntimeError):
+    """The teacher server could not be reached or refused a request."""
+
+
+def _request(url: str, body: dict | None = None, timeout: float = 600.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:300]
+        raise ServerError(f"{url}: HTTP {e.code} {' '.join(detail.split())}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ServerError(f"{url}: {reason}") from None
+
+
+def served_model(base_url: str, timeout: float = 5.0) -> str:
+    """The id of the model the server at `base_url` serves (its /v1/models); raises ServerError
+    when nothing answers there."""
+    res = _request(base_url.rstrip("/") + "/v1/models", timeout=timeout)
+    models = res.get("data") or []
+    if not models:
+        raise ServerError(f"{base_url}/v1/models lists no model")
+    return models[0]["id"]
+
+
+class ServerTeacher:
+    def __init__(self, base_url: str, vocab: int):
+        self.base = base_url.rstrip("/")
+        self.model = served_model(self.base)
+        self.vocab = vocab
+
+    def score(self, prompts, responses, *, k: int, candidate_ids_BTK=None) -> TokenScores:
+        if candidate_ids_BTK is not None and self.vocab > FULL_VOCAB_MAX:
+            raise ServerError(
+                f"the teacher's log-probs at the student's candidates need prompt_logprobs=-1, "
+                f"limited to vocabularies of {FULL_VOCAB_MAX} tokens (this one has {self.vocab})"
+            )
+        seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
+        body = {"model": self.model, "prompt": seqs, "max_tokens": 1, "temperature": 1.0,
+                "prompt_logprobs": -1 if candidate_ids_BTK is not None else k}  # fmt: skip
+        res = _request(self.base + "/v1/completions", body)
+        choices = sorted(res["choices"], key=lambda c: c["index"])
+        if len(choices) != len(seqs):
+            raise ServerError(f"{self.base}: {len(choices)} answers to {len(seqs)} sequences")
+        parts = []
+        for b, (p, r, c) in enumerate(zip(prompts, responses, choices, strict=True)):
+            e = entries_from_dicts(c["prompt_logprobs"], len(p), len(r))
+            cand = None if candidate_ids_BTK is None else candidate_ids_BTK[b, : len(r)].cpu()
+            parts.append(scores_from_entries(e, torch.tensor(r, dtype=torch.long), k=k,
+                                             candidates_TK=cand, vocab=self.vocab))  # fmt: skip
+        return stack_scores(parts, k)
