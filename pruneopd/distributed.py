@@ -106,6 +106,8 @@ def init(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
+        global _OURS
+        _OURS = True
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
@@ -130,8 +132,12 @@ def save_once(d: Dist, out, step: int, student, state: dict, keep: int):
     return d.broadcast(path)
 
 
+_OURS = False  # whether init() made the process group (an in-process vLLM engine makes its own)
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Leave the process group this module joined (one made by vLLM is vLLM's to destroy)."""
+    if _OURS and dist.is_initialized():
         dist.destroy_process_group()
 
 

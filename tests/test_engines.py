@@ -1,0 +1,138 @@
+"""The engine seams without vLLM: the prompt-log-prob conversion (golden values by hand), the
+engine keys' validation, and the one-line errors before any training (engine not installed,
+an unreachable teacher_url, a loss the engine cannot serve). tests/test_vllm.py runs the
+engines themselves where vllm is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pruneopd.config import ConfigError, load_config
+from pruneopd.prompt_logprobs import (
+    entries_from_dicts,
+    entries_from_flat,
+    scores_from_entries,
+    stack_scores,
+)
+from tests.test_config_cli import assert_one_line_error, run_cli
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def flat(rows):
+    """A stand-in for vLLM's FlatLogprobs: rows[j] = [(id, logprob, rank), ...] or None."""
+    f = SimpleNamespace(start_indices=[], end_indices=[], token_ids=[], logprobs=[], ranks=[])
+    for row in rows:
+        f.start_indices.append(len(f.token_ids))
+        for i, lp, r in row or []:
+            f.token_ids.append(i)
+            f.logprobs.append(lp)
+            f.ranks.append(r)
+        f.end_indices.append(len(f.token_ids))
+    return f
+
+
+# a 2-token prompt [7, 8] and response [3, 1] over a vocabulary of 4; index j predicts token j
+ROWS = [
+    None,
+    [(8, -0.5, 1), (2, -1.5, 2)],  # predicts prompt token 8: not a response position
+    [(1, -0.2, 1), (0, -2.0, 2), (3, -3.0, 3)],  # response position 0: token 3 is rank 3
+    [(1, -0.1, 1), (2, -2.5, 2)],  # response position 1: token 1 is the top-1
+]
+
+
+def test_scores_from_flat_entries_by_hand():
+    e = entries_from_flat(flat(ROWS), prompt_len=2, n=2)
+    assert e.pos_E.tolist() == [0, 0, 0, 1, 1]
+    tok_T, ids_TK, lps_TK, cand = scores_from_entries(e, torch.tensor([3, 1]), k=2,
+                                                      candidates_TK=None, vocab=4)  # fmt: skip
+    assert tok_T.tolist() == pytest.approx([-3.0, -0.1])  # the sampled token's own entry
+    assert ids_TK.tolist() == [[1, 0], [1, 2]]  # ranks 1..k, in rank order
+    assert torch.allclose(lps_TK, torch.tensor([[-0.2, -2.0], [-0.1, -2.5]]))
+    assert cand is None
+
+
+def test_server_dicts_give_the_same_entries():
+    dicts = [None] + [{str(i): {"logprob": lp, "rank": r, "decoded_token": "x"} for i, lp, r in row}
+                      for row in ROWS[1:]]  # fmt: skip
+    a = entries_from_flat(flat(ROWS), 2, 2)
+    b = entries_from_dicts(dicts, 2, 2)
+    for x, y in zip((a.pos_E, a.id_E, a.lp_E, a.rank_E), (b.pos_E, b.id_E, b.lp_E, b.rank_E)):
+        assert torch.equal(x, y)
+
+
+def test_candidates_need_the_whole_distribution():
+    e = entries_from_flat(flat(ROWS), 2, 2)
+    with pytest.raises(ValueError, match="position 0.*prompt_logprobs=-1"):
+        scores_from_entries(e, torch.tensor([3, 1]), k=2, candidates_TK=torch.tensor([[1, 2], [1, 2]]),
+                            vocab=4)  # fmt: skip
+    full = [None, None,
+            [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
+            [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)]]  # fmt: skip
+    e = entries_from_flat(flat(full), 2, 2)
+    *_, cand = scores_from_entries(e, torch.tensor([3, 1]), k=2,
+                                   candidates_TK=torch.tensor([[2, 3], [3, 0]]), vocab=4)  # fmt: skip
+    assert torch.equal(cand, torch.tensor([[-4.0, -3.0], [-5.0, -3.0]]))
+
+
+def test_missing_sampled_token_or_short_top_k_is_an_error():
+    e = entries_from_flat(flat(ROWS), 2, 2)
+    with pytest.raises(ValueError, match="sampled token at response position 1"):
+        scores_from_entries(e, torch.tensor([3, 0]), k=2, candidates_TK=None, vocab=4)
+    with pytest.raises(ValueError, match="fewer than top-3 .* position 1"):
+        scores_from_entries(e, torch.tensor([3, 1]), k=3, candidates_TK=None, vocab=4)
+
+
+def test_stack_pads_with_zeros():
+    a = (torch.tensor([-1.0, -2.0]), torch.tensor([[1], [2]]), torch.tensor([[-0.5], [-0.7]]), None)
+    b = (torch.tensor([-3.0]), torch.tensor([[3]]), torch.tensor([[-0.9]]), None)
+    s = stack_scores([a, b], k=1)
+    assert s.token_logprobs_BT.tolist() == [[-1.0, -2.0], [-3.0, 0.0]]
+    assert s.topk_ids_BTK[:, :, 0].tolist() == [[1, 2], [3, 0]]
+    assert s.candidate_logprobs_BTK is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [(["rollout_engine=sglang"], "'rollout_engine' = 'sglang'"),
+     (["teacher_engine=trt"], "'teacher_engine' = 'trt'"),
+     (["teacher_url=http://127.0.0.1:9"], "needs teacher_engine=vllm"),
+     (["teacher_engine=vllm", "teacher_url=127.0.0.1:9"], "must be http://HOST:PORT"),
+     (["teacher_engine=vllm", "loss=jsd"], "full-vocabulary losses"),
+     (["teacher_engine=vllm", "loss=full_rkl"], "full-vocabulary losses"),
+     (["teacher_engine=vllm", "online_pruning=true"], "online pruning scores chunks"),
+     (["vllm_gpu_memory=1.5"], "'vllm_gpu_memory'")],
+)  # fmt: skip
+def test_engine_keys_are_validated(overrides, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        load_config(None, overrides)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_teacher_url_is_a_one_line_error_before_training(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
+                            "teacher_engine=vllm", f"teacher_url={url}", f"out={tmp_path / 'r'}",
+                            "progress=false"], capsys)  # fmt: skip
+    assert_one_line_error(code, err, "'teacher_url'", url, "no vLLM server answers")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # nothing trained
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
+@pytest.mark.parametrize("key", ["rollout_engine", "teacher_engine"])
+def test_engine_not_installed_is_a_one_line_error(tmp_path, capsys, key):
+    code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
+                            f"{key}=vllm", "loss=sampled_rkl", f"out={tmp_path / 'r'}",
+                            "progress=false"], capsys)  # fmt: skip
+    assert_one_line_error(code, err, f"'{key}' = 'vllm'", "pip install -e '.[vllm]'")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
