@@ -62,7 +62,9 @@ def test_server_dicts_give_the_same_entries():
                       for row in ROWS[1:]]  # fmt: skip
     a = entries_from_flat(flat(ROWS), 2, 2)
     b = entries_from_dicts(dicts, 2, 2)
-    for x, y in zip((a.pos_E, a.id_E, a.lp_E, a.rank_E), (b.pos_E, b.id_E, b.lp_E, b.rank_E)):
+    for x, y in zip(
+        (a.pos_E, a.id_E, a.lp_E, a.rank_E), (b.pos_E, b.id_E, b.lp_E, b.rank_E), strict=True
+    ):
         assert torch.equal(x, y)
 
 

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +37,9 @@ def pair():
     tok = load_tokenizer("long/student-same")
     student = load_model("long/student-same").eval()
     teacher = load_model("long/teacher").eval()
-    prompts = repeat_prompts([prompt_ids(tok, q) for q in TASKS["loop"].problems("test", 3, seed=0)], 2)
+    prompts = repeat_prompts(
+        [prompt_ids(tok, q) for q in TASKS["loop"].problems("test", 3, seed=0)], 2
+    )
     return tok, student, teacher, prompts
 
 
@@ -205,7 +206,9 @@ def server(pair, tmp_path_factory):
                 break
             except ServerError:
                 if proc.poll() is not None:
-                    pytest.fail("vllm serve exited:\n" + (folder.parent / "serve.log").read_text()[-2000:])
+                    pytest.fail(
+                        "vllm serve exited:\n" + (folder.parent / "serve.log").read_text()[-2000:]
+                    )
                 time.sleep(1)
         else:
             pytest.fail("vllm serve did not answer within 240 s")
