@@ -19,7 +19,7 @@ def needs_local_vllm(cfg: TrainConfig) -> bool:
 
 def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> None:
     """Raise ConfigError (one line, before any training) when the configured engines cannot run."""
-    from .vllm_engine import FULL_VOCAB_MAX
+    from .vllm_engine import FULL_VOCAB_MAX, v2_runner
 
     if needs_local_vllm(cfg):
         key = "rollout_engine" if cfg.rollout_engine == "vllm" else "teacher_engine"
@@ -45,12 +45,16 @@ def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> 
                 f"config key 'teacher_url' = {cfg.teacher_url!r}: no vLLM server answers ({e}); "
                 "start one with `vllm serve TEACHER --max-logprobs -1` (docs/scaling.md)"
             ) from None
-    if cfg.teacher_engine == "vllm" and cfg.loss == "topk_rkl" and vocab > FULL_VOCAB_MAX:
+    big = cfg.teacher_engine == "vllm" and cfg.loss == "topk_rkl" and vocab > FULL_VOCAB_MAX
+    if big and (cfg.teacher_url or not (v2_runner() and device.type == "cuda")):
+        how = ("a server returns only top-K lists" if cfg.teacher_url else
+               "the in-process engine can also use vLLM's V2 runner on a GPU "
+               "(VLLM_USE_V2_MODEL_RUNNER=1: prompt_logprob_token_ids)")  # fmt: skip
         raise ConfigError(
             f"config key 'loss' = 'topk_rkl' with teacher_engine=vllm: the teacher's log-probs at "
-            f"the student's candidates need prompt_logprobs=-1, which this pruneopd allows for "
-            f"vocabularies up to {FULL_VOCAB_MAX} tokens (this pair has {vocab}); use "
-            "loss=sampled_rkl or teacher_engine=hf"
+            f"the student's candidates need prompt_logprobs=-1, allowed for vocabularies up to "
+            f"{FULL_VOCAB_MAX} tokens (this pair has {vocab}); {how}; or use loss=sampled_rkl or "
+            "teacher_engine=hf"
         )
 
 
@@ -69,5 +73,5 @@ def build(cfg: TrainConfig, student, teacher, tok, *, device: torch.device, worl
 
         scorer = ServerTeacher(cfg.teacher_url, vocab=teacher.config.vocab_size)
     elif cfg.teacher_engine == "vllm":
-        scorer = vllm_engine.VLLMTeacher(teacher, tok, **kw)
+        scorer = vllm_engine.VLLMTeacher(cfg.teacher, tok, **kw)
     return sampler, scorer

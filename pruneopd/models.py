@@ -83,6 +83,16 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> LlamaFo
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
 
 
+def load_model_shell(name_or_path: str) -> torch.nn.Module:
+    """The model's architecture and config on the `meta` device, with no weights: what the
+    trainer keeps of a teacher whose weights live in a vLLM engine or server."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(resolve(name_or_path)))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def load_tokenizer(name_or_path: str):
     from .tokenizer import load_tokenizer as _load
 

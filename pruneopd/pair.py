@@ -9,7 +9,7 @@ import os
 import torch
 
 from .config import ConfigError, TrainConfig
-from .models import load_model, load_tokenizer
+from .models import load_model, load_model_shell, load_tokenizer
 from .tasks import get_task
 
 
@@ -67,7 +67,10 @@ def load_pair(cfg: TrainConfig):
     """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
     tok = load_tokenizers(cfg)
     student = load_student(cfg.student, cfg)
-    teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
+    if cfg.teacher_engine == "vllm":  # its weights live in the vLLM engine or server
+        teacher = load_model_shell(cfg.teacher)
+    else:
+        teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
     vs, vt = student.config.vocab_size, teacher.config.vocab_size
     if vs != vt:
         raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")

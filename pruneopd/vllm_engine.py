@@ -45,6 +45,23 @@ def engine_folder(model, tok, workdir: Path, name: str) -> Path:
     return out
 
 
+def model_folder(name_or_path: str, tok, workdir: Path) -> Path:
+    """A folder vLLM can load for a zoo name or local model folder, without copying weights:
+    the folder itself when the tokenizer is beside the weights, else a folder of links to its
+    files plus the tokenizer."""
+    from .models import resolve
+
+    src = resolve(name_or_path).resolve()
+    if (src / "tokenizer_config.json").exists() or (src / "tokenizer.json").exists():
+        return src
+    out = Path(workdir) / src.name
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        (out / f.name).symlink_to(f)
+    tok.save_pretrained(out)
+    return out
+
+
 def build_llm(folder: Path, *, dtype: str, seed: int, max_model_len: int, device: torch.device,
               kv_cache_mb: int, gpu_memory: float, world: int = 1):  # fmt: skip
     """An in-process `vllm.LLM` on `folder` (CPU: eager, a fixed KV-cache budget; GPU: a memory
@@ -184,23 +201,26 @@ class VLLMTeacher:
     vocabularies up to FULL_VOCAB_MAX) when the student's candidates need the teacher's
     log-probs too."""
 
-    def __init__(self, teacher, tok, *, dtype: str, seed: int, max_model_len: int,
+    def __init__(self, name_or_path: str, tok, *, dtype: str, seed: int, max_model_len: int,
                  device: torch.device, kv_cache_mb: int, gpu_memory: float, world: int = 1):  # fmt: skip
         workdir = Path(tempfile.mkdtemp(prefix="pruneopd-vllm-"))
-        folder = engine_folder(teacher, tok, workdir, "teacher")
+        folder = model_folder(name_or_path, tok, workdir)
         self.llm = build_llm(folder, dtype=dtype, seed=seed, max_model_len=max_model_len,
                              device=device, kv_cache_mb=kv_cache_mb, gpu_memory=gpu_memory,
                              world=world)  # fmt: skip
         shutil.rmtree(workdir, ignore_errors=True)
-        self.vocab = teacher.config.vocab_size
+        self.vocab = self.llm.llm_engine.model_config.get_vocab_size()
 
     def score(self, prompts, responses, *, k: int, candidate_ids_BTK=None) -> TokenScores:
-        vllm = _vllm()
         if candidate_ids_BTK is not None and self.vocab > FULL_VOCAB_MAX:
-            raise ValueError(
-                f"the teacher's log-probs at the student's candidates need prompt_logprobs=-1, "
-                f"limited to vocabularies of {FULL_VOCAB_MAX} tokens (this one has {self.vocab})"
-            )
+            if not v2_runner():
+                raise ValueError(
+                    f"the teacher's log-probs at the student's candidates need prompt_logprobs=-1, "
+                    f"limited to vocabularies of {FULL_VOCAB_MAX} tokens (this one has "
+                    f"{self.vocab}), or vLLM's V2 runner (VLLM_USE_V2_MODEL_RUNNER=1, a GPU)"
+                )
+            return self._score_chosen_ids(prompts, responses, k, candidate_ids_BTK)
+        vllm = _vllm()
         params = vllm.SamplingParams(max_tokens=1, temperature=1.0, detokenize=False,
                                      flat_logprobs=True,
                                      prompt_logprobs=-1 if candidate_ids_BTK is not None else k)  # fmt: skip
@@ -213,3 +233,32 @@ class VLLMTeacher:
             parts.append(scores_from_entries(e, torch.tensor(r, dtype=torch.long), k=k,
                                              candidates_TK=cand, vocab=self.vocab))  # fmt: skip
         return stack_scores(parts, k)
+
+    def _score_chosen_ids(self, prompts, responses, k, candidate_ids_BTK) -> TokenScores:
+        """Large vocabularies on vLLM's V2 runner (GPU): `prompt_logprob_token_ids` scores the
+        student's candidates at each response position, `prompt_logprobs=K` gives the top-K.
+        Not run on these CPU machines (the V2 runner needs Triton on a GPU): docs/scaling.md."""
+        vllm = _vllm()
+        reqs, params = [], []
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            reqs.append({"prompt_token_ids": p + r})
+            rows = candidate_ids_BTK[b, : len(r)].cpu().tolist()  # row i predicts response token i
+            params.append(vllm.SamplingParams(
+                max_tokens=1, temperature=1.0, detokenize=False, flat_logprobs=True,
+                prompt_logprobs=k, prompt_logprob_token_ids=rows, prompt_logprob_start=len(p) - 1,
+            ))  # fmt: skip
+        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        parts = []
+        for p, r, o in zip(prompts, responses, outs, strict=True):
+            e = entries_from_flat(o.prompt_logprobs, len(p), len(r))
+            tok_T, ids_TK, lps_TK, _ = scores_from_entries(
+                e, torch.tensor(r, dtype=torch.long), k=k, candidates_TK=None, vocab=self.vocab
+            )
+            cand_TK = torch.as_tensor(o.prompt_token_id_logprobs, dtype=torch.float32)[: len(r)]
+            parts.append((tok_T, ids_TK, lps_TK, cand_TK))
+        return stack_scores(parts, k)
+
+
+def v2_runner() -> bool:
+    """Whether vLLM runs its V2 model runner, the one that serves `prompt_logprob_token_ids`."""
+    return os.environ.get("VLLM_USE_V2_MODEL_RUNNER") == "1"

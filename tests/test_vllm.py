@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def sampler(pair):
 @pytest.fixture(scope="module")
 def vteacher(pair):
     tok, _, teacher, _ = pair
-    return VLLMTeacher(teacher, tok, **ENGINE)
+    return VLLMTeacher("long/teacher", tok, **ENGINE)
 
 
 def hf_logprobs(model, prompt, response) -> torch.Tensor:
@@ -302,11 +303,31 @@ def test_stale_weights_would_fail_the_sync_test(tmp_path, monkeypatch):
     assert mis[0] < 1e-3 and max(mis[1:]) > 1e-3, mis
 
 
-def test_engine_folder_holds_weights_and_tokenizer(pair, tmp_path):
-    from pruneopd.vllm_engine import engine_folder
+def test_engine_folders_hold_weights_and_tokenizer(pair, tmp_path):
+    from pruneopd.models import resolve
+    from pruneopd.vllm_engine import engine_folder, model_folder
 
     tok, student, _, _ = pair
     f = engine_folder(student, tok, tmp_path, "s")
     assert (f / "config.json").exists() and (f / "tokenizer.json").exists()
     assert any(p.suffix == ".safetensors" for p in f.iterdir())
     shutil.rmtree(f)
+    linked = model_folder("long/teacher", tok, tmp_path)  # the zoo keeps its tokenizer apart
+    assert (linked / "tokenizer.json").exists() and (linked / "config.json").is_symlink()
+    assert model_folder(str(linked), tok, tmp_path / "again") == linked.resolve()
+    assert resolve("long/teacher").resolve() == (linked / "config.json").resolve().parent
+
+
+def test_gpu_check_runs_at_tiny_size_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py, the script gpu_check.sh runs on a GPU, at its tiny size here."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    res = subprocess.run([sys.executable, str(script), "--device", "cpu", "--sizes", "tiny",
+                          "--samples", "4", "--new-tokens", "32", "--kv-cache-mb", "64",
+                          "--json", str(tmp_path / "g.json")], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert [r["what"] for r in rows] == ["rollout tokens/s", "teacher scoring tokens/s",
+                                         "Prune-OPD step (s), vLLM engines"]  # fmt: skip
+    assert all(r["vllm"] > 0 for r in rows)
+    assert "| tiny | rollout tokens/s |" in res.stdout
