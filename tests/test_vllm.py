@@ -238,6 +238,15 @@ def test_teacher_server_equals_the_hf_teacher(pair, sampler, server):
     _teacher_scores_match(st.score(prompts[:4], r.responses, k=K), ref, mask, cands=False)
 
 
+def test_train_through_a_teacher_server(tmp_path, server):
+    """`pruneopd train teacher_url=...` with topk_rkl (the zoo's vocabulary is small enough for
+    the server to list every id) against the vllm serve fixture."""
+    res, rows = _train(tmp_path, "max_steps=2", "teacher_engine=vllm", f"teacher_url={server}",
+                       "loss=topk_rkl")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(rows) == 2 and all(0 < r["overlap"] <= 1 for r in rows)
+
+
 def _train(tmp_path, *overrides) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pruneopd.cli", "train", "student=long/student-same",
