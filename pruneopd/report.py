@@ -22,6 +22,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+ENDS = ("mean_len", "eos_rate", "drift_rate", "reward", "drifted_rate", "reward_drifted")
+
+
 def summarize(results: dict) -> dict:
     """Per pair and method: means over seeds, and ratios against full OPD."""
     table: dict = {}
@@ -43,7 +46,7 @@ def summarize(results: dict) -> dict:
                 "final_cap": runs[0]["final_cap"],
                 "max_len": runs[0]["config"]["max_len"],
                 "split": {k: statistics.fmean(r[k] for r in runs) for k in ("t_sample", "t_teacher", "t_update")},
-                "ends": {k: _ends([r["steps"][k] for r in runs]) for k in ("mean_len", "eos_rate", "drift_rate", "reward")},
+                "ends": {k: _ends([r["steps"].get(k, []) for r in runs]) for k in ENDS},
             }  # fmt: skip
         full = rows.get("full")
         for r in rows.values():
@@ -181,13 +184,16 @@ def render_markdown(results: dict, table: dict) -> str:
             )
         lines += ["", "Samples over training (mean over seeds; first / last 10 steps): "
                   "mean length, EOS rate (share of samples that ended by themselves, not by the "
-                  "cap), drift-event rate, reward (answer right).", "",
-                  "| method | mean length | EOS rate | drift rate | reward |",
-                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+                  "cap), drift-event rate, reward (answer right), share of samples whose "
+                  "reliability ran out (w reached 0), and the reward of those samples.", "",
+                  "| method | mean length | EOS rate | drift rate | reward | ran out | reward, ran out |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for m, r in rows.items():
             e = r["ends"]
-            lines.append(" | ".join([f"| {m}"] + [f"{e[k][0]:{f}} / {e[k][1]:{f}}" for k, f in (
-                ("mean_len", ".0f"), ("eos_rate", ".2f"), ("drift_rate", ".3f"), ("reward", ".2f"))]) + " |")  # fmt: skip
+            lines.append(" | ".join([f"| {m}"] + [
+                "-" if e[k][0] != e[k][0] else f"{e[k][0]:{f}} / {e[k][1]:{f}}" for k, f in (
+                ("mean_len", ".0f"), ("eos_rate", ".2f"), ("drift_rate", ".3f"), ("reward", ".2f"),
+                ("drifted_rate", ".2f"), ("reward_drifted", ".2f"))]) + " |")  # fmt: skip
         lines += ["", "Time split (s, mean): " + "; ".join(
             f"{m} sample {r['split']['t_sample']:.0f} / teacher {r['split']['t_teacher']:.0f} / "
             f"update {r['split']['t_update']:.0f}" for m, r in rows.items())]  # fmt: skip

@@ -25,8 +25,12 @@ def local_sums(
     lengths: list[int],
     stopped_by: list[str],
 ) -> dict[str, float]:
-    """This rank's sums: token sums over `mask_BT`, multiplier sum over `train_mask_BT`."""
+    """This rank's sums: token sums over `mask_BT`, multiplier sum over `train_mask_BT`; a
+    sample "drifted" when its reliability weight reached 0 at some response token."""
+    drifted_B = ((weights_BT <= 1e-8) & mask_BT).any(-1).tolist()
     return {
+        "drifted": float(sum(drifted_B)),
+        "reward_drifted": float(sum(r for r, d in zip(rewards, drifted_B, strict=True) if d)),
         "overlap": float(overlap_BT[mask_BT].sum()),
         "drift_rate": float(events_BT[mask_BT].float().sum()),
         "weight_mean": float(weights_BT[mask_BT].sum()),
@@ -55,4 +59,7 @@ def reduce_means(sums: dict[str, float], dist) -> dict[str, float]:
     out.update({k: total[k] / n for k in _SAMPLE_SUMS})
     out["tokens_generated"] = out["tokens_scored"] = int(n_valid)
     out["tokens_trained"] = int(n_train)
+    out["drifted_rate"] = total["drifted"] / n if n else 0.0
+    if total["drifted"]:  # the answer reward of the samples whose reliability ran out
+        out["reward_drifted"] = total["reward_drifted"] / total["drifted"]
     return out

@@ -138,6 +138,20 @@ def test_reduced_metrics_golden():
     assert m["weight_mean"] == 1.0 and m["multiplier_mean"] == 2.0
     assert m["reward"] == 0.5 and m["mean_len"] == 1.5 and m["eos_rate"] == 0.5
     assert m["tokens_generated"] == 3 and m["tokens_trained"] == 3
+    assert m["drifted_rate"] == 0.0 and "reward_drifted" not in m  # no weight reached 0
+
+
+def test_drifted_samples_and_their_reward_golden():
+    # sample 0's weight reaches 0 at its 2nd token; sample 1's 0 sits on padding (not drifted);
+    # sample 2 runs out at its last token
+    mask_BT = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    weights_BT = torch.tensor([[0.5, 0.0, 0.0], [1.0, 0.9, 0.0], [1.0, 0.2, 0.0]])
+    zeros_BT = torch.zeros(3, 3)
+    sums = local_sums(zeros_BT, zeros_BT, weights_BT, zeros_BT, mask_BT, mask_BT, zeros_BT,
+                      [1.0, 1.0, 0.0], [3, 2, 3], ["cap", "eos", "cap"])  # fmt: skip
+    m = reduce_means(sums, Dist())
+    assert m["drifted_rate"] == pytest.approx(2 / 3)
+    assert m["reward_drifted"] == 0.5  # (1 + 0) / 2 drifted samples
 
 
 def test_combine_weights_shards_by_size():
