@@ -279,6 +279,15 @@ def test_train_end_to_end_with_both_engines(tmp_path):
     assert (tmp_path / "run" / "summary.json").exists()
 
 
+def test_train_with_vllm_rollouts_and_online_pruning(tmp_path):
+    res, rows = _train(tmp_path, "max_steps=2", "rollout_engine=vllm", "method=prune",
+                       "online_pruning=true", "chunk_size=16", "tau=0.7", "w_drop=0.5",
+                       "init_len=96", "student=long/student-cross")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(rows) == 2 and any(r["pruned_rate"] > 0 for r in rows)  # the cross pair drifts
+    assert all(r["logprob_mismatch"] < 1e-3 for r in rows)
+
+
 def test_topk_rkl_beyond_the_full_vocab_limit_is_refused(tmp_path, monkeypatch):
     import pruneopd.vllm_engine as ve
 
