@@ -199,7 +199,9 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int,
             "accuracy_before": s["accuracy_before"], "accuracy_after": s["accuracy_after"],
             "partial_credit_after": s["partial_credit_after"],
             "evals": [{"step": e["step"], "train_seconds": e.get("train_seconds", 0.0),
-                       "accuracy": e["accuracy"], "cut_rate": e["cut_rate"]} for e in s["evals"]],
+                       "accuracy": e["accuracy"], "cut_rate": e["cut_rate"],
+                       **{k: e[k] for k in ("drifted_rate", "accuracy_drifted", "accuracy_reliable")
+                          if k in e}} for e in s["evals"]],
             "steps": {k: [r.get(k) for r in rows] for k in STEP_KEYS},
             "final_cap": s["final_cap"],
             "wall_seconds": (json.loads((rd / "wall.json").read_text())["seconds"]

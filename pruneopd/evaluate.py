@@ -6,12 +6,15 @@ import hashlib
 import json
 import os
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .drift import monitor, reliability_weights
 from .rollout import sample
+from .scoring import score_responses
 from .tasks import Problem, Task
 from .tokenizer import decode_response, prompt_ids
 
@@ -29,6 +32,41 @@ def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) 
     return int(longest * slack) + 8
 
 
+@dataclass(frozen=True)
+class DriftCheck:
+    """What `evaluate` needs to tell which greedy responses drift: the teacher and the run's
+    monitor settings (docs/method.md). A response drifted when its reliability weight reached 0."""
+
+    teacher: torch.nn.Module
+    k: int  # top-K the student's and the teacher's lists keep
+    drift_k: int  # K the monitor compares
+    metric: str
+    tau: float
+    w_drop: float
+    w_base: float
+
+    def settings(self) -> dict:
+        """Everything but the teacher (its weights are the pair's), for `eval_key`."""
+        return {"k": self.k, "drift_k": self.drift_k, "metric": self.metric, "tau": self.tau,
+                "w_drop": self.w_drop, "w_base": self.w_base}  # fmt: skip
+
+
+def drifted_responses(drift: DriftCheck, prompts, rollout, pad_id: int) -> list[bool]:
+    """Per response: did its reliability weight reach 0 (the monitor over the teacher's
+    scores of it)?"""
+    mask_BT = rollout.response_mask_BT
+    if mask_BT.shape[1] == 0:
+        return [False] * len(prompts)
+    tokens_BT = rollout.response_tokens_BT(pad_id)
+    cand_BTK = rollout.student_topk_ids_BTK()
+    s = score_responses(drift.teacher, prompts, rollout.responses, k=drift.k, pad_id=pad_id)
+    dk = drift.drift_k
+    _, events_BT = monitor(drift.metric, cand_BTK[..., :dk], s.topk_ids_BTK[..., :dk],
+                           s.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT, drift.tau)  # fmt: skip
+    _, _, eff_len_B = reliability_weights(events_BT, mask_BT, drift.w_drop, drift.w_base)
+    return (eff_len_B < rollout.response_lengths).tolist()
+
+
 @torch.inference_mode()
 def evaluate(
     model,
@@ -41,27 +79,33 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    drift: DriftCheck | None = None,
 ) -> dict:
     """Score `model` on `problems`.
 
     Returns a dict with `accuracy` (greedy), `partial_credit` (share of leading steps
     right, greedy), `mean_length` (response tokens), `cut_rate` (share of greedy responses
     stopped by the cap), and, when `samples > 0`, `avg_at_n` (mean accuracy of `samples`
-    temperature-1 samples per problem).
+    temperature-1 samples per problem). With `drift`, also `drifted_rate` (share of greedy
+    responses whose reliability ran out under the teacher's scores), `n_drifted`, and the
+    accuracy on those problems and on the rest (`accuracy_drifted`, `accuracy_reliable`, None
+    when there are none).
     """
     was_training = model.training
     model.eval()
     cap = max_new_tokens or reference_cap(task, tok, problems) or 512
     prompts = [prompt_ids(tok, p) for p in problems]
     gen = torch.Generator().manual_seed(seed)
-    correct, credit, lengths, cut, sampled_ok = [], [], [], [], []
+    correct, credit, lengths, cut, sampled_ok, drifted = [], [], [], [], [], []
     bar = tqdm(total=len(problems), desc=f"eval {task.name}", disable=not progress, leave=False)
     for i in range(0, len(problems), batch_size):
         chunk_p, chunk_ids = problems[i : i + batch_size], prompts[i : i + batch_size]
         r = sample(
             model, chunk_ids, max_new_tokens=cap, eos_id=tok.eos_token_id,
-            pad_id=tok.pad_token_id, temperature=0.0,
+            pad_id=tok.pad_token_id, temperature=0.0, topk=drift.k if drift else 0,
         )  # fmt: skip
+        if drift is not None:
+            drifted += drifted_responses(drift, chunk_ids, r, tok.pad_token_id)
         for p, resp, why in zip(chunk_p, r.responses, r.stopped_by, strict=True):
             text = decode_response(tok, resp)
             correct.append(task.check(p, text))
@@ -91,7 +135,19 @@ def evaluate(
     if samples > 0:
         out["avg_at_n"] = sum(sampled_ok) / len(sampled_ok)
         out["samples"] = samples
+    if drift is not None:
+        out.update(_split_by_drift(correct, drifted))
     return out
+
+
+def _split_by_drift(correct: list[bool], drifted: list[bool]) -> dict:
+    n_d = sum(drifted)
+    ok_d = sum(c for c, d in zip(correct, drifted, strict=True) if d)
+    ok_r = sum(correct) - ok_d
+    n_r = len(correct) - n_d
+    return {"n_drifted": n_d, "drifted_rate": n_d / len(correct),
+            "accuracy_drifted": ok_d / n_d if n_d else None,
+            "accuracy_reliable": ok_r / n_r if n_r else None}  # fmt: skip
 
 
 def combine(results: list[dict]) -> dict:
@@ -103,6 +159,13 @@ def combine(results: list[dict]) -> dict:
     for key in ("accuracy", "partial_credit", "mean_length", "cut_rate", "avg_at_n"):
         if key in out:
             out[key] = sum(r[key] * r["n"] for r in parts) / n
+    if "n_drifted" in out:  # the split by drift, re-counted over the shards
+        n_d = sum(r["n_drifted"] for r in parts)
+        ok_d = sum((r["accuracy_drifted"] or 0) * r["n_drifted"] for r in parts)
+        ok_r = sum((r["accuracy_reliable"] or 0) * (r["n"] - r["n_drifted"]) for r in parts)
+        out.update({"n_drifted": n_d, "drifted_rate": n_d / n,
+                    "accuracy_drifted": ok_d / n_d if n_d else None,
+                    "accuracy_reliable": ok_r / (n - n_d) if n - n_d else None})  # fmt: skip
     return out
 
 

@@ -47,6 +47,7 @@ def summarize(results: dict) -> dict:
                 "max_len": runs[0]["config"]["max_len"],
                 "split": {k: statistics.fmean(r[k] for r in runs) for k in ("t_sample", "t_teacher", "t_update")},
                 "ends": {k: _ends([r["steps"].get(k, []) for r in runs]) for k in ENDS},
+                "by_drift": _by_drift(runs),
             }  # fmt: skip
         full = rows.get("full")
         for r in rows.values():
@@ -56,6 +57,20 @@ def summarize(results: dict) -> dict:
             r["acc_vs_full"] = r["acc"] - full["acc"] if full else None
         table[pair] = rows
     return table
+
+
+def _by_drift(runs: list[dict]) -> dict | None:
+    """Mean over seeds of the final evaluation's split of the held-out problems by drift
+    (share whose greedy response ran out of reliability; accuracy on those and on the rest)."""
+    last = [r["evals"][-1] for r in runs if r["evals"] and "drifted_rate" in r["evals"][-1]]
+    if not last:
+        return None
+
+    def mean(key):
+        xs = [e[key] for e in last if e.get(key) is not None]
+        return 100 * statistics.fmean(xs) if xs else None
+
+    return {k: mean(k) for k in ("drifted_rate", "accuracy_drifted", "accuracy_reliable")}
 
 
 def _ends(series: list[list], n: int = 10) -> tuple[float, float]:
@@ -182,6 +197,17 @@ def render_markdown(results: dict, table: dict) -> str:
                 f"| {m} | {r['time']:.0f} | {_fmt_ratio(r['time_vs_full'])} | "
                 f"{_fmt_ratio(r['cpu_vs_full'])} | {_fmt_ratio(r['tokens_vs_full'])} | {r['acc']:.1f} ± {r['acc_std']:.1f} | {vs} | {cap} |"
             )
+        split = {m: r["by_drift"] for m, r in rows.items() if r.get("by_drift")}
+        if split:
+            lines += ["", "Held-out problems split by drift (final evaluation, mean over seeds): "
+                      "the share whose greedy response's reliability ran out under the teacher's "
+                      "scores and the run's monitor, and the accuracy on those and on the rest.",
+                      "", "| method | ran out (%) | accuracy, ran out (%) | accuracy, the rest (%) |",
+                      "| --- | ---: | ---: | ---: |"]  # fmt: skip
+            for m, b in split.items():
+                cells = ["-" if b[k] is None else f"{b[k]:.1f}"
+                         for k in ("drifted_rate", "accuracy_drifted", "accuracy_reliable")]  # fmt: skip
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines += ["", "Samples over training (mean over seeds; first / last 10 steps): "
                   "mean length, EOS rate (share of samples that ended by themselves, not by the "
                   "cap), drift-event rate, reward (answer right), share of samples whose "

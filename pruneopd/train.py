@@ -29,7 +29,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, config_to_yaml
-from .evaluate import cached, combine, eval_key, evaluate, reference_cap
+from .evaluate import DriftCheck, cached, combine, eval_key, evaluate, reference_cap
 from .models import set_threads
 from .pair import (  # noqa: F401  (PairError is part of this module's interface)
     PairError,
@@ -152,16 +152,22 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
                           f"responses_per_prompt = {cfg.responses_per_prompt} samples")  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed)
 
+    drift = None  # which held-out responses drift: needs the teacher's weights in the trainer
+    if cfg.teacher_engine == "hf":
+        drift = DriftCheck(teacher, cfg.topk, cfg.monitor_k, cfg.drift_metric, cfg.tau,
+                           cfg.w_drop, cfg.w_base)  # fmt: skip
+
     def run_eval(step: int) -> dict:
         def compute() -> dict:
             mine = test_problems[slice(*d.split(len(test_problems)))]
             res = evaluate(student, tok, task, mine, max_new_tokens=eval_cap,
-                           samples=cfg.eval_samples, seed=cfg.seed) if mine else None  # fmt: skip
+                           samples=cfg.eval_samples, seed=cfg.seed, drift=drift) if mine else None  # fmt: skip
             return combine(d.gather_objects(res))
 
         if step == 0 and cfg.eval_cache and d.world == 1:  # the same weights, the same result
             key = eval_key(student, tok, task, test_problems, cap=eval_cap,
-                           samples=cfg.eval_samples, seed=cfg.seed if cfg.eval_samples else 0)  # fmt: skip
+                           samples=cfg.eval_samples, seed=cfg.seed if cfg.eval_samples else 0,
+                           drift=drift.settings() if drift else None)  # fmt: skip
             res, _ = cached(cfg.eval_cache, key, compute)
         else:
             res = compute()

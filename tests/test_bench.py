@@ -38,6 +38,7 @@ def test_results_have_every_field_for_every_run(bench):
         assert all(f in r for f in RUN_FIELDS), set(RUN_FIELDS) - set(r)
         assert r["train_seconds"] > 0 and r["tokens_trained"] > 0
         assert [e["step"] for e in r["evals"]] == [0, 2]
+        assert 0 <= r["evals"][-1]["drifted_rate"] <= 1  # the held-out split by drift
         assert all(len(r["steps"][k]) == 2 for k in STEP_KEYS)
         assert r["config"]["max_steps"] == 2 and r["config"]["eval_problems"] == 4
     assert res["versions"]["torch"] and res["overlap_samples"]["cross"]
@@ -47,7 +48,9 @@ def test_report_and_plots_are_written_and_rerendered(bench, capsys):
     report = (bench / "report.md").read_text()
     for pair in ("same-family", "cross-family"):
         assert pair in report
-    assert report.count("| full | ") == 4 and "1.00x" in report  # results + samples tables
+    # results, held-out split by drift, samples tables
+    assert report.count("| full | ") == 6 and "1.00x" in report
+    assert report.count("Held-out problems split by drift") == 2
     for p in PLOTS:
         assert (bench / p).stat().st_size > 1000, p
         (bench / p).unlink()

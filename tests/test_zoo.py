@@ -193,3 +193,41 @@ def test_shipped_long_zoo_students():
         overlap[name] = card["overlap_mean"]
     # the card (256 samples to the cap): 0.86 and 0.62
     assert overlap["student-same"] >= overlap["student-cross"] + 0.15, overlap
+
+
+def test_eval_splits_accuracy_by_drift():
+    """evaluate(drift=...): which greedy responses drift under the teacher's scores, and the
+    accuracy on them and on the rest; the extremes, the split's identity, and shards combined."""
+    from pruneopd.evaluate import DriftCheck, combine, evaluate
+    from pruneopd.models import load_model, load_tokenizer
+    from pruneopd.tasks import TASKS
+
+    tok = load_tokenizer("student-same")
+    student, teacher = load_model("student-same").eval(), load_model("teacher").eval()
+    task = TASKS["regs"]
+    problems = task.problems("test", 12, seed=0)
+    kw = dict(batch_size=6)
+    never = DriftCheck(teacher, 8, 8, "topk_overlap", tau=0.7, w_drop=0.0, w_base=0.5)
+    res = evaluate(student, tok, task, problems, drift=never, **kw)
+    assert res["n_drifted"] == 0 and res["accuracy_drifted"] is None
+    assert res["accuracy_reliable"] == res["accuracy"]
+    assert res["accuracy"] == evaluate(student, tok, task, problems, **kw)["accuracy"]
+    every = DriftCheck(teacher, 8, 8, "topk_overlap", tau=1.0, w_drop=1.0, w_base=0.5)
+    res = evaluate(student, tok, task, problems, drift=every, **kw)
+    assert res["n_drifted"] == 12  # some token of every response has top-8 overlap < 1
+    assert res["accuracy_drifted"] == res["accuracy"] and res["accuracy_reliable"] is None
+    some = DriftCheck(
+        teacher, 8, 1, "topk_overlap", tau=0.5, w_drop=0.5, w_base=0.5
+    )  # 2 top-1 misses
+    res = evaluate(student, tok, task, problems, drift=some, **kw)
+    n_d = res["n_drifted"]
+    assert 0 < n_d < 12, n_d
+    ok = res["accuracy_drifted"] * n_d + res["accuracy_reliable"] * (12 - n_d)
+    assert abs(ok - res["accuracy"] * 12) < 1e-9
+    halves = [
+        evaluate(student, tok, task, problems[a:b], drift=some, **kw) for a, b in ((0, 5), (5, 12))
+    ]
+    both = combine(halves)
+    assert both["n_drifted"] == n_d
+    for key in ("accuracy", "accuracy_drifted", "accuracy_reliable", "drifted_rate"):
+        assert abs(both[key] - res[key]) < 1e-9, key
