@@ -17,13 +17,24 @@ PLOTS = ["accuracy_vs_time_same.png", "accuracy_vs_time_cross.png", "cap_same.pn
          "cap_cross.png", "hit_ratio_same.png", "hit_ratio_cross.png", "overlap_hist.png"]  # fmt: skip
 
 
+SHORT_METHODS = ("full", "prefix-sched", "prune", "prune-online")  # every preset: below
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, fast_zoo):
     out = tmp_path_factory.mktemp("bench")
     mp = pytest.MonkeyPatch()
     mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
     try:
-        run_bench(out, "quick", jobs=2, steps=2, eval_problems=4, log=lambda s: None)
+        run_bench(
+            out,
+            "quick",
+            jobs=2,
+            steps=2,
+            eval_problems=4,
+            log=lambda s: None,
+            methods=SHORT_METHODS,
+        )
     finally:
         mp.undo()
     return out
@@ -32,7 +43,7 @@ def bench(tmp_path_factory, fast_zoo):
 def test_results_have_every_field_for_every_run(bench):
     res = json.loads((bench / "results.json").read_text())
     assert {(r["pair"], r["method"]) for r in res["runs"]} == {
-        (p, m) for p in PAIRS for m in METHODS
+        (p, m) for p in PAIRS for m in SHORT_METHODS
     }
     for r in res["runs"]:
         assert all(f in r for f in RUN_FIELDS), set(RUN_FIELDS) - set(r)
@@ -62,8 +73,9 @@ def test_report_and_plots_are_written_and_rerendered(bench, capsys):
 def test_finished_runs_are_not_run_again(bench):
     before = (bench / "results.json").read_text()
     logs = []
-    run_bench(bench, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append)
-    assert sum("already done" in x for x in logs) == len(PAIRS) * len(METHODS)
+    run_bench(bench, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append,
+              methods=SHORT_METHODS)  # fmt: skip
+    assert sum("already done" in x for x in logs) == len(PAIRS) * len(SHORT_METHODS)
     assert json.loads(before)["runs"] == json.loads((bench / "results.json").read_text())["runs"]
 
 
@@ -75,23 +87,41 @@ def test_report_without_results_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "results.json not found" in err
 
 
+LONG_METHODS = ("full", "prune", "prune-online")  # the machinery; every preset: test below
+
+
+@pytest.mark.parametrize("suite", ["short", "long"])
+def test_every_preset_loads_with_the_bench_overrides(tmp_path, suite):
+    """Every method's preset is a valid config with the keys the bench sets (the benches here
+    train some of them on the fast zoo; tests/test_train.py and test_hybrid.py run each method)."""
+    from pruneopd.bench import SUITE_CONFIGS, SUITE_PRESETS, run_overrides
+    from pruneopd.config import load_config
+
+    for pair in PAIRS:
+        for m in METHODS:
+            over = run_overrides(SUITE_PRESETS[suite]["quick"], tmp_path, pair, m, 0)
+            cfg = load_config(SUITE_CONFIGS[suite] / f"{m}-{pair}.yaml", over)
+            assert cfg.student.endswith(f"student-{pair}") and cfg.max_steps == 60
+
+
 @pytest.fixture(scope="module")
 def bench_long(tmp_path_factory, fast_zoo):
     out = tmp_path_factory.mktemp("bench-long")
     mp = pytest.MonkeyPatch()
     mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
     try:
-        run_bench(out, "quick", jobs=2, steps=2, eval_problems=4, log=lambda s: None, suite="long")
+        run_bench(out, "quick", jobs=2, steps=2, eval_problems=4, log=lambda s: None, suite="long",
+                  methods=LONG_METHODS)  # fmt: skip
     finally:
         mp.undo()
     return out
 
 
-def test_long_suite_bench_runs_every_method_on_the_long_presets(bench_long):
+def test_long_suite_bench_runs_on_the_long_presets(bench_long):
     res = json.loads((bench_long / "results.json").read_text())
     assert res["suite"] == "long"
     assert {(r["pair"], r["method"]) for r in res["runs"]} == {
-        (p, m) for p in PAIRS for m in METHODS
+        (p, m) for p in PAIRS for m in LONG_METHODS
     }
     for r in res["runs"]:
         assert r["config"]["task"] == "loop" and r["config"]["student"].startswith("long/")
@@ -116,8 +146,8 @@ def test_long_suite_bench_resumes(bench_long, fast_zoo, monkeypatch):
     (victim / "summary.json").unlink()
     logs = []
     run_bench(bench_long, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append,
-              suite="long")  # fmt: skip
-    assert sum("already done" in x for x in logs) == len(PAIRS) * len(METHODS) - 1
+              suite="long", methods=LONG_METHODS)  # fmt: skip
+    assert sum("already done" in x for x in logs) == len(PAIRS) * len(LONG_METHODS) - 1
     assert any("start cross/prune/seed0" in x for x in logs)
     assert (victim / "summary.json").exists()
     res = json.loads((bench_long / "results.json").read_text())
