@@ -36,7 +36,7 @@ def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> 
             raise ConfigError(f"config key '{key}' = 'vllm': under torchrun the engines need "
                               "one GPU per process; on CPU run one process")  # fmt: skip
     if cfg.teacher_url:
-        from .teacher_server import ServerError, served_model
+        from .teacher_server import ServerError, check_logprobs, served_model
 
         try:
             served_model(cfg.teacher_url)
@@ -44,6 +44,19 @@ def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> 
             raise ConfigError(
                 f"config key 'teacher_url' = {cfg.teacher_url!r}: no vLLM server answers ({e}); "
                 "start one with `vllm serve TEACHER --max-logprobs -1` (docs/scaling.md)"
+            ) from None
+        n = -1 if cfg.loss == "topk_rkl" and vocab <= FULL_VOCAB_MAX else cfg.topk
+        try:
+            check_logprobs(cfg.teacher_url, n)
+        except ServerError as e:
+            raise ConfigError(
+                f"config key 'teacher_url' = {cfg.teacher_url!r}: the server refuses "
+                f"prompt_logprobs={n} ({e}); start it with "
+                + (
+                    "--max-logprobs -1 (topk_rkl needs every id's log-prob)"
+                    if n == -1
+                    else f"--max-logprobs {cfg.topk} or more"
+                )
             ) from None
     big = cfg.teacher_engine == "vllm" and cfg.loss == "topk_rkl" and vocab > FULL_VOCAB_MAX
     if big and (cfg.teacher_url or not (v2_runner() and device.type == "cuda")):

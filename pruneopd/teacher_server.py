@@ -45,6 +45,14 @@ def served_model(base_url: str, timeout: float = 5.0) -> str:
     return models[0]["id"]
 
 
+def check_logprobs(base_url: str, n: int, timeout: float = 30.0) -> None:
+    """Ask the server for `prompt_logprobs=n` over a two-token sequence; raises ServerError when
+    it refuses (a server started without `--max-logprobs -1` refuses n = -1)."""
+    model = served_model(base_url)
+    body = {"model": model, "prompt": [[1, 2]], "max_tokens": 1, "prompt_logprobs": n}
+    _request(base_url.rstrip("/") + "/v1/completions", body, timeout=timeout)
+
+
 class ServerTeacher:
     def __init__(self, base_url: str, vocab: int):
         self.base = base_url.rstrip("/")

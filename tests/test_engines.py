@@ -5,8 +5,11 @@ engines themselves where vllm is installed."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
+import json
 import socket
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -137,4 +140,46 @@ def test_engine_not_installed_is_a_one_line_error(tmp_path, capsys, key):
                             f"{key}=vllm", "loss=sampled_rkl", f"out={tmp_path / 'r'}",
                             "progress=false"], capsys)  # fmt: skip
     assert_one_line_error(code, err, f"'{key}' = 'vllm'", "pip install -e '.[vllm]'")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A stand-in for a vLLM server started without --max-logprobs -1."""
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "teacher"}]})
+
+    def do_POST(self):
+        self._send(
+            400,
+            {
+                "error": {
+                    "message": "Requested prompt logprobs of -1, which is greater than max allowed: 20"
+                }
+            },
+        )
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_refuses_the_logprobs_is_a_one_line_error(tmp_path, capsys):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
+                                "teacher_engine=vllm", f"teacher_url={url}", "loss=topk_rkl",
+                                f"out={tmp_path / 'r'}", "progress=false"], capsys)  # fmt: skip
+    finally:
+        srv.shutdown()
+    assert_one_line_error(code, err, "refuses prompt_logprobs=-1", "--max-logprobs -1", "HTTP 400")
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
