@@ -75,13 +75,22 @@ def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess
         log(f"bench: {pair}/{method}/seed{seed} already done")
         return None
     rd.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pruneopd.cli", "train", "--config",
+    cmd = [*_same_code_cli(), "train", "--config",
            str(SUITE_CONFIGS[suite] / f"{method}-{pair}.yaml"), *run_overrides(preset, out, pair, method, seed)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log(f"bench: start {pair}/{method}/seed{seed}")
     # the child gets its own copies of the log files' descriptors; ours close at once
     with open(rd / "stdout.log", "w") as out_f, open(rd / "stderr.log", "w") as err_f:
         return subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f)
+
+
+def _same_code_cli() -> list[str]:
+    """The command that runs `pruneopd.cli` from the code this bench runs: `python -m` would
+    put the working directory first on the child's path, so a bench started in a checkout
+    whose files change while it runs would train later runs with other code."""
+    root = str(Path(__file__).resolve().parents[1])
+    return [sys.executable, "-c",
+            f"import sys; sys.path.insert(0, {root!r}); from pruneopd.cli import main; main(sys.argv[1:])"]  # fmt: skip
 
 
 def _add_wall(rd: Path, seconds: float) -> None:

@@ -4,6 +4,7 @@ results.json with every field, the report and plots, and `pruneopd report` re-re
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -188,3 +189,23 @@ def test_long_targets_by_hand():
 def test_unknown_suite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'huge'"):
         run_bench(tmp_path, "quick", suite="huge")
+
+
+def test_runs_use_the_bench_own_code_whatever_the_working_directory(tmp_path):
+    """A `pruneopd` package in the working directory (a checkout edited while a long bench
+    runs) does not leak into the bench's runs."""
+    import subprocess
+
+    from pruneopd.bench import _same_code_cli
+
+    (tmp_path / "pruneopd").mkdir()
+    (tmp_path / "pruneopd" / "__init__.py").write_text("")
+    (tmp_path / "pruneopd" / "cli.py").write_text("print('OTHER CODE')\ndef main(argv=None): pass\n")
+    res = subprocess.run([*_same_code_cli(), "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert (
+        res.returncode == 0 and "OTHER CODE" not in res.stdout and "usage: pruneopd" in res.stdout
+    )
+    naive = subprocess.run([sys.executable, "-m", "pruneopd.cli", "--help"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "OTHER CODE" in naive.stdout  # what `python -m` would have done
