@@ -200,7 +200,9 @@ def test_runs_use_the_bench_own_code_whatever_the_working_directory(tmp_path):
 
     (tmp_path / "pruneopd").mkdir()
     (tmp_path / "pruneopd" / "__init__.py").write_text("")
-    (tmp_path / "pruneopd" / "cli.py").write_text("print('OTHER CODE')\ndef main(argv=None): pass\n")
+    (tmp_path / "pruneopd" / "cli.py").write_text(
+        "print('OTHER CODE')\ndef main(argv=None): pass\n"
+    )
     res = subprocess.run([*_same_code_cli(), "--help"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert (
