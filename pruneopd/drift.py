@@ -118,6 +118,16 @@ def reliability_weights(
     return weights_BT.float(), multipliers_BT.float(), effective_len_B
 
 
+def ran_out_B(weights_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """Per sample: did its reliability run out, i.e. w_t <= 1e-8 at some valid token (the
+    1e-8 threshold of `reliability_weights`)? The "drifted" samples of the step metrics and of
+    the held-out evaluation.
+
+    Example: weights [[1, 0.5, 0], [1, 0, 0]] with mask [[1, 1, 1], [1, 0, 0]] -> [True, False].
+    """
+    return ((weights_BT <= 1e-8) & mask_BT.bool()).any(dim=-1)
+
+
 def monitor(
     metric: str,
     student_topk_ids_BTK: torch.Tensor,

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .drift import monitor, reliability_weights
+from .drift import monitor, ran_out_B, reliability_weights
 from .rollout import sample
 from .scoring import score_responses
 from .tasks import Problem, Task
@@ -63,8 +63,8 @@ def drifted_responses(drift: DriftCheck, prompts, rollout, pad_id: int) -> list[
     dk = drift.drift_k
     _, events_BT = monitor(drift.metric, cand_BTK[..., :dk], s.topk_ids_BTK[..., :dk],
                            s.topk_logprobs_BTK[..., :dk], tokens_BT, mask_BT, drift.tau)  # fmt: skip
-    _, _, eff_len_B = reliability_weights(events_BT, mask_BT, drift.w_drop, drift.w_base)
-    return (eff_len_B < rollout.response_lengths).tolist()
+    weights_BT, _, _ = reliability_weights(events_BT, mask_BT, drift.w_drop, drift.w_base)
+    return ran_out_B(weights_BT, mask_BT).tolist()
 
 
 @torch.inference_mode()

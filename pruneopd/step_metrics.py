@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .drift import ran_out_B
+
 # sums over tokens (divided by the valid-token count) and over samples (by the sample count)
 _TOKEN_SUMS = ("overlap", "drift_rate", "weight_mean", "rkl")
 _SAMPLE_SUMS = ("reward", "mean_len", "eos_rate", "pruned_rate")
@@ -26,8 +28,8 @@ def local_sums(
     stopped_by: list[str],
 ) -> dict[str, float]:
     """This rank's sums: token sums over `mask_BT`, multiplier sum over `train_mask_BT`; a
-    sample "drifted" when its reliability weight reached 0 at some response token."""
-    drifted_B = ((weights_BT <= 1e-8) & mask_BT).any(-1).tolist()
+    sample "drifted" when its reliability ran out (`drift.ran_out_B`)."""
+    drifted_B = ran_out_B(weights_BT, mask_BT).tolist()
     return {
         "drifted": float(sum(drifted_B)),
         "reward_drifted": float(sum(r for r, d in zip(rewards, drifted_B, strict=True) if d)),

@@ -3,6 +3,7 @@ import torch
 
 from pruneopd.drift import (
     drift_events,
+    ran_out_B,
     reliability_weights,
     teacher_top_p_accept_events,
     topk_overlap,
@@ -134,3 +135,19 @@ def test_teacher_top_p_exact_boundary():
     assert events.tolist() == [[False, True]]
     events = teacher_top_p_accept_events(sampled, ids, logprobs, torch.ones(1, 2), top_p=0.75)
     assert events.tolist() == [[False, False]]
+
+
+def test_ran_out_hand_computed():
+    # sample 0 reaches w = 0 at its last token; sample 1's zeros sit outside its mask;
+    # sample 2 hits 0 inside a hole-free mask after a partial drop
+    weights_BT = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.5, 1e-9, 0.0]])
+    mask_BT = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    assert ran_out_B(weights_BT, mask_BT).tolist() == [True, False, True]
+
+
+def test_ran_out_matches_effective_length():
+    g = torch.Generator().manual_seed(0)
+    events_BT = torch.rand(6, 20, generator=g) < 0.3
+    mask_BT = torch.rand(6, 20, generator=g) < 0.8
+    weights_BT, _, eff_B = reliability_weights(events_BT, mask_BT, 0.25, 0.0)
+    assert ran_out_B(weights_BT, mask_BT).tolist() == (eff_B < mask_BT.sum(-1)).tolist()
