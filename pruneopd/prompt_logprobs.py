@@ -128,3 +128,18 @@ def stack_scores(parts: list[tuple], k: int) -> TokenScores:
         topk_logprobs_BTK=pad_sequence([p[2] for p in parts], batch_first=True),
         candidate_logprobs_BTK=cands,
     )
+
+
+def scores_of_batch(
+    entries: list[Entries], responses: list[list[int]], *, k: int,
+    candidate_ids_BTK: torch.Tensor | None, vocab: int,
+) -> TokenScores:  # fmt: skip
+    """[B, T, ...] `TokenScores` of a batch from each sequence's entries (the loop that an
+    engine's or a server's `score` ends with); candidate_ids_BTK: the student's candidates per
+    response position (None: no candidate log-probs)."""
+    parts = []
+    for b, (e, r) in enumerate(zip(entries, responses, strict=True)):
+        cand = None if candidate_ids_BTK is None else candidate_ids_BTK[b, : len(r)].cpu()
+        parts.append(scores_from_entries(e, torch.tensor(r, dtype=torch.long), k=k,
+                                         candidates_TK=cand, vocab=vocab))  # fmt: skip
+    return stack_scores(parts, k)

@@ -10,9 +10,7 @@ import json
 import urllib.error
 import urllib.request
 
-import torch
-
-from .prompt_logprobs import entries_from_dicts, scores_from_entries, stack_scores
+from .prompt_logprobs import entries_from_dicts, scores_of_batch
 from .scoring import TokenScores
 from .vllm_engine import FULL_VOCAB_MAX
 
@@ -72,10 +70,7 @@ class ServerTeacher:
         choices = sorted(res["choices"], key=lambda c: c["index"])
         if len(choices) != len(seqs):
             raise ServerError(f"{self.base}: {len(choices)} answers to {len(seqs)} sequences")
-        parts = []
-        for b, (p, r, c) in enumerate(zip(prompts, responses, choices, strict=True)):
-            e = entries_from_dicts(c["prompt_logprobs"], len(p), len(r))
-            cand = None if candidate_ids_BTK is None else candidate_ids_BTK[b, : len(r)].cpu()
-            parts.append(scores_from_entries(e, torch.tensor(r, dtype=torch.long), k=k,
-                                             candidates_TK=cand, vocab=self.vocab))  # fmt: skip
-        return stack_scores(parts, k)
+        entries = [entries_from_dicts(c["prompt_logprobs"], len(p), len(r))
+                   for p, r, c in zip(prompts, responses, choices, strict=True)]  # fmt: skip
+        return scores_of_batch(entries, responses, k=k, candidate_ids_BTK=candidate_ids_BTK,
+                               vocab=self.vocab)  # fmt: skip

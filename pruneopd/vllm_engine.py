@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .prompt_logprobs import Entries, entries_from_flat, scores_from_entries, stack_scores
+from .prompt_logprobs import (
+    Entries,
+    entries_from_flat,
+    scores_from_entries,
+    scores_of_batch,
+    stack_scores,
+)
 from .rollout import Chunk, Rollout
 from .scoring import TokenScores
 
@@ -226,13 +232,10 @@ class VLLMTeacher:
                                      prompt_logprobs=-1 if candidate_ids_BTK is not None else k)  # fmt: skip
         reqs = [{"prompt_token_ids": p + r} for p, r in zip(prompts, responses, strict=True)]
         outs = self.llm.generate(reqs, params, use_tqdm=False)
-        parts = []
-        for b, (p, r, o) in enumerate(zip(prompts, responses, outs, strict=True)):
-            e = entries_from_flat(o.prompt_logprobs, len(p), len(r))
-            cand = None if candidate_ids_BTK is None else candidate_ids_BTK[b, : len(r)].cpu()
-            parts.append(scores_from_entries(e, torch.tensor(r, dtype=torch.long), k=k,
-                                             candidates_TK=cand, vocab=self.vocab))  # fmt: skip
-        return stack_scores(parts, k)
+        entries = [entries_from_flat(o.prompt_logprobs, len(p), len(r))
+                   for p, r, o in zip(prompts, responses, outs, strict=True)]  # fmt: skip
+        return scores_of_batch(entries, responses, k=k, candidate_ids_BTK=candidate_ids_BTK,
+                               vocab=self.vocab)  # fmt: skip
 
     def _score_chosen_ids(self, prompts, responses, k, candidate_ids_BTK) -> TokenScores:
         """Large vocabularies on vLLM's V2 runner (GPU): `prompt_logprob_token_ids` scores the

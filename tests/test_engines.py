@@ -20,6 +20,7 @@ from pruneopd.prompt_logprobs import (
     entries_from_dicts,
     entries_from_flat,
     scores_from_entries,
+    scores_of_batch,
     stack_scores,
 )
 from tests.test_config_cli import assert_one_line_error, run_cli
@@ -91,6 +92,24 @@ def test_missing_sampled_token_or_short_top_k_is_an_error():
         scores_from_entries(e, torch.tensor([3, 0]), k=2, candidates_TK=None, vocab=4)
     with pytest.raises(ValueError, match="fewer than top-3 .* position 1"):
         scores_from_entries(e, torch.tensor([3, 1]), k=3, candidates_TK=None, vocab=4)
+
+
+def test_scores_of_batch_slices_each_sequence_candidates():
+    # two sequences over the full distribution of ROWS' shape; the second has one response
+    # token, so only row 0 of its candidates is read and its scores are padded with zeros
+    full = [None, None,
+            [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
+            [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)]]  # fmt: skip
+    e1 = entries_from_flat(flat(full), 2, 2)
+    e2 = entries_from_flat(flat(full[:3]), 2, 1)
+    cand_BTK = torch.tensor([[[2, 3], [3, 0]], [[0, 1], [2, 2]]])
+    s = scores_of_batch([e1, e2], [[3, 1], [0]], k=1, candidate_ids_BTK=cand_BTK, vocab=4)
+    assert torch.allclose(s.token_logprobs_BT, torch.tensor([[-3.0, -0.1], [-2.0, 0.0]]))
+    assert s.topk_ids_BTK[:, :, 0].tolist() == [[1, 1], [1, 0]]
+    want = torch.tensor([[[-4.0, -3.0], [-5.0, -3.0]], [[-2.0, -0.2], [0.0, 0.0]]])
+    assert torch.allclose(s.candidate_logprobs_BTK, want)
+    plain = scores_of_batch([e1, e2], [[3, 1], [0]], k=1, candidate_ids_BTK=None, vocab=4)
+    assert plain.candidate_logprobs_BTK is None
 
 
 def test_stack_pads_with_zeros():
