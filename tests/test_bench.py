@@ -186,6 +186,25 @@ def test_long_targets_by_hand():
     assert got["quick preset und"] is True  # 2 x 1800 s / 2 jobs = 30 min
 
 
+def test_long_targets_compare_cpu_time_when_every_row_has_it():
+    from pruneopd.report import targets
+
+    # wall-clock says prune took 1.20x full OPD's time (other load on the machine); its CPU
+    # seconds say 1.05x: the CPU ratio decides, and both are printed
+    same = {"full": _row(100.0, 60.0, before=40.0), "prune": _row(120.0, 59.5, cap=848)}
+    same["full"]["cpu"], same["prune"]["cpu"] = 80.0, 84.0
+    for r in same.values():
+        r["time_vs_full"], r["acc_vs_full"] = r["time"] / 100.0, r["acc"] - 60.0
+    runs = [{"pair": "same", "method": "prune", "final_cap": 848, "wall_seconds": None}]
+    rows = targets({"runs": runs, "preset": "full", "jobs": 2}, {"same": same})
+    acc = next(t for t in rows if t["target"].startswith("same: prune's accuracy"))
+    assert acc["met"] is True
+    assert acc["measured"] == "-0.5 points, 1.05x CPU time (1.20x wall)"
+    same["prune"]["cpu"] = 92.0  # 1.15x CPU time: missed
+    rows = targets({"runs": runs, "preset": "full", "jobs": 2}, {"same": same})
+    assert next(t for t in rows if t["target"].startswith("same: prune's accuracy"))["met"] is False
+
+
 def test_unknown_suite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'huge'"):
         run_bench(tmp_path, "quick", suite="huge")
