@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     b = sub.add_parser("bench", help="every method on both zoo pairs, side by side, with a report")
-    b.add_argument("--preset", default="quick", help="quick (1 seed, < 30 min) or full (3 seeds)")
+    b.add_argument(
+        "--preset", default="quick", help="quick (1 seed, 60 steps) or full (3 seeds, 100 steps)"
+    )
     b.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     b.add_argument("--out", default="bench", help="output folder (default: ./bench)")
     b.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
