@@ -30,7 +30,8 @@ CORE_METHODS = METHODS[:5]  # the released method and its baselines; the last tw
 CONFIGS = Path(__file__).parent / "configs"
 SUITE_CONFIGS = {"short": CONFIGS, "long": CONFIGS / "long"}
 STEP_KEYS = ("cap", "eff_len_mean", "hit_ratio", "overlap", "drift_rate", "mean_len",
-             "eos_rate", "pruned_rate", "reward", "rkl", "loss", "drifted_rate", "reward_drifted")  # fmt: skip
+             "eos_rate", "pruned_rate", "reward", "rkl", "loss", "drifted_rate", "reward_drifted",
+             "gate_rate")  # fmt: skip
 
 
 @dataclass(frozen=True)

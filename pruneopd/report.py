@@ -22,7 +22,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-ENDS = ("mean_len", "eos_rate", "drift_rate", "reward", "drifted_rate", "reward_drifted")
+ENDS = ("mean_len", "eos_rate", "drift_rate", "reward", "drifted_rate", "reward_drifted",
+        "gate_rate")  # fmt: skip
 
 
 def summarize(results: dict) -> dict:
@@ -234,6 +235,12 @@ def render_markdown(results: dict, table: dict) -> str:
                 "-" if e[k][0] != e[k][0] else f"{e[k][0]:{f}} / {e[k][1]:{f}}" for k, f in (
                 ("mean_len", ".0f"), ("eos_rate", ".2f"), ("drift_rate", ".3f"), ("reward", ".2f"),
                 ("drifted_rate", ".2f"), ("reward_drifted", ".2f"))]) + " |")  # fmt: skip
+        gated = {m: r["ends"]["gate_rate"] for m, r in rows.items()
+                 if r["ends"]["gate_rate"][0] == r["ends"]["gate_rate"][0]}  # fmt: skip
+        if gated:
+            lines += ["", "Hybrid gate (first / last 10 steps): share of response tokens past the "
+                      "gate, trained on the outcome reward instead of the teacher: " + "; ".join(
+                          f"{m} {a:.2f} / {b:.2f}" for m, (a, b) in gated.items())]  # fmt: skip
         lines += ["", "Time split (s, mean): " + "; ".join(
             f"{m} sample {r['split']['t_sample']:.0f} / teacher {r['split']['t_teacher']:.0f} / "
             f"update {r['split']['t_update']:.0f}" for m, r in rows.items())]  # fmt: skip

@@ -71,6 +71,24 @@ def test_report_and_plots_are_written_and_rerendered(bench, capsys):
     assert all((bench / p).exists() for p in PLOTS) and (bench / "report.md").read_text() == report
 
 
+def test_report_shows_the_hybrid_gate_rate(bench):
+    import copy
+
+    from pruneopd.report import render_markdown, summarize
+
+    res = json.loads((bench / "results.json").read_text())
+    assert all(v is None for r in res["runs"] for v in r["steps"]["gate_rate"])  # no hybrid
+    assert "Hybrid gate" not in render_markdown(res, summarize(res))
+    hyb = copy.deepcopy(
+        next(r for r in res["runs"] if r["pair"] == "cross" and r["method"] == "prune")
+    )
+    hyb["method"], hyb["steps"]["gate_rate"] = "hybrid", [0.4] * 10 + [0.5] * 10
+    res["runs"].append(hyb)
+    text = render_markdown(res, summarize(res))
+    assert text.count("Hybrid gate") == 1  # the cross pair only
+    assert "trained on the outcome reward instead of the teacher: hybrid 0.40 / 0.50" in text
+
+
 def test_finished_runs_are_not_run_again(bench):
     before = (bench / "results.json").read_text()
     logs = []
