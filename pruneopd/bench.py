@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from .checkpoint import GracefulStop
 
 PAIRS = ("same", "cross")
 METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online", "hybrid", "prefix-adaptive")
@@ -81,8 +84,9 @@ def _run_one(out, preset, suite, pair, method, seed, threads, log) -> subprocess
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log(f"bench: start {pair}/{method}/seed{seed}")
     # the child gets its own copies of the log files' descriptors; ours close at once
+    # a session of its own: a terminal's Ctrl-C reaches the run once, passed on by the bench
     with open(rd / "stdout.log", "w") as out_f, open(rd / "stderr.log", "w") as err_f:
-        return subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f)
+        return subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f, start_new_session=True)
 
 
 def _same_code_cli() -> list[str]:
@@ -138,34 +142,49 @@ def run_bench(out: str | Path, preset_name: str = "quick", seeds: int | None = N
     skipped = 0  # runs finished or begun by an earlier invocation
     failed = []
     t0 = time.time()
+    stop, passed_on = GracefulStop(), False
     try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                key = todo.pop(0)
-                if (
-                    run_dir(out, *key).exists()
-                    and not (run_dir(out, *key) / "summary.json").exists()
-                ):
-                    skipped += 1  # a run resumed from its checkpoint: part of it ran earlier
-                proc = _run_one(out, preset, suite, *key, threads, log)
-                if proc is not None:
-                    running.append((proc, key))
-                    started[key] = time.time()
-                else:
-                    skipped += 1
-            for proc, key in list(running):
-                if proc.poll() is not None:
-                    running.remove((proc, key))
-                    _add_wall(run_dir(out, *key), time.time() - started.pop(key))
-                    status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
-                    log(f"bench: {'/'.join(map(str, key))} {status} [{time.time() - t0:.0f} s]")
-                    if proc.returncode != 0:
-                        failed.append(key)
-            time.sleep(0.2)
-    except KeyboardInterrupt:  # the runs checkpoint on SIGINT too; rerun to continue
+        with stop:
+            while (todo and not stop.requested) or running:
+                if stop.requested and not passed_on:  # start no more; the running runs
+                    passed_on = True  # finish their step, save a checkpoint and exit
+                    for proc, _ in running:
+                        proc.send_signal(signal.Signals[stop.signal_name])
+                while todo and len(running) < jobs and not stop.requested:
+                    key = todo.pop(0)
+                    if (
+                        run_dir(out, *key).exists()
+                        and not (run_dir(out, *key) / "summary.json").exists()
+                    ):
+                        skipped += 1  # a run resumed from its checkpoint: part of it ran earlier
+                    proc = _run_one(out, preset, suite, *key, threads, log)
+                    if proc is not None:
+                        running.append((proc, key))
+                        started[key] = time.time()
+                    else:
+                        skipped += 1
+                for proc, key in list(running):
+                    if proc.poll() is not None:
+                        running.remove((proc, key))
+                        _add_wall(run_dir(out, *key), time.time() - started.pop(key))
+                        code = proc.returncode
+                        status = ("done" if code == 0 else "stopped, checkpoint saved"
+                                  if passed_on and code in (130, 143) else f"FAILED ({code})")  # fmt: skip
+                        log(f"bench: {'/'.join(map(str, key))} {status} [{time.time() - t0:.0f} s]")
+                        if code != 0 and not passed_on:
+                            failed.append(key)
+                time.sleep(0.2)
+    except KeyboardInterrupt:  # a second signal: the runs stop at once (each one's newest
+        for proc, _ in running:  # checkpoint on disk stays valid)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
         for proc, _ in running:
             proc.wait()
         raise
+    if stop.requested:
+        log(f"bench: stopped by {stop.signal_name}; the runs that were running saved a "
+            "checkpoint: run the same command again to continue")  # fmt: skip
+        raise KeyboardInterrupt
     if failed:
         first = run_dir(out, *failed[0]) / "stderr.log"
         raise RuntimeError(

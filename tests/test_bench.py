@@ -223,6 +223,37 @@ def test_long_targets_compare_cpu_time_when_every_row_has_it():
     assert next(t for t in rows if t["target"].startswith("same: prune's accuracy"))["met"] is False
 
 
+def test_sigterm_stops_the_bench_and_its_runs_with_checkpoints(tmp_path, fast_zoo):
+    """`kill <bench>` (SIGTERM; a background bench ignores SIGINT) passes the signal on to the
+    running runs, which save a checkpoint and exit; the bench starts no more runs and exits."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "pruneopd.cli", "bench", "--preset", "quick", "--steps", "400",
+           "--eval-problems", "4", "--methods", "full,prune", "--jobs", "1", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PRUNEOPD_ZOO": str(fast_zoo), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "runs" / "same" / "full" / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 2
+    ):
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=240)
+    assert p.returncode == 130, stderr
+    assert "same/full/0 stopped, checkpoint saved" in stderr, stderr  # the bench logs there
+    assert "stopped by SIGTERM" in stderr and "run the same command again" in stderr
+    rd = metrics.parent
+    assert "SIGTERM received" in (rd / "stderr.log").read_text()
+    assert list((rd / "checkpoints").glob("step-*")) and not (rd / "summary.json").exists()
+    assert not (out / "runs" / "same" / "prune").exists()  # no run started after the signal
+
+
 def test_unknown_suite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'huge'"):
         run_bench(tmp_path, "quick", suite="huge")
