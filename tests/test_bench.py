@@ -224,8 +224,8 @@ def test_long_targets_compare_cpu_time_when_every_row_has_it():
 
 
 def test_sigterm_stops_the_bench_and_its_runs_with_checkpoints(tmp_path, fast_zoo):
-    """`kill <bench>` (SIGTERM; a background bench ignores SIGINT) passes the signal on to the
-    running runs, which save a checkpoint and exit; the bench starts no more runs and exits."""
+    """`kill <bench>` (SIGTERM) passes the signal on to the running runs, which save a
+    checkpoint and exit; the bench starts no more runs and exits."""
     import os
     import signal
     import subprocess
