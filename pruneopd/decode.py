@@ -108,6 +108,43 @@ class LeanDecoder:
             self.attend_A11S = torch.ones((A, 1, 1, S), dtype=torch.bool, device=mask_AS.device)
             self.attend_A11S[:, 0, 0, : self.P] = mask_AS[:, : self.P].bool()
 
+    def _layers(self, x_ACH, cos_A1CD, sin_A1CD, start: int, attend) -> torch.Tensor:
+        """Every decoder layer over C new tokens per sample at cache slots start..start+C-1,
+        writing their keys and values into the cache; the hidden states [A, C, H] after the
+        last layer (before the final norm). `attend`: a bool mask broadcastable to
+        [A, Hkv, G*C, start+C] (True = attend), or None when every query sees every slot."""
+        A, C, _ = x_ACH.shape
+        L = start + C
+        G, D = self.n_heads // self.n_kv, self.head_dim
+        x = x_ACH
+        for i, layer in enumerate(self.dec.layers):
+            att = layer.self_attn
+            h = _rms(x, layer.input_layernorm.weight, self.eps)
+            q = att.q_proj(h).view(A, C, self.n_heads, D).transpose(1, 2)  # [A, Hq, C, D]
+            k = att.k_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)  # [A, Hkv, C, D]
+            v = att.v_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)
+            if self.qk_norm:
+                q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
+                k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
+            q, k = _rotate(q, cos_A1CD, sin_A1CD), _rotate(k, cos_A1CD, sin_A1CD)
+            self.K[i, :, :, start:L] = k
+            self.V[i, :, :, start:L] = v
+            # the G = heads / kv_heads query heads of a group share their K/V head (GQA):
+            # they go in as G*C queries against it, in one fused pass over the cache
+            # (experiments/decode_attention.py: 1.2-1.3x the three-operator matmul path at
+            # 128-1024 slots)
+            q_AKQD = q.reshape(A, self.n_kv, G * C, D)
+            o = F.scaled_dot_product_attention(
+                q_AKQD, self.K[i, :, :, :L], self.V[i, :, :, :L], attn_mask=attend,
+                scale=att.scaling,
+            )  # fmt: skip  # [A, Hkv, G*C, D]
+            o = o.view(A, self.n_heads, C, D).transpose(1, 2).reshape(A, C, self.n_heads * D)
+            x = x + att.o_proj(o)
+            h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        return x
+
     @torch.inference_mode()
     def forward_chunk(self, tok_AC: torch.Tensor, pos_A: torch.Tensor, t: int) -> torch.Tensor:
         """Final hidden states [A, C, H] (after the last norm) after feeding C tokens per
@@ -119,7 +156,7 @@ class LeanDecoder:
         """
         A, C = tok_AC.shape
         start, L = self.P + t, self.P + t + C
-        G, D = self.n_heads // self.n_kv, self.head_dim
+        G = self.n_heads // self.n_kv
         x = self.dec.embed_tokens(tok_AC)  # [A, C, H]
         pos_AC = pos_A[:, None] + torch.arange(C, device=pos_A.device)
         cos, sin = self.cos_SD[pos_AC][:, None], self.sin_SD[pos_AC][:, None]  # [A, 1, C, D]
@@ -128,28 +165,7 @@ class LeanDecoder:
         attend = causal_CL.repeat(G, 1)[None, None]  # [1, 1, G*C, L]: query (g, c)
         if self.attend_A11S is not None:
             attend = attend & self.attend_A11S[..., :L]
-        for i, layer in enumerate(self.dec.layers):
-            att = layer.self_attn
-            h = _rms(x, layer.input_layernorm.weight, self.eps)
-            q = att.q_proj(h).view(A, C, self.n_heads, D).transpose(1, 2)  # [A, Hq, C, D]
-            k = att.k_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)  # [A, Hkv, C, D]
-            v = att.v_proj(h).view(A, C, self.n_kv, D).transpose(1, 2)
-            if self.qk_norm:
-                q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
-                k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.K[i, :, :, start:L] = k
-            self.V[i, :, :, start:L] = v
-            q_AKQD = q.reshape(A, self.n_kv, G * C, D)  # a group's heads, one after another
-            o = F.scaled_dot_product_attention(
-                q_AKQD, self.K[i, :, :, :L], self.V[i, :, :, :L], attn_mask=attend,
-                scale=att.scaling,
-            )  # fmt: skip
-            o = o.view(A, self.n_heads, C, D).transpose(1, 2).reshape(A, C, self.n_heads * D)
-            x = x + att.o_proj(o)
-            h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        x = self._layers(x, cos, sin, start, attend)
         return _rms(x, self.dec.norm.weight, self.eps)
 
     @torch.inference_mode()
@@ -160,36 +176,12 @@ class LeanDecoder:
         mask_AS: [A, >= P] attention mask (1 = attend) over the prompt's cache slots, read at
         the first step only (the response slots are never padding: finished samples leave).
         """
-        A, L = tok_A.shape[0], self.P + t + 1
-        x = self.dec.embed_tokens(tok_A)  # [A, H]
-        cos, sin = self.cos_SD[pos_A][:, None], self.sin_SD[pos_A][:, None]  # [A, 1, D]
+        L = self.P + t + 1
+        x = self.dec.embed_tokens(tok_A[:, None])  # [A, 1, H]
+        cos, sin = self.cos_SD[pos_A][:, None, None], self.sin_SD[pos_A][:, None, None]
         self.read_padding(mask_AS)
+        # one query per sample sees every slot up to its own, so only the padding is masked
         attend = None if self.attend_A11S is None else self.attend_A11S[..., :L]
-        G = self.n_heads // self.n_kv
-        for i, layer in enumerate(self.dec.layers):
-            att = layer.self_attn
-            h = _rms(x, layer.input_layernorm.weight, self.eps)
-            q = att.q_proj(h).view(A, self.n_heads, self.head_dim)
-            k = att.k_proj(h).view(A, self.n_kv, self.head_dim)
-            v = att.v_proj(h).view(A, self.n_kv, self.head_dim)
-            if self.qk_norm:
-                q = _rms(q, att.q_norm.weight, att.q_norm.variance_epsilon)
-                k = _rms(k, att.k_norm.weight, att.k_norm.variance_epsilon)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.K[i, :, :, L - 1] = k
-            self.V[i, :, :, L - 1] = v
-            # one query per sample, in one fused pass over the cache (experiments/
-            # decode_attention.py: 1.2-1.3x the three-operator matmul path at 128-1024
-            # slots); the G = heads / kv_heads query heads of a group share their K/V head
-            # (GQA), so they go in as G queries against it, none masked from another
-            q_AKGD = q.view(A, self.n_kv, G, self.head_dim)
-            o = F.scaled_dot_product_attention(
-                q_AKGD, self.K[i, :, :, :L], self.V[i, :, :, :L], attn_mask=attend,
-                scale=att.scaling,
-            )  # fmt: skip  # [A, Hkv, G, D]
-            x = x + att.o_proj(o.reshape(A, self.n_heads * self.head_dim))
-            h = _rms(x, layer.post_attention_layernorm.weight, self.eps)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        x = self._layers(x, cos, sin, L - 1, attend)[:, 0]
         x = _rms(x, self.dec.norm.weight, self.eps)
         return self.model.get_output_embeddings()(x)
