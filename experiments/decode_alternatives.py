@@ -3,6 +3,7 @@
     python experiments/decode_alternatives.py fused      # fused q/k/v and gate/up projections
     python experiments/decode_alternatives.py threads    # two half-batches in two Python threads
     python experiments/decode_alternatives.py half 16    # N samples at one thread (run two at once)
+    python experiments/decode_alternatives.py packed     # MKL's pre-packed weights for a projection
 
 - fused: one [32, 128] x [128, 384] projection against three [128, 128] ones, and one
   [128, 640] against two [128, 320] (the long zoo's shapes), microseconds per call, 1 and 2
@@ -12,6 +13,8 @@
   operators, so the halves can overlap).
 - half: N samples x 512 tokens at one thread, three times; start two at once
   (`... half 16 & ... half 16`) to see two processes sharing the machine.
+- packed: a [32, 128] x [128, 320] projection through `F.linear` against MKL's packed-weight
+  GEMM (`torch.ops.mkl._mkl_linear` on a weight packed once), at one thread; checks equality.
 
 Results of 2026-12-02 (idle machine): docs/benchmarks.md section 6b.
 """
@@ -53,6 +56,16 @@ def fused() -> None:
               f"gate/up 2 calls {c:.1f} us, fused {d:.1f} us")  # fmt: skip
     sep = torch.cat([F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)], -1)
     print("fused == separate:", torch.equal(sep, F.linear(x, wqkv)))
+
+
+def packed() -> None:
+    torch.set_num_threads(1)
+    x, w, b = torch.randn(32, 128), torch.randn(320, 128), torch.zeros(320)
+    pw = torch.ops.mkl._mkl_reorder_linear_weight(w, 32)
+    a = per_call_us(lambda: F.linear(x, w))
+    c = per_call_us(lambda: torch.ops.mkl._mkl_linear(x, pw, w, b, 32))
+    same = torch.equal(torch.ops.mkl._mkl_linear(x, pw, w, b, 32), F.linear(x, w))
+    print(f"F.linear {a:.1f} us, packed {c:.1f} us ({a / c:.2f}x); equal: {same}")
 
 
 def _setup():
@@ -113,7 +126,9 @@ if __name__ == "__main__":
         fused()
     elif what == "threads":
         threads()
+    elif what == "packed":
+        packed()
     elif what == "half":
         half(int(sys.argv[2]) if len(sys.argv) > 2 else 16)
     else:
-        raise SystemExit(f"unknown experiment {what!r}: fused, threads or half")
+        raise SystemExit(f"unknown experiment {what!r}: fused, threads, half or packed")
