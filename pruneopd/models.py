@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,11 +101,41 @@ def load_tokenizer(name_or_path: str):
     return _load(tokenizer_path(name_or_path))
 
 
+_noted: list[bool] = []
+
+
 def set_threads() -> None:
-    """Use every core for intra-op parallelism, unless OMP_NUM_THREADS says otherwise."""
-    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+    """Use every core for intra-op parallelism, unless OMP_NUM_THREADS says otherwise; when other
+    processes already keep cores busy, say on stderr how to use only the free ones."""
+    chosen = int(os.environ.get("OMP_NUM_THREADS", 0))
+    cores = os.cpu_count() or 1
+    n = chosen or cores
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if not chosen and hasattr(os, "getloadavg") and not _noted:
+        note = busy_cores_note(n, cores, os.getloadavg()[0])
+        if note:
+            print(note, file=sys.stderr)
+        _noted.append(True)  # once per process, at the first call (before our own load)
+
+
+def busy_cores_note(threads: int, cores: int, load: float) -> str | None:
+    """A one-line note when `threads` intra-op threads exceed the cores that the 1-minute load
+    average leaves free (a core counts as busy from a load of 0.75 on), else None.
+
+    Every parallel operator waits for all its threads; one that needs a core another process
+    holds waits for a time slice each time (benchmarks/oversubscription.py: sampling 2.8x
+    slower at 2 threads than at 1 beside one busy process on 2 cores). Example: 2 threads,
+    2 cores, load 1.0 -> a note suggesting OMP_NUM_THREADS=1; load 0.3 -> None.
+    """
+    free = max(1, cores - math.floor(load + 0.25))
+    if threads <= free:
+        return None
+    return (
+        f"pruneopd: note: load average {load:.1f} on {cores} cores leaves about {free} free, "
+        f"and {threads} intra-op threads make every operator wait for a busy core; "
+        f"OMP_NUM_THREADS={free} uses only the free ones (docs/benchmarks.md section 7)"
+    )
 
 
 @functools.cache

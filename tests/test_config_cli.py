@@ -218,3 +218,43 @@ def test_zoo_build_refuses_to_overwrite_a_zoo(fast_zoo, capsys):
     )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--force" in err and "another spec" in err
+
+
+def test_busy_cores_note():
+    from pruneopd.models import busy_cores_note
+
+    assert busy_cores_note(2, 2, 0.3) is None
+    assert busy_cores_note(1, 2, 1.0) is None
+    note = busy_cores_note(2, 2, 1.0)
+    assert note.startswith("pruneopd: note: load average 1.0 on 2 cores")
+    assert "OMP_NUM_THREADS=1" in note and "\n" not in note
+    assert "OMP_NUM_THREADS=14" in busy_cores_note(16, 16, 2.2)
+    assert busy_cores_note(16, 16, 0.6) is None
+    assert "OMP_NUM_THREADS=1" in busy_cores_note(2, 2, 3.5)  # never fewer than one
+
+
+def test_set_threads_notes_busy_cores_once(monkeypatch, capsys):
+    import torch
+
+    from pruneopd import models
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(models.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(models.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(models, "_noted", [])
+    try:
+        models.set_threads()
+        models.set_threads()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert err.count("pruneopd: note: load average 1.0 on 2 cores") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(models, "_noted", [])
+    try:
+        models.set_threads()  # the user chose: no note
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().err == ""
