@@ -101,22 +101,26 @@ def load_tokenizer(name_or_path: str):
     return _load(tokenizer_path(name_or_path))
 
 
+def set_threads() -> None:
+    """Use every core for intra-op parallelism, unless OMP_NUM_THREADS says otherwise."""
+    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 _noted: list[bool] = []
 
 
-def set_threads() -> None:
-    """Use every core for intra-op parallelism, unless OMP_NUM_THREADS says otherwise; when other
-    processes already keep cores busy, say on stderr how to use only the free ones."""
-    chosen = int(os.environ.get("OMP_NUM_THREADS", 0))
-    cores = os.cpu_count() or 1
-    n = chosen or cores
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    if not chosen and hasattr(os, "getloadavg") and not _noted:
-        note = busy_cores_note(n, cores, os.getloadavg()[0])
-        if note:
-            print(note, file=sys.stderr)
-        _noted.append(True)  # once per process, at the first call (before our own load)
+def note_busy_cores() -> None:
+    """Once per process, when OMP_NUM_THREADS is not set: print `busy_cores_note` on stderr if
+    other processes keep cores busy. Called where the heavy work starts, after every input
+    check (so a bad-input error stays the only line)."""
+    if _noted or os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
+        return
+    _noted.append(True)
+    note = busy_cores_note(torch.get_num_threads(), os.cpu_count() or 1, os.getloadavg()[0])
+    if note:
+        print(note, file=sys.stderr)
 
 
 def busy_cores_note(threads: int, cores: int, load: float) -> str | None:

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, config_to_yaml
 from .evaluate import DriftCheck, cached, combine, eval_key, evaluate, reference_cap
-from .models import set_threads
+from .models import note_busy_cores, set_threads
 from .pair import (  # noqa: F401  (PairError is part of this module's interface)
     PairError,
     check_context,
@@ -121,6 +121,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
     if dry_run:
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
+    if d.main:
+        note_busy_cores()  # every check passed: the heavy work starts here
 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)

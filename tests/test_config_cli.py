@@ -233,28 +233,19 @@ def test_busy_cores_note():
     assert "OMP_NUM_THREADS=1" in busy_cores_note(2, 2, 3.5)  # never fewer than one
 
 
-def test_set_threads_notes_busy_cores_once(monkeypatch, capsys):
-    import torch
-
+def test_note_busy_cores_once(monkeypatch, capsys):
     from pruneopd import models
 
-    before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(models.torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(models.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(models.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     monkeypatch.setattr(models, "_noted", [])
-    try:
-        models.set_threads()
-        models.set_threads()
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    models.note_busy_cores()
+    models.note_busy_cores()
     err = capsys.readouterr().err
     assert err.count("pruneopd: note: load average 1.0 on 2 cores") == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(models, "_noted", [])
-    try:
-        models.set_threads()  # the user chose: no note
-    finally:
-        torch.set_num_threads(before)
+    models.note_busy_cores()  # the user chose the threads: no note
     assert capsys.readouterr().err == ""
