@@ -19,10 +19,14 @@ from pruneopd.evaluate import combine
 from pruneopd.step_metrics import local_sums, reduce_means
 
 TIMING = {"t_sample", "t_teacher", "t_update"}
+# lr 1e-3, not 1e-2: Adam turns float-order noise in a near-zero gradient into an update
+# difference of a fraction of lr, and at 1e-2 that flipped a sampled token at step 3 on an
+# AVX2-only machine (rkl 0.0104 vs 0.0139) where earlier machines passed: the runs must stay on the
+# same samples for the comparison to mean anything
 ARGS = dict(
     student="student-cross", teacher="teacher", task="regs", difficulty=2, seed=0, max_steps=3,
     prompts_per_step=2, responses_per_prompt=2, max_len=40, init_len=24, min_len=8,
-    budget_step=8, budget_margin=8, patience=1, lr=1e-2, eval_problems=5, eval_every=2,
+    budget_step=8, budget_margin=8, patience=1, lr=1e-3, eval_problems=5, eval_every=2,
     log_samples=1, tensorboard=False, progress=False, save_every=0, warmup_steps=0,
 )  # fmt: skip
 
@@ -70,7 +74,7 @@ def test_two_processes_train_like_one(fast_zoo, one_process, tmp_path, parallel)
     assert w1.keys() == w2.keys()
     # Adam divides by the gradient's running RMS, so float-order differences in a near-zero
     # gradient (a vocabulary row no sample touched) become update differences of a small
-    # fraction of lr: every weight within 1% of lr (1e-2 here), all but 1 in 1,000 within 1e-5
+    # fraction of lr: every weight within 1% of lr (1e-3 here), all but 1 in 1,000 within 1e-5
     close = total = 0
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-2 * ARGS["lr"])
