@@ -128,8 +128,8 @@ def busy_cores_note(threads: int, cores: int, load: float) -> str | None:
     average leaves free (a core counts as busy from a load of 0.75 on), else None.
 
     Every parallel operator waits for all its threads; one that needs a core another process
-    holds waits for a time slice each time (benchmarks/oversubscription.py: sampling 2.8x
-    slower at 2 threads than at 1 beside one busy process on 2 cores). Example: 2 threads,
+    holds waits for a time slice each time (benchmarks/oversubscription.py, 2 cores, one busy
+    process: sampling at 2 threads 2.2x to 28x slower than at 1). Example: 2 threads,
     2 cores, load 1.0 -> a note suggesting OMP_NUM_THREADS=1; load 0.3 -> None.
     """
     free = max(1, cores - math.floor(load + 0.25))
