@@ -121,10 +121,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> dict:
     engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
     if dry_run:
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
-    if d.main:
-        note_busy_cores()  # every check passed: the heavy work starts here
 
     if d.main:
+        note_busy_cores()  # every check passed: the heavy work starts here
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_to_yaml(cfg))
         (out / "versions.json").write_text(json.dumps(versions(), indent=2))
