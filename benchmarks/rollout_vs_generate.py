@@ -13,7 +13,8 @@ distribution, KV cache on both sides:
   it too emits exactly N tokens per sample, and it returns the token ids only.
 
 The variants run alternately (the order rotates every repeat) after --warmup untimed repeats.
-tokens/s = batch x N / wall time of one call; ratio = pruneopd / generate. Target: >= 2x.
+tokens/s = batch x N / wall time of one call; ratio = pruneopd / generate. Target: >= 2x at
+128 new tokens, >= 3x at 512 and more (issue 15).
 
 Run (real measurement):
     python benchmarks/rollout_vs_generate.py --steps 10 --batch 8 --responses-per-prompt 4 \\
@@ -40,13 +41,21 @@ from _common import (
     write_json,
 )
 
-from pruneopd.rollout import left_pad, sample
+from pruneopd.rollout import left_pad, pick_engine, sample
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p, steps=10, batch=8, new_tokens=128)
     p.add_argument("--topk", type=int, default=16, help="top-K of the second pruneopd row")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "fused", "lean", "hf"],
+        help="decode engine of the pruneopd rows (rollout.sample)",
+    )
+    p.add_argument("--no-lean-row", action="store_true",
+                   help="skip the row that samples with engine=lean for comparison")  # fmt: skip
     args = p.parse_args()
     setup(args)
     model, _, tok = load_models(args, teacher=False)
@@ -55,9 +64,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
 
-    def ours(prompts, topk=0):
+    engine = pick_engine(model, args.engine)
+
+    def ours(prompts, topk=0, engine=engine):
         r = sample(model, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad,
-                   temperature=1.0, generator=gen, topk=topk)  # fmt: skip
+                   temperature=1.0, generator=gen, topk=topk, engine=engine)  # fmt: skip
         return sum(len(x) for x in r.responses)
 
     def hf(prompts):
@@ -70,10 +81,14 @@ def main() -> None:
         return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
     variants = {
-        "pruneopd sample": ours,
-        f"pruneopd sample topk={args.topk}": lambda ps: ours(ps, args.topk),
-        "model.generate": hf,
+        f"pruneopd sample ({engine})": ours,
+        f"pruneopd sample ({engine}) topk={args.topk}": lambda ps: ours(ps, args.topk),
     }
+    if engine != "lean" and not args.no_lean_row:
+        variants[f"pruneopd sample (lean) topk={args.topk}"] = lambda ps: ours(
+            ps, args.topk, "lean"
+        )
+    variants["model.generate"] = hf
     names = list(variants)
     times = {k: [] for k in names}
     tokens = {k: [] for k in names}
@@ -100,10 +115,10 @@ def main() -> None:
                        ("tokens_per_repeat", "tokens", ".0f"), ("median_s", "median s", ".3f"),
                        ("median_tok_s", "median tok/s", ".1f"), ("total_tok_s", "total tok/s", ".1f"),
                        ("ratio", "vs generate", ".2f"), ("ratio_total", "(total)", ".2f")])  # fmt: skip
-    verdict = "meets" if rows[0]["ratio"] >= 2.0 else "misses"
-    print(
-        f"pruneopd sample / model.generate: {rows[0]['ratio']:.2f}x (median) -> {verdict} the 2x target"
-    )
+    target = 3.0 if n >= 512 else 2.0  # issue 15: 3x at 512+ new tokens
+    verdict = "meets" if rows[0]["ratio"] >= target else "misses"
+    print(f"pruneopd sample / model.generate: {rows[0]['ratio']:.2f}x (median) -> {verdict} "
+          f"the {target:.0f}x target")  # fmt: skip
     write_json(args.json, {"benchmark": "rollout_vs_generate", **environment(args),
                            "results": rows, "times": times, "tokens": tokens})  # fmt: skip
 

@@ -18,7 +18,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
-from . import decode
+from . import decode, fused
 from .models import cache_kwarg
 
 _CAP, _EOS, _PRUNED = 0, 1, 2
@@ -209,9 +209,11 @@ def sample(
     when it is None, from `generator` (one `sample_uniforms` draw per call): the same seed, model
     and prompts give the same tokens, and a sample's tokens do not depend on the other samples.
 
-    `engine`: "lean" runs each one-token step with `decode.LeanDecoder` (the model's weights,
-    a preallocated KV cache, no Hugging Face forward bookkeeping), "hf" with the model's own
-    forward; "auto" (default) takes "lean" when `decode.supported(model)`.
+    `engine`: "fused" runs each one-token step as one call into the compiled kernel of
+    `fused.FusedDecoder`; "lean" with `decode.LeanDecoder` (the model's weights, a preallocated
+    KV cache, no Hugging Face forward bookkeeping); "hf" with the model's own forward. "auto"
+    (default) takes the first of fused, lean, hf that supports the model (fused also needs the
+    kernel to build here: `fused.available()`).
     """
     if max_new_tokens < 0 or chunk_size < 0 or topk < 0 or temperature < 0:
         raise ValueError("max_new_tokens, chunk_size, topk and temperature must be >= 0")
@@ -219,11 +221,7 @@ def sample(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if on_chunk is not None and chunk_size == 0:
         raise ValueError("on_chunk needs chunk_size > 0")
-    if engine not in ("auto", "lean", "hf"):
-        raise ValueError(f"engine must be auto, lean or hf, got {engine!r}")
-    lean = decode.supported(model) if engine == "auto" else engine == "lean"
-    if lean and not decode.supported(model):
-        raise ValueError(f"engine='lean' does not support this model ({type(model).__name__})")
+    engine = pick_engine(model, engine)
     if uniforms_BN is None and temperature > 0:
         uniforms_BN = sample_uniforms(len(prompts), max_new_tokens, generator)
     if uniforms_BN is not None and tuple(uniforms_BN.shape) != (len(prompts), max_new_tokens):
@@ -244,7 +242,7 @@ def sample(
             chunk_size,
             on_chunk,
             topk,
-            lean,
+            engine,
         )
     # Clone outside inference mode so the results can enter autograd graphs (as constants).
     lengths = lengths_B.tolist()
@@ -263,6 +261,23 @@ def sample(
     )
 
 
+def pick_engine(model, engine: str) -> str:
+    """The decode engine `sample` uses for `model`: "fused", "lean" or "hf" (see `sample`)."""
+    if engine not in ("auto", "fused", "lean", "hf"):
+        raise ValueError(f"engine must be auto, fused, lean or hf, got {engine!r}")
+    if engine == "auto":
+        if fused.supported(model) and fused.available():
+            return "fused"
+        return "lean" if decode.supported(model) else "hf"
+    if engine == "fused":
+        if not fused.supported(model):
+            raise ValueError(f"engine='fused' does not support this model ({type(model).__name__})")
+        fused.load()  # RuntimeError with the reason when it cannot be built here
+    if engine == "lean" and not decode.supported(model):
+        raise ValueError(f"engine='lean' does not support this model ({type(model).__name__})")
+    return engine
+
+
 def _sample_loop(
     model,
     prompts,
@@ -275,7 +290,7 @@ def _sample_loop(
     chunk_size,
     on_chunk,
     topk,
-    lean,
+    engine,
 ):
     """The per-token loop of `sample`. Outputs are indexed by original sample id."""
     device = next(model.parameters()).device
@@ -306,7 +321,8 @@ def _sample_loop(
     )
     logits_AV = out.logits[:, -1]
     chunk_ids_A, chunk_start = active_A, 0
-    lean_decoder = decode.LeanDecoder(model, cache, P, N) if lean else None
+    decoders = {"fused": fused.FusedDecoder, "lean": decode.LeanDecoder}
+    lean_decoder = decoders[engine](model, cache, P, N) if engine in decoders else None
 
     for t in range(N):
         logp_AV = torch.log_softmax(logits_AV.float(), dim=-1)

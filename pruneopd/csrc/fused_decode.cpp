@@ -1,0 +1,241 @@
+// One fused decode step of a Llama-family model (RMSNorm, rotary, GQA attention over a
+// preallocated KV cache, SwiGLU MLP) for pruneopd.fused: the per-token arithmetic of
+// pruneopd.decode.LeanDecoder.step in one C++ call. The projections are ATen matmuls
+// (MKL / oneDNN); RMSNorm, rotary + cache write, attention and SiLU * up are plain loops
+// over float32 rows, parallel over (sample, kv head) or samples with at::parallel_for.
+//
+// Shapes: A active samples, H hidden, Hq / Hkv query / key-value heads, D head dim,
+// G = Hq / Hkv, S cache slots, L = slot + 1 slots attended, I intermediate, V vocabulary.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// out[a] = x[a] * rsqrt(mean(x[a]^2) + eps) * w, rows of n floats
+void rms_rows(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps) {
+  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * n;
+      float* o = out + r * n;
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) o[i] = w[i] * (xr[i] * inv);
+    }
+  });
+}
+
+// x[0:D] <- x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[D/2:], x[:D/2]]
+inline void rope(float* x, const float* cos, const float* sin, int64_t D) {
+  const int64_t h = D / 2;
+  float tmp[512];
+  for (int64_t i = 0; i < D; ++i) tmp[i] = x[i];
+  for (int64_t i = 0; i < h; ++i) x[i] = tmp[i] * cos[i] - tmp[i + h] * sin[i];
+  for (int64_t i = h; i < D; ++i) x[i] = tmp[i] * cos[i] + tmp[i - h] * sin[i];
+}
+
+// exp(x) for x <= 0 (attention weights after subtracting the max), vectorisable: 2^n * p(r)
+// with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2], p the degree-6 Taylor
+// polynomial (relative error < 2e-7); x < -87 gives 0.
+inline float exp_neg(float x) {
+  const float xc = x < -87.f ? -87.f : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.f ? 0.f : p * scale;
+}
+
+// softmax(q . K[j] * scale over slots j < L, masked where att[j] is false) . V, one query
+// head of D dims against one kv head's cache rows Kc, Vc ([S, D]); sc: scratch of L floats.
+template <int DD>
+void attend_d(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
+              int64_t, float scale, float* sc, float* out) {
+  // scores four slots at a time: four independent dot products keep the FMA units busy
+  int64_t j = 0;
+  for (; j + 4 <= L; j += 4) {
+    const float* k0 = Kc + j * DD;
+    float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int d = 0; d < DD; ++d) {
+      d0 += q[d] * k0[d];
+      d1 += q[d] * k0[DD + d];
+      d2 += q[d] * k0[2 * DD + d];
+      d3 += q[d] * k0[3 * DD + d];
+    }
+    sc[j] = d0 * scale;
+    sc[j + 1] = d1 * scale;
+    sc[j + 2] = d2 * scale;
+    sc[j + 3] = d3 * scale;
+  }
+  for (; j < L; ++j) {
+    const float* kj = Kc + j * DD;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < DD; ++d) dot += q[d] * kj[d];
+    sc[j] = dot * scale;
+  }
+  float mx = -INFINITY;
+  if (att) {
+    for (int64_t i = 0; i < L; ++i) sc[i] = att[i] ? sc[i] : -INFINITY;
+  }
+  for (int64_t i = 0; i < L; ++i) mx = sc[i] > mx ? sc[i] : mx;
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < L; ++j) {
+    const float e = exp_neg(sc[j] - mx);
+    sc[j] = e;
+    sum += e;
+  }
+  float acc[DD];
+  for (int d = 0; d < DD; ++d) acc[d] = 0.f;
+  for (int64_t j = 0; j < L; ++j) {
+    const float p = sc[j];
+    const float* vj = Vc + j * DD;
+#pragma omp simd
+    for (int d = 0; d < DD; ++d) acc[d] += p * vj[d];
+  }
+  const float inv = 1.f / sum;
+  for (int d = 0; d < DD; ++d) out[d] = acc[d] * inv;
+}
+
+void attend_any(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
+                int64_t D, float scale, float* sc, float* out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < L; ++j) {
+    float dot = 0.f;
+    for (int64_t d = 0; d < D; ++d) dot += q[d] * Kc[j * D + d];
+    const float v = (att && !att[j]) ? -INFINITY : dot * scale;
+    sc[j] = v;
+    mx = v > mx ? v : mx;
+  }
+  float sum = 0.f;
+  for (int64_t j = 0; j < L; ++j) {
+    sc[j] = exp_neg(sc[j] - mx);
+    sum += sc[j];
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  for (int64_t j = 0; j < L; ++j)
+    for (int64_t d = 0; d < D; ++d) out[d] += sc[j] * Vc[j * D + d];
+  for (int64_t d = 0; d < D; ++d) out[d] /= sum;
+}
+
+void attend(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
+            int64_t D, float scale, float* sc, float* out) {
+  switch (D) {
+    case 32: return attend_d<32>(q, Kc, Vc, att, L, D, scale, sc, out);
+    case 64: return attend_d<64>(q, Kc, Vc, att, L, D, scale, sc, out);
+    case 128: return attend_d<128>(q, Kc, Vc, att, L, D, scale, sc, out);
+    default: return attend_any(q, Kc, Vc, att, L, D, scale, sc, out);
+  }
+}
+
+}  // namespace
+
+// Hidden states [A, H] after the last norm, for one new token per sample at cache slot
+// `slot`, writing its keys / values into K, V ([layers, A, Hkv, S, D], float32, contiguous).
+// weights: per layer 7 tensors: input norm [H], qkv [(Hq + 2 Hkv) D, H], o [H, Hq D],
+// post norm [H], gate_up [2 I, H], down [H, I], qkv bias [(Hq + 2 Hkv) D] or an empty tensor;
+// then the final norm [H]. pos_A: rotary position per sample (long); cos_SD / sin_SD the
+// rotary tables; attend_AS: bool [A, S] (true = attend) or an empty tensor.
+torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& weights,
+                          torch::Tensor K, torch::Tensor V, torch::Tensor pos_A,
+                          torch::Tensor cos_SD, torch::Tensor sin_SD, torch::Tensor attend_AS,
+                          int64_t slot, int64_t n_heads, int64_t n_kv, double eps,
+                          double scale) {
+  TORCH_CHECK(x_AH.scalar_type() == at::kFloat && x_AH.is_contiguous(), "x_AH: float32");
+  TORCH_CHECK(K.is_contiguous() && V.is_contiguous(), "K, V: contiguous");
+  const int64_t A = x_AH.size(0), H = x_AH.size(1);
+  const int64_t n_layers = K.size(0), S = K.size(3), D = K.size(4);
+  TORCH_CHECK(K.size(1) == A && K.size(2) == n_kv, "K: [layers, A, Hkv, S, D]");
+  TORCH_CHECK(D <= 512 && D % 2 == 0, "head dim");
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == 7 * n_layers + 1, "weights");
+  const int64_t G = n_heads / n_kv, L = slot + 1;
+  const int64_t qkv_n = (n_heads + 2 * n_kv) * D;
+  const bool masked = attend_AS.numel() > 0;
+  const float fscale = static_cast<float>(scale), feps = static_cast<float>(eps);
+  auto pos = pos_A.contiguous();
+  const int64_t* pos_p = pos.data_ptr<int64_t>();
+  const float* cos_p = cos_SD.data_ptr<float>();
+  const float* sin_p = sin_SD.data_ptr<float>();
+  const bool* att_p = masked ? attend_AS.data_ptr<bool>() : nullptr;
+
+  auto x = x_AH.clone();
+  auto h = at::empty_like(x);
+  auto attn = at::empty({A, n_heads * D}, x.options());
+  float* K_p = K.data_ptr<float>();
+  float* V_p = V.data_ptr<float>();
+
+  for (int64_t li = 0; li < n_layers; ++li) {
+    const torch::Tensor* w = &weights[7 * li];
+    rms_rows(x.data_ptr<float>(), w[0].data_ptr<float>(), h.data_ptr<float>(), A, H, feps);
+    auto qkv = w[6].numel() > 0 ? at::addmm(w[6], h, w[1].t()) : at::mm(h, w[1].t());
+    float* qkv_p = qkv.data_ptr<float>();
+    float* Kl = K_p + li * A * n_kv * S * D;
+    float* Vl = V_p + li * A * n_kv * S * D;
+    // rotary on q and k, k and v into the cache, then attention per (sample, kv head)
+    at::parallel_for(0, A * n_kv, 4, [&](int64_t t0, int64_t t1) {
+      std::vector<float> scores(static_cast<size_t>(L));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t a = t / n_kv, kv = t % n_kv;
+        float* row = qkv_p + a * qkv_n;
+        const float* c = cos_p + pos_p[a] * D;
+        const float* s = sin_p + pos_p[a] * D;
+        float* q = row + kv * G * D;  // the G query heads of this kv head
+        for (int64_t g = 0; g < G; ++g) rope(q + g * D, c, s, D);
+        float* k = row + n_heads * D + kv * D;
+        const float* v = row + (n_heads + n_kv) * D + kv * D;
+        rope(k, c, s, D);
+        float* Kc = Kl + (a * n_kv + kv) * S * D;
+        float* Vc = Vl + (a * n_kv + kv) * S * D;
+        for (int64_t d = 0; d < D; ++d) {
+          Kc[slot * D + d] = k[d];
+          Vc[slot * D + d] = v[d];
+        }
+        const bool* att = masked ? att_p + a * S : nullptr;
+        float* o = attn.data_ptr<float>() + a * n_heads * D + kv * G * D;
+        for (int64_t g = 0; g < G; ++g)
+          attend(q + g * D, Kc, Vc, att, L, D, fscale, scores.data(), o + g * D);
+      }
+    });
+    x.addmm_(attn, w[2].t());
+    rms_rows(x.data_ptr<float>(), w[3].data_ptr<float>(), h.data_ptr<float>(), A, H, feps);
+    auto gu = at::mm(h, w[4].t());  // [A, 2 I]: gate then up
+    const int64_t I = gu.size(1) / 2;
+    auto act = at::empty({A, I}, x.options());
+    float* gu_p = gu.data_ptr<float>();
+    float* act_p = act.data_ptr<float>();
+    at::parallel_for(0, A, 8, [&](int64_t a0, int64_t a1) {
+      for (int64_t a = a0; a < a1; ++a) {
+        const float* gr = gu_p + a * 2 * I;
+        const float* ur = gr + I;
+        float* o = act_p + a * I;
+        for (int64_t i = 0; i < I; ++i) o[i] = gr[i] / (1.f + std::exp(-gr[i])) * ur[i];
+      }
+    });
+    x.addmm_(act, w[5].t());
+  }
+  rms_rows(x.data_ptr<float>(), weights[7 * n_layers].data_ptr<float>(), h.data_ptr<float>(),
+           A, H, feps);
+  return h;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_step", &decode_step, "one fused decode step (pruneopd.fused)");
+}

@@ -1,0 +1,179 @@
+"""The decode step as one compiled C++ call (`csrc/fused_decode.cpp`), for `rollout.sample`.
+
+`decode.LeanDecoder.step` runs ~150 small PyTorch operators per generated token; on the small
+models this package trains by default they, not the arithmetic, are most of sampling's time
+(docs/benchmarks.md 6b: ~7 ms per decode step of fixed cost at 32 samples). `FusedDecoder`
+keeps LeanDecoder's cache, prefill and chunked teacher forward, and replaces `step` with one
+call into a C++ extension: per layer RMSNorm, one q/k/v matmul, rotary + the cache write and
+the attention over the cache in one loop per (sample, kv head), the o projection added in
+place, RMSNorm, one gate/up matmul, SiLU * up, the down projection added in place.
+
+The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
+cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
+($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), under a name that includes this
+CPU's instruction-set flags, since it is built for the CPU it runs on (-march=native).
+`available()` says whether it loads; `rollout.sample(engine="auto")` takes it when it does and
+the model qualifies (`supported`), else LeanDecoder.
+
+Logits equal LeanDecoder's up to float rounding (tests/test_fused.py).
+
+Shapes: A = active samples, H = hidden size, S = cache slots, D = head dim, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from . import decode
+
+_SOURCE = Path(__file__).with_name("csrc") / "fused_decode.cpp"
+_EXT = None  # the loaded extension module
+_ERROR: str | None = None  # why it could not be loaded, once tried
+_NOTED = False  # whether available() has said why
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's instruction-set flags (the build targets this CPU)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    key = f"{platform.machine()} {flags} {torch.__version__}"
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def _flags() -> list[str]:
+    # -fopenmp: at::parallel_for is inline OpenMP code, serial without it (torch's own libgomp
+    # is the one loaded at run time); -march / -mcpu=native: this CPU's vector instructions
+    arch = {"x86_64": "-march=native", "AMD64": "-march=native", "aarch64": "-mcpu=native"}
+    return ["-O3", "-fopenmp", *([arch[platform.machine()]] if platform.machine() in arch else [])]
+
+
+def load(verbose: bool = False):
+    """The compiled extension (compiling it on first use); raises RuntimeError if it cannot be
+    built here, with the reason in one line."""
+    global _EXT, _ERROR
+    if _EXT is not None:
+        return _EXT
+    if _ERROR is not None:
+        raise RuntimeError(_ERROR)
+    if os.environ.get("PRUNEOPD_FUSED", "1") == "0":
+        raise RuntimeError("the fused decode kernel is switched off (PRUNEOPD_FUSED=0)")
+    name = f"pruneopd_fused_decode_{_cpu_tag()}"
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+        from torch.utils.cpp_extension import load as cpp_load
+
+        root = Path(get_default_build_root())  # torch adds a py3XX_cpu folder unless set
+        if not [*root.glob(f"{name}/*.so"), *root.glob(f"*/{name}/*.so")]:
+            print("pruneopd: building the fused decode kernel (once per machine, about a minute)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        _EXT = cpp_load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=_flags(),
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    except Exception as e:  # noqa: BLE001 (no compiler, no ninja, a build error: all mean "not here")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _ERROR = f"the fused decode kernel could not be built: {first}"
+        raise RuntimeError(_ERROR) from None
+    return _EXT
+
+
+def available() -> bool:
+    """True when the extension loads (building it once if needed). The first time it cannot,
+    one line on stderr says why (sampling then runs on LeanDecoder)."""
+    global _NOTED
+    if os.environ.get("PRUNEOPD_FUSED", "1") == "0":
+        return False
+    try:
+        load()
+    except RuntimeError as e:
+        if not _NOTED:
+            _NOTED = True
+            print(f"pruneopd: {e}; sampling with the lean engine", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def supported(model) -> bool:
+    """True when `FusedDecoder` reproduces `model`'s forward: what LeanDecoder supports, in
+    float32 on the CPU, without Qwen3's q/k norms."""
+    if not decode.supported(model):
+        return False
+    p = next(model.parameters())
+    plain = model.config.model_type != "qwen3"
+    return plain and p.dtype == torch.float32 and p.device.type == "cpu"
+
+
+class FusedDecoder(decode.LeanDecoder):
+    """LeanDecoder whose one-token `step` is one call into the compiled extension."""
+
+    def __init__(self, model, cache, prompt_len: int, max_new_tokens: int):
+        super().__init__(model, cache, prompt_len, max_new_tokens)
+        self.ext = load()
+        self.K, self.V = self.K.contiguous(), self.V.contiguous()
+        self.weights = []
+        empty = torch.empty(0)
+        with torch.no_grad():
+            for layer in self.dec.layers:
+                att, mlp = layer.self_attn, layer.mlp
+                qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
+                bias = empty
+                if att.q_proj.bias is not None:
+                    bias = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+                gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                self.weights += [
+                    layer.input_layernorm.weight.detach(), qkv.contiguous(),
+                    att.o_proj.weight.detach(), layer.post_attention_layernorm.weight.detach(),
+                    gate_up.contiguous(), mlp.down_proj.weight.detach(), bias,
+                ]  # fmt: skip
+            self.weights.append(self.dec.norm.weight.detach())
+        self.scale = float(self.dec.layers[0].self_attn.scaling)
+        self.cos_SD, self.sin_SD = self.cos_SD.contiguous(), self.sin_SD.contiguous()
+
+    def select(self, keep_A: torch.Tensor) -> None:
+        super().select(keep_A)
+        if self.attend_A11S is not None:
+            self.attend_A11S = self.attend_A11S.contiguous()
+
+    @torch.inference_mode()
+    def step(self, tok_A: torch.Tensor, pos_A: torch.Tensor, t: int, mask_AS: torch.Tensor):
+        """Logits [A, V] after feeding token tok_A at response position t (see LeanDecoder)."""
+        self.read_padding(mask_AS)
+        x_AH = self.dec.embed_tokens(tok_A)
+        attend_AS = torch.empty(0, dtype=torch.bool)
+        if self.attend_A11S is not None:
+            attend_AS = self.attend_A11S[:, 0, 0].contiguous()
+        h_AH = self.ext.decode_step(
+            x_AH.contiguous(), self.weights, self.K, self.V, pos_A.long(), self.cos_SD,
+            self.sin_SD, attend_AS, self.P + t, self.n_heads, self.n_kv, self.eps, self.scale,
+        )  # fmt: skip
+        return self.model.get_output_embeddings()(h_AH)
+
+
+def main() -> int:
+    """`python -m pruneopd.fused`: build the extension now (e.g. in CI before the tests)."""
+    try:
+        load(verbose="-v" in sys.argv)
+    except RuntimeError as e:
+        print(f"pruneopd.fused: {e}", file=sys.stderr)
+        return 1
+    print(f"pruneopd.fused: the fused decode kernel is built ({_EXT.__file__})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

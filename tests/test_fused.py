@@ -1,0 +1,147 @@
+"""The fused decode step (pruneopd/fused.py, csrc/fused_decode.cpp) equals the Hugging Face
+forward and LeanDecoder: Llama with grouped-query heads and a head dim the kernel has no
+specialisation for (8), Llama at head dim 32 (a specialised one), Qwen2 with q/k/v biases;
+with left padding and samples dropped mid-way. `sample` gives the same tokens, log-probs and
+top-k through engine="fused" and engine="lean". Skipped where the kernel cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_llama
+from transformers import (
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from pruneopd import fused
+from pruneopd.models import cache_kwarg
+from pruneopd.rollout import left_pad, pick_engine, sample
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernel cannot be built")
+
+V, PAD, EOS = 50, 0, 2
+PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+
+
+def llama_d32(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def qwen2_bias(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128)  # fmt: skip
+    model = Qwen2ForCausalLM(cfg).eval()
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.no_grad():  # Qwen2's biases start at zero: make them count
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+MODELS = {"llama-gqa-d8": lambda: tiny_llama(V), "llama-d32": llama_d32, "qwen2-bias": qwen2_bias}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@torch.inference_mode()
+def test_fused_step_equals_hf_forward(arch):
+    model = MODELS[arch]()
+    assert fused.supported(model)
+    N = 6
+    ids_BP, mask_BP, pos_BP = left_pad(PROMPTS, PAD)
+    P = ids_BP.shape[1]
+    hf_cache, our_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
+                use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
+    model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
+          use_cache=True, **{cache_kwarg(model): our_cache})  # fmt: skip
+    dec = fused.FusedDecoder(model, our_cache, P, N)
+    mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
+    pos_A = mask_BP.sum(-1)
+    tok_A = out.logits[:, -1].argmax(-1)
+    for t in range(N):
+        if t == 3:  # drop samples 0 and 2 from both
+            keep = torch.tensor([1, 3])
+            hf_cache.batch_select_indices(keep)
+            dec.select(keep)
+            tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
+        hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
+                   position_ids=pos_A[:, None], use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
+        hf_AV = hf.logits[:, -1]
+        ours_AV = dec.step(tok_A, pos_A, t, mask_AL)
+        torch.testing.assert_close(ours_AV, hf_AV, rtol=1e-5, atol=1e-5)
+        tok_A, pos_A = hf_AV.argmax(-1), pos_A + 1
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_sample_is_the_same_through_fused_and_lean(arch):
+    model = MODELS[arch]()
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    kw = dict(max_new_tokens=40, eos_id=EOS, pad_id=PAD, topk=4)
+    for temperature in (0.0, 1.0):
+        a = sample(model, prompts, temperature=temperature, engine="lean",
+                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        b = sample(model, prompts, temperature=temperature, engine="fused",
+                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        assert a.responses == b.responses and a.stopped_by == b.stopped_by
+        assert {"eos", "cap"} <= set(a.stopped_by) or temperature == 0.0
+        for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        assert all(
+            torch.equal(x, y) for x, y in zip(a.student_topk_ids, b.student_topk_ids, strict=True)
+        )
+
+
+def test_long_cache_attention_equals_lean():
+    """Hundreds of cache slots (the attention's four-slot blocks, its tail and the softmax over
+    a long row) at head dim 32: the same logits as LeanDecoder's SDPA."""
+    model = llama_d32(1)
+    prompts = [[5 + i] * (3 + 2 * i) for i in range(5)]  # uneven left padding
+    u = torch.rand(5, 300, generator=torch.Generator().manual_seed(0))
+    kw = dict(max_new_tokens=300, eos_id=-1, pad_id=PAD, uniforms_BN=u)
+    a = sample(model, prompts, engine="lean", **kw)
+    b = sample(model, prompts, engine="fused", **kw)
+    assert a.responses == b.responses
+    for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_choice(monkeypatch):
+    model = tiny_llama(V)
+    assert pick_engine(model, "auto") == "fused"
+    torch.manual_seed(0)
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=8)).eval()  # fmt: skip
+    assert not fused.supported(qwen3) and pick_engine(qwen3, "auto") == "lean"
+    with pytest.raises(ValueError, match="engine='fused' does not support"):
+        pick_engine(qwen3, "fused")
+    assert not fused.supported(tiny_llama(V).to(torch.float64))
+    with pytest.raises(ValueError, match="engine must be auto, fused, lean or hf"):
+        pick_engine(model, "fast")
+    monkeypatch.setenv("PRUNEOPD_FUSED", "0")
+    monkeypatch.setattr(fused, "_EXT", None)
+    assert pick_engine(model, "auto") == "lean"
+    with pytest.raises(RuntimeError, match="PRUNEOPD_FUSED=0"):
+        pick_engine(model, "fused")
+
+
+def test_build_failure_is_one_line_and_falls_back(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "_EXT", None)
+    monkeypatch.setattr(fused, "_NOTED", False)
+    monkeypatch.setattr(fused, "_ERROR", "the fused decode kernel could not be built: no g++")
+    assert not fused.available() and not fused.available()
+    assert pick_engine(tiny_llama(V), "auto") == "lean"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pruneopd: the fused decode kernel could not be built: no g++; "
+                   "sampling with the lean engine"]  # fmt: skip
