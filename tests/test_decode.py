@@ -29,19 +29,25 @@ MODELS = {"llama": lambda: tiny_llama(V), "qwen3": tiny_qwen3}
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-@torch.inference_mode()
 def test_lean_step_equals_hf_forward(arch):
     model = MODELS[arch]()
     assert supported(model)
+    check_step_equals_hf(model, LeanDecoder)
+
+
+@torch.inference_mode()
+def check_step_equals_hf(model, decoder_cls) -> None:
+    """decoder_cls(model, cache, P, N).step gives the HF forward's logits for 6 tokens over
+    left-padded prompts, with samples 0 and 2 dropped at the fourth (also tests/test_fused.py)."""
     N = 6
     ids_BP, mask_BP, pos_BP = left_pad(PROMPTS, PAD)
     P = ids_BP.shape[1]
-    hf_cache, lean_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    hf_cache, our_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
     out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
                 use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
     model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-          use_cache=True, **{cache_kwarg(model): lean_cache})  # fmt: skip
-    lean = LeanDecoder(model, lean_cache, P, N)
+          use_cache=True, **{cache_kwarg(model): our_cache})  # fmt: skip
+    dec = decoder_cls(model, our_cache, P, N)
     mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
     pos_A = mask_BP.sum(-1)
     tok_A = out.logits[:, -1].argmax(-1)
@@ -49,13 +55,13 @@ def test_lean_step_equals_hf_forward(arch):
         if t == 3:  # drop samples 0 and 2 from both
             keep = torch.tensor([1, 3])
             hf_cache.batch_select_indices(keep)
-            lean.select(keep)
+            dec.select(keep)
             tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
         hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
                    position_ids=pos_A[:, None], use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
         hf_AV = hf.logits[:, -1]
-        lean_AV = lean.step(tok_A, pos_A, t, mask_AL)
-        torch.testing.assert_close(lean_AV, hf_AV, rtol=1e-5, atol=1e-5)
+        ours_AV = dec.step(tok_A, pos_A, t, mask_AL)
+        torch.testing.assert_close(ours_AV, hf_AV, rtol=1e-5, atol=1e-5)
         tok_A, pos_A = hf_AV.argmax(-1), pos_A + 1
 
 

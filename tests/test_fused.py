@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_decode import check_step_equals_hf
 from tiny import tiny_llama
 from transformers import (
-    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2Config,
@@ -20,8 +20,7 @@ from transformers import (
 )
 
 from pruneopd import fused
-from pruneopd.models import cache_kwarg
-from pruneopd.rollout import left_pad, pick_engine, sample
+from pruneopd.rollout import pick_engine, sample
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernel cannot be built")
 
@@ -53,34 +52,10 @@ MODELS = {"llama-gqa-d8": lambda: tiny_llama(V), "llama-d32": llama_d32, "qwen2-
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
-@torch.inference_mode()
 def test_fused_step_equals_hf_forward(arch):
     model = MODELS[arch]()
     assert fused.supported(model)
-    N = 6
-    ids_BP, mask_BP, pos_BP = left_pad(PROMPTS, PAD)
-    P = ids_BP.shape[1]
-    hf_cache, our_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
-    out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-                use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
-    model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-          use_cache=True, **{cache_kwarg(model): our_cache})  # fmt: skip
-    dec = fused.FusedDecoder(model, our_cache, P, N)
-    mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
-    pos_A = mask_BP.sum(-1)
-    tok_A = out.logits[:, -1].argmax(-1)
-    for t in range(N):
-        if t == 3:  # drop samples 0 and 2 from both
-            keep = torch.tensor([1, 3])
-            hf_cache.batch_select_indices(keep)
-            dec.select(keep)
-            tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
-        hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
-                   position_ids=pos_A[:, None], use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
-        hf_AV = hf.logits[:, -1]
-        ours_AV = dec.step(tok_A, pos_A, t, mask_AL)
-        torch.testing.assert_close(ours_AV, hf_AV, rtol=1e-5, atol=1e-5)
-        tok_A, pos_A = hf_AV.argmax(-1), pos_A + 1
+    check_step_equals_hf(model, fused.FusedDecoder)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
