@@ -67,20 +67,26 @@ def check_step_equals_hf(model, decoder_cls) -> None:
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_sample_is_the_same_through_either_engine(arch):
-    model = MODELS[arch]()
+    check_engines_agree(MODELS[arch](), "hf", "lean", max_new_tokens=12)
+
+
+def check_engines_agree(model, engine_a: str, engine_b: str, max_new_tokens: int) -> list[str]:
+    """`sample` through engine_a and engine_b: the same tokens and stops, log-probs within
+    1e-5 and the same top-k ids, greedy and at temperature 1 (also tests/test_fused.py); the
+    stop reasons of the temperature-1 samples."""
     prompts = [p for p in PROMPTS for _ in range(3)]
-    kw = dict(max_new_tokens=12, eos_id=EOS, pad_id=PAD, topk=4)
+    kw = dict(max_new_tokens=max_new_tokens, eos_id=EOS, pad_id=PAD, topk=4)
     for temperature in (0.0, 1.0):
-        a = sample(model, prompts, temperature=temperature, engine="hf",
-                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
-        b = sample(model, prompts, temperature=temperature, engine="lean",
-                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
+        a, b = (sample(model, prompts, temperature=temperature, engine=engine,
+                       generator=torch.Generator().manual_seed(1), **kw)
+                for engine in (engine_a, engine_b))  # fmt: skip
         assert a.responses == b.responses and a.stopped_by == b.stopped_by
         for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
         assert all(
             torch.equal(x, y) for x, y in zip(a.student_topk_ids, b.student_topk_ids, strict=True)
         )
+    return a.stopped_by
 
 
 def test_unsupported_models_fall_back():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_decode import check_step_equals_hf
+from test_decode import check_engines_agree, check_step_equals_hf
 from tiny import tiny_llama
 from transformers import (
     LlamaConfig,
@@ -60,21 +60,8 @@ def test_fused_step_equals_hf_forward(arch):
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_sample_is_the_same_through_fused_and_lean(arch):
-    model = MODELS[arch]()
-    prompts = [p for p in PROMPTS for _ in range(3)]
-    kw = dict(max_new_tokens=40, eos_id=EOS, pad_id=PAD, topk=4)
-    for temperature in (0.0, 1.0):
-        a = sample(model, prompts, temperature=temperature, engine="lean",
-                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
-        b = sample(model, prompts, temperature=temperature, engine="fused",
-                   generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
-        assert a.responses == b.responses and a.stopped_by == b.stopped_by
-        assert {"eos", "cap"} <= set(a.stopped_by) or temperature == 0.0
-        for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
-        assert all(
-            torch.equal(x, y) for x, y in zip(a.student_topk_ids, b.student_topk_ids, strict=True)
-        )
+    stopped_by = check_engines_agree(MODELS[arch](), "lean", "fused", max_new_tokens=40)
+    assert {"eos", "cap"} <= set(stopped_by)  # both ways of stopping were exercised
 
 
 def test_long_cache_attention_equals_lean():
