@@ -32,14 +32,16 @@ import torch
 
 from . import decode
 
-_SOURCE = Path(__file__).with_name("csrc") / "fused_decode.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp"]
 _EXT = None  # the loaded extension module
 _ERROR: str | None = None  # why it could not be loaded, once tried
 _NOTED = False  # whether available() has said why
 
 
 def _cpu_tag() -> str:
-    """A short hash of this CPU's instruction-set flags (the build targets this CPU)."""
+    """A short hash of this CPU's instruction-set flags (the build targets this CPU), torch's
+    version, the build flags and the C++ sources (headers included, which torch's own rebuild check skips)."""
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -48,7 +50,9 @@ def _cpu_tag() -> str:
                 break
     except OSError:
         pass
-    key = f"{platform.machine()} {flags} {torch.__version__}"
+    sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
+    build = f"{' '.join(_flags())} {torch.__version__} {hashlib.sha1(sources).hexdigest()}"
+    key = f"{platform.machine()} {flags} {build}"
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -56,7 +60,10 @@ def _flags() -> list[str]:
     # -fopenmp: at::parallel_for is inline OpenMP code, serial without it (torch's own libgomp
     # is the one loaded at run time); -march / -mcpu=native: this CPU's vector instructions
     arch = {"x86_64": "-march=native", "AMD64": "-march=native", "aarch64": "-mcpu=native"}
-    return ["-O3", "-fopenmp", *([arch[platform.machine()]] if platform.machine() in arch else [])]
+    # -fno-trapping-math: lets the compiler turn exp_neg's selects into blends, without which
+    # its loops stay scalar (values are unchanged: no fast-math reassociation)
+    native = [arch[platform.machine()]] if platform.machine() in arch else []
+    return ["-O3", "-fopenmp", "-fno-trapping-math", *native]
 
 
 def load(verbose: bool = False):
@@ -80,7 +87,7 @@ def load(verbose: bool = False):
                   file=sys.stderr, flush=True)  # fmt: skip
         _EXT = cpp_load(
             name=name,
-            sources=[str(_SOURCE)],
+            sources=[str(s) for s in _SOURCES],
             extra_cflags=_flags(),
             extra_ldflags=["-fopenmp"],
             verbose=verbose,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import losses
+from . import attention, losses
 
 
 def response_hidden(model, input_ids_BL: torch.Tensor, prompt_lens_B: torch.Tensor, T: int):
@@ -19,9 +19,11 @@ def response_hidden(model, input_ids_BL: torch.Tensor, prompt_lens_B: torch.Tens
 
     Response token t of row b sits at index `prompt_lens_B[b] + t` and is predicted from
     index `prompt_lens_B[b] + t - 1`. Rows are right-padded; with causal attention the
-    padding after a row's last token cannot affect it, so no attention mask is passed.
+    padding after a row's last token cannot affect it, so no attention mask is passed, and the
+    layers use the causal kernel of `attention.whole_sequence` where it is available.
     """
-    hidden_BLH = model.get_decoder()(input_ids=input_ids_BL, use_cache=False).last_hidden_state
+    with attention.whole_sequence(model):
+        hidden_BLH = model.get_decoder()(input_ids=input_ids_BL, use_cache=False).last_hidden_state
     L = hidden_BLH.shape[1]
     src_BT = (prompt_lens_B[:, None] - 1 + torch.arange(T, device=input_ids_BL.device)).clamp(
         max=L - 1

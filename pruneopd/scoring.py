@@ -21,7 +21,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
-from pruneopd import decode
+from pruneopd import attention, decode
 from pruneopd.models import cache_kwarg
 from pruneopd.rollout import left_pad
 
@@ -126,7 +126,8 @@ def score_responses(
     L = input_ids_BL.shape[1]
     # Right padding + causal attention: padding after a row's last token cannot affect it,
     # so no attention mask is needed, which lets SDPA take its fast causal path.
-    hidden_BLH = decoder(input_ids=input_ids_BL, use_cache=False).last_hidden_state
+    with attention.whole_sequence(teacher):  # the causal kernel where available
+        hidden_BLH = decoder(input_ids=input_ids_BL, use_cache=False).last_hidden_state
 
     T = int(resp_lens_B.max()) if B else 0
     pos_T = torch.arange(T, device=device)

@@ -313,7 +313,10 @@ def test_prefix_schedule_is_linear_from_start_to_end():
     assert response_cap(full, 3, None) == 48
 
 
-def test_gradient_checkpointing_trains_exactly_the_same(zoo, tmp_path):
+def test_gradient_checkpointing_trains_exactly_the_same(zoo, tmp_path, monkeypatch):
+    # checkpointed forwards keep SDPA (pruneopd/attention.py): compare SDPA with SDPA, since
+    # the causal kernel's rounding differs from SDPA's and AdamW at lr 1e-2 amplifies it
+    monkeypatch.setenv("PRUNEOPD_ATTENTION", "0")
     kw = dict(max_steps=2, lr=1e-2)
     train(tiny(tmp_path, "plain", **kw))
     train(tiny(tmp_path, "ckpt", gradient_checkpointing=True, **kw))

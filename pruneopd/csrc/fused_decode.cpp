@@ -15,7 +15,12 @@
 #include <cstring>
 #include <vector>
 
+#include "causal_attention.h"
+#include "vec_math.h"
+
 namespace {
+
+using pruneopd::exp_neg;
 
 // out[a] = x[a] * rsqrt(mean(x[a]^2) + eps) * w, rows of n floats
 void rms_rows(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps) {
@@ -40,26 +45,6 @@ inline void rope(float* x, const float* cos, const float* sin, int64_t D) {
   for (int64_t i = 0; i < D; ++i) tmp[i] = x[i];
   for (int64_t i = 0; i < h; ++i) x[i] = tmp[i] * cos[i] - tmp[i + h] * sin[i];
   for (int64_t i = h; i < D; ++i) x[i] = tmp[i] * cos[i] + tmp[i - h] * sin[i];
-}
-
-// exp(x) for x <= 0 (attention weights after subtracting the max), vectorisable: 2^n * p(r)
-// with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2], p the degree-6 Taylor
-// polynomial (relative error < 2e-7); x < -87 gives 0.
-inline float exp_neg(float x) {
-  const float xc = x < -87.f ? -87.f : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.f ? 0.f : p * scale;
 }
 
 // softmax(q . K[j] * scale over slots j < L, masked where att[j] is false) . V, one query
@@ -238,4 +223,10 @@ torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_step", &decode_step, "one fused decode step (pruneopd.fused)");
+  m.def("causal_attention_has_blas", &pruneopd::causal_attention_has_blas,
+        "whether the BLAS the attention kernel calls is loaded");
+  m.def("causal_attention_fwd", &pruneopd::causal_attention_fwd,
+        "causal attention forward -> (out, lse) (pruneopd.attention)");
+  m.def("causal_attention_bwd", &pruneopd::causal_attention_bwd,
+        "causal attention backward -> (dq, dk, dv) (pruneopd.attention)");
 }
