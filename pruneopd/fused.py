@@ -17,6 +17,9 @@ the model qualifies (`supported`), else LeanDecoder.
 
 Logits equal LeanDecoder's up to float rounding (tests/test_fused.py).
 
+The same extension holds the causal attention kernel of the whole-sequence forwards
+(`csrc/causal_attention.cpp`, used through `pruneopd.attention`).
+
 Shapes: A = active samples, H = hidden size, S = cache slots, D = head dim, V = vocabulary.
 """
 
@@ -168,7 +171,10 @@ class FusedDecoder(decode.LeanDecoder):
             x_AH.contiguous(), self.weights, self.K, self.V, pos_A.long(), self.cos_SD,
             self.sin_SD, attend_AS, self.P + t, self.n_heads, self.n_kv, self.eps, self.scale,
         )  # fmt: skip
-        return self.model.get_output_embeddings()(h_AH)
+        head = self.model.get_output_embeddings()
+        if getattr(head, "bias", None) is None:
+            return self.ext.linear(h_AH, head.weight)
+        return head(h_AH)
 
 
 def main() -> int:

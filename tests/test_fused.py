@@ -107,3 +107,15 @@ def test_build_failure_is_one_line_and_falls_back(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pruneopd: the fused decode kernel could not be built: no g++; "
                    "sampling with the lean engine"]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(32, 128, 384), (3, 7, 5), (1, 64, 33)])
+def test_linear_equals_matmul(shape):
+    """The column-split product the kernel uses for its projections and the sampler's head."""
+    A, K, N = shape
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(A, K, generator=g), torch.randn(N, K, generator=g)
+    out = fused.load().linear(x, w)
+    torch.testing.assert_close(out, x @ w.T, atol=1e-5, rtol=1e-5)
+    strided = fused.load().linear(x.T.contiguous().T, w)  # a non-contiguous x is copied first
+    torch.testing.assert_close(strided, x @ w.T, atol=1e-5, rtol=1e-5)

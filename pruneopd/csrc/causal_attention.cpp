@@ -16,38 +16,19 @@
 #include "causal_attention.h"
 
 #include <ATen/Parallel.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "blas.h"
 #include "vec_math.h"
 
 namespace pruneopd {
 namespace {
 
 constexpr int64_t BQ = 64;  // query rows per block row
-
-using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*,
-                          const float*, const float*, const int*, const float*, const int*,
-                          const float*, float*, const int*);
-
-sgemm_fn find_sgemm() {
-  static sgemm_fn fn = reinterpret_cast<sgemm_fn>(dlsym(RTLD_DEFAULT, "sgemm_"));
-  return fn;
-}
-
-// Row-major C[m, n] = alpha * op(A) op(B) + beta * C with op(X) = X or X^T, through the
-// column-major BLAS: C^T = op(B)^T op(A)^T.
-void mm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
-        int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const char tra = tb ? 'T' : 'N', trb = ta ? 'T' : 'N';
-  const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  find_sgemm()(&tra, &trb, &mi, &ni, &ki, &alpha, B, &la, A, &lb, &beta, C, &lc);
-}
 
 void check(const torch::Tensor& x, const char* name) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(),

@@ -12,9 +12,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "blas.h"
 #include "causal_attention.h"
 #include "vec_math.h"
 
@@ -131,7 +133,41 @@ void attend(const float* q, const float* Kc, const float* Vc, const bool* att, i
   }
 }
 
+
+// out[A, N] = beta * out + x[A, K] @ w[N, K]^T with the N columns split over the threads: at
+// these sizes (A = a few dozen rows) MKL runs a product on one thread, so the split is what
+// puts the second core to work. ATen's matmul where no sgemm_ was found.
+void linear_into(const torch::Tensor& x, const torch::Tensor& w, torch::Tensor& out,
+                 float beta) {
+  if (pruneopd::find_sgemm() == nullptr) {
+    if (beta == 0.f)
+      out.copy_(at::mm(x, w.t()));
+    else
+      out.addmm_(x, w.t());
+    return;
+  }
+  const int64_t A = x.size(0), K = x.size(1), N = w.size(0);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t nt = at::get_num_threads();
+  const int64_t grain = std::max<int64_t>(32, (N + nt - 1) / nt);
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    pruneopd::mm(false, true, A, n1 - n0, K, 1.f, xp, K, wp + n0 * K, K, beta, op + n0, N);
+  });
+}
+
 }  // namespace
+
+// x [A, K] @ w [N, K]^T -> [A, N] (both contiguous float32), columns split over the threads.
+torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "float32");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x [A, K], w [N, K]");
+  auto xc = x.contiguous(), wc = w.contiguous();
+  auto out = at::empty({x.size(0), w.size(0)}, x.options());
+  linear_into(xc, wc, out, 0.f);
+  return out;
+}
 
 // Hidden states [A, H] after the last norm, for one new token per sample at cache slot
 // `slot`, writing its keys / values into K, V ([layers, A, Hkv, S, D], float32, contiguous).
@@ -170,7 +206,9 @@ torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& 
   for (int64_t li = 0; li < n_layers; ++li) {
     const torch::Tensor* w = &weights[7 * li];
     rms_rows(x.data_ptr<float>(), w[0].data_ptr<float>(), h.data_ptr<float>(), A, H, feps);
-    auto qkv = w[6].numel() > 0 ? at::addmm(w[6], h, w[1].t()) : at::mm(h, w[1].t());
+    auto qkv = at::empty({A, qkv_n}, x.options());
+    if (w[6].numel() > 0) qkv.copy_(w[6].expand({A, qkv_n}));
+    linear_into(h, w[1], qkv, w[6].numel() > 0 ? 1.f : 0.f);
     float* qkv_p = qkv.data_ptr<float>();
     float* Kl = K_p + li * A * n_kv * S * D;
     float* Vl = V_p + li * A * n_kv * S * D;
@@ -199,9 +237,10 @@ torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& 
           attend(q + g * D, Kc, Vc, att, L, D, fscale, scores.data(), o + g * D);
       }
     });
-    x.addmm_(attn, w[2].t());
+    linear_into(attn, w[2], x, 1.f);
     rms_rows(x.data_ptr<float>(), w[3].data_ptr<float>(), h.data_ptr<float>(), A, H, feps);
-    auto gu = at::mm(h, w[4].t());  // [A, 2 I]: gate then up
+    auto gu = at::empty({A, w[4].size(0)}, x.options());  // [A, 2 I]: gate then up
+    linear_into(h, w[4], gu, 0.f);
     const int64_t I = gu.size(1) / 2;
     auto act = at::empty({A, I}, x.options());
     float* gu_p = gu.data_ptr<float>();
@@ -214,7 +253,7 @@ torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& 
         for (int64_t i = 0; i < I; ++i) o[i] = gr[i] / (1.f + std::exp(-gr[i])) * ur[i];
       }
     });
-    x.addmm_(act, w[5].t());
+    linear_into(act, w[5], x, 1.f);
   }
   rms_rows(x.data_ptr<float>(), weights[7 * n_layers].data_ptr<float>(), h.data_ptr<float>(),
            A, H, feps);
@@ -223,6 +262,7 @@ torch::Tensor decode_step(torch::Tensor x_AH, const std::vector<torch::Tensor>& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_step", &decode_step, "one fused decode step (pruneopd.fused)");
+  m.def("linear", &linear, "x @ w.T, columns split over the threads (pruneopd.fused)");
   m.def("causal_attention_has_blas", &pruneopd::causal_attention_has_blas,
         "whether the BLAS the attention kernel calls is loaded");
   m.def("causal_attention_fwd", &pruneopd::causal_attention_fwd,
