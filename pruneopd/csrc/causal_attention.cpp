@@ -94,16 +94,8 @@ std::vector<torch::Tensor> causal_attention_fwd(torch::Tensor q, torch::Tensor k
           for (int64_t r = 0; r < rows; ++r) {  // exp(s - max), its sum, the log-sum-exp
             float* sr = s + r * n;
             const int64_t valid = i0 + r + 1;
-            float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-            for (int64_t j = 0; j < valid; ++j) m = sr[j] > m ? sr[j] : m;
-            float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < valid; ++j) {
-              const float e = exp_neg(sr[j] - m);
-              sr[j] = e;
-              sum += e;
-            }
+            const float m = row_max(sr, valid);
+            const float sum = exp_sub_sum(sr, valid, m);
             for (int64_t j = valid; j < n; ++j) sr[j] = 0.f;
             inv[r] = 1.f / sum;
             L[i0 + r] = m + std::log(sum);

@@ -22,7 +22,8 @@
 
 namespace {
 
-using pruneopd::exp_neg;
+using pruneopd::exp_sub_sum;
+using pruneopd::row_max;
 
 // out[a] = x[a] * rsqrt(mean(x[a]^2) + eps) * w, rows of n floats
 void rms_rows(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps) {
@@ -78,18 +79,10 @@ void attend_d(const float* q, const float* Kc, const float* Vc, const bool* att,
     for (int d = 0; d < DD; ++d) dot += q[d] * kj[d];
     sc[j] = dot * scale;
   }
-  float mx = -INFINITY;
   if (att) {
     for (int64_t i = 0; i < L; ++i) sc[i] = att[i] ? sc[i] : -INFINITY;
   }
-  for (int64_t i = 0; i < L; ++i) mx = sc[i] > mx ? sc[i] : mx;
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < L; ++j) {
-    const float e = exp_neg(sc[j] - mx);
-    sc[j] = e;
-    sum += e;
-  }
+  const float sum = exp_sub_sum(sc, L, row_max(sc, L));
   float acc[DD];
   for (int d = 0; d < DD; ++d) acc[d] = 0.f;
   for (int64_t j = 0; j < L; ++j) {
@@ -112,11 +105,7 @@ void attend_any(const float* q, const float* Kc, const float* Vc, const bool* at
     sc[j] = v;
     mx = v > mx ? v : mx;
   }
-  float sum = 0.f;
-  for (int64_t j = 0; j < L; ++j) {
-    sc[j] = exp_neg(sc[j] - mx);
-    sum += sc[j];
-  }
+  const float sum = exp_sub_sum(sc, L, mx);
   for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
   for (int64_t j = 0; j < L; ++j)
     for (int64_t d = 0; d < D; ++d) out[d] += sc[j] * Vc[j * D + d];

@@ -31,4 +31,24 @@ inline float exp_neg(float x) {
   return x < -87.f ? 0.f : e;
 }
 
+// max(s[0:n]); -inf for n = 0
+inline float row_max(const float* s, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+}
+
+// s[0:n] <- exp(s - m) for m >= max(s) (a softmax's numerators, in place); returns their sum
+inline float exp_sub_sum(float* s, int64_t n, float m) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = exp_neg(s[j] - m);
+    s[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 }  // namespace pruneopd
