@@ -10,11 +10,14 @@ Three variants run alternately in one process on the same prompts, weights and u
 - online (hf): `sample(on_chunk=OnlinePruner)` with each chunk a Hugging Face forward on a
   growing `DynamicCache` (the path before this benchmark);
 - online (lean): the same with the chunks on `decode.LeanDecoder`'s preallocated cache
-  (`IncrementalScorer(max_new_tokens=cap)`, what the trainer uses).
+  (`IncrementalScorer(max_new_tokens=cap, engine="lean")`, PyTorch operators);
+- online (fused): the same cache with each chunk one call into the compiled extension
+  (`engine="fused"`, what the trainer uses where the kernel builds).
 
 The share is (online - offline) / (offline + update), the update being one forward and
 backward of the student's `topk_rkl` loss on the step's tokens (timed once per repeat: the
-same for every variant). Target (issue 15): at most 5% at the default chunk size.
+same for every variant), online - offline being the median over repeats of the difference
+within each repeat (the variants run back to back, so a slow spell of the host hits both). Target (issue 15): at most 5% at the default chunk size.
 
 Run:
     python benchmarks/online_overhead.py --zoo pruneopd/zoo_weights/long --task loop \\
@@ -39,6 +42,7 @@ from _common import (
     write_json,
 )
 
+from pruneopd import fused
 from pruneopd.objective import token_losses
 from pruneopd.online import OnlinePruner
 from pruneopd.rollout import sample, sample_uniforms
@@ -63,15 +67,19 @@ def main() -> None:
                             candidate_ids=r.student_topk_ids_BTK(), pad_id=pad)  # fmt: skip
         return r, s
 
-    def online(prompts, u, lean):
+    def online(prompts, u, engine):
         pruner = OnlinePruner(teacher, prompts, k=k, pad_id=pad, metric="topk_overlap", tau=0.5,
-                              w_drop=0.0, floor=0.0, max_new_tokens=n if lean else None)  # fmt: skip
+                              w_drop=0.0, floor=0.0, max_new_tokens=None if engine == "hf" else n,
+                              engine=engine)  # fmt: skip
         r = sample(student, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad,
                    uniforms_BN=u, topk=k, chunk_size=args.chunk, on_chunk=pruner)  # fmt: skip
         return r, pruner.assemble(len(prompts), n)
 
-    variants = {"offline": offline, "online (hf)": lambda ps, u: online(ps, u, False),
-                "online (lean)": lambda ps, u: online(ps, u, True)}  # fmt: skip
+    variants = {"offline": offline}
+    for engine in ("hf", "lean", "fused"):
+        if engine == "fused" and not fused.available():
+            continue
+        variants[f"online ({engine})"] = lambda ps, u, e=engine: online(ps, u, e)
     names = list(variants)
     times = {name: [] for name in [*names, "update"]}
     worst = 0.0
@@ -111,7 +119,8 @@ def main() -> None:
           f"same tokens, teacher log-probs within {worst:.1e}")  # fmt: skip
     rows = []
     for name in names:
-        share = (med[name] - med["offline"]) / step
+        diffs = [a - b for a, b in zip(times[name], times["offline"], strict=True)]
+        share = statistics.median(diffs) / step
         rows.append({"variant": name, "median_s": med[name], "overhead_share": share})
         print(f"{name:14s} sample + score {med[name]:.3f} s   overhead {100 * share:+.1f}% of a "
               f"step ({step:.3f} s with the update)")  # fmt: skip

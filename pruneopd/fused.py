@@ -3,10 +3,11 @@
 `decode.LeanDecoder.step` runs ~150 small PyTorch operators per generated token; on the small
 models this package trains by default they, not the arithmetic, are most of sampling's time
 (docs/benchmarks.md 6b: ~7 ms per decode step of fixed cost at 32 samples). `FusedDecoder`
-keeps LeanDecoder's cache, prefill and chunked teacher forward, and replaces `step` with one
-call into a C++ extension: per layer RMSNorm, one q/k/v matmul, rotary + the cache write and
-the attention over the cache in one loop per (sample, kv head), the o projection added in
-place, RMSNorm, one gate/up matmul, SiLU * up, the down projection added in place.
+keeps LeanDecoder's cache and prefill, and replaces `step` (and the teacher's chunked forward
+`forward_chunk`, online pruning's scoring) with one call into a C++ extension: per layer
+RMSNorm, one q/k/v matmul, rotary + the cache write and the attention over the cache in one
+loop per (sample, kv head), the o projection added in place, RMSNorm, one gate/up matmul,
+SiLU * up, the down projection added in place.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -159,17 +160,33 @@ class FusedDecoder(decode.LeanDecoder):
         if self.attend_A11S is not None:
             self.attend_A11S = self.attend_A11S.contiguous()
 
+    def _attend_AS(self) -> torch.Tensor:
+        """The prompts' padding as a bool [A, S] (True = attend), or an empty tensor."""
+        if self.attend_A11S is None:
+            return torch.empty(0, dtype=torch.bool)
+        return self.attend_A11S[:, 0, 0].contiguous()
+
+    @torch.inference_mode()
+    def forward_chunk(self, tok_AC: torch.Tensor, pos_A: torch.Tensor, t: int) -> torch.Tensor:
+        """Final hidden states [A, C, H] after feeding C tokens per sample at response positions
+        t..t+C-1 (see LeanDecoder.forward_chunk), as one call into the extension."""
+        A, C = tok_AC.shape
+        x_RH = self.dec.embed_tokens(tok_AC).reshape(A * C, -1)
+        h_RH = self.ext.forward_tokens(
+            x_RH.contiguous(), self.weights, self.K, self.V, pos_A.long(), self.cos_SD,
+            self.sin_SD, self._attend_AS(), self.P + t, C, self.n_heads, self.n_kv, self.eps,
+            self.scale,
+        )  # fmt: skip
+        return h_RH.view(A, C, -1)
+
     @torch.inference_mode()
     def step(self, tok_A: torch.Tensor, pos_A: torch.Tensor, t: int, mask_AS: torch.Tensor):
         """Logits [A, V] after feeding token tok_A at response position t (see LeanDecoder)."""
         self.read_padding(mask_AS)
         x_AH = self.dec.embed_tokens(tok_A)
-        attend_AS = torch.empty(0, dtype=torch.bool)
-        if self.attend_A11S is not None:
-            attend_AS = self.attend_A11S[:, 0, 0].contiguous()
         h_AH = self.ext.decode_step(
             x_AH.contiguous(), self.weights, self.K, self.V, pos_A.long(), self.cos_SD,
-            self.sin_SD, attend_AS, self.P + t, self.n_heads, self.n_kv, self.eps, self.scale,
+            self.sin_SD, self._attend_AS(), self.P + t, self.n_heads, self.n_kv, self.eps, self.scale,
         )  # fmt: skip
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is None:

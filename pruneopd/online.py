@@ -20,11 +20,11 @@ from .scoring import IncrementalScorer, TokenScores
 
 class OnlinePruner:
     def __init__(self, teacher, prompts, *, k, pad_id, metric, tau, w_drop, floor, drift_k=None,
-                 max_new_tokens=None):  # fmt: skip
+                 max_new_tokens=None, engine="auto"):  # fmt: skip
         """`max_new_tokens`: the rollout's cap, so the teacher's chunks run on a preallocated
-        cache (`IncrementalScorer`)."""
+        cache; `engine`: the scorer's (`IncrementalScorer`)."""
         self.scorer = IncrementalScorer(teacher, prompts, k=k, pad_id=pad_id,
-                                        max_new_tokens=max_new_tokens)  # fmt: skip
+                                        max_new_tokens=max_new_tokens, engine=engine)  # fmt: skip
         self.metric, self.tau, self.w_drop, self.floor = metric, tau, w_drop, floor
         self.drift_k = drift_k or k
         self.events_B = torch.zeros(len(prompts), dtype=torch.float64)

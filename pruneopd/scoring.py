@@ -21,9 +21,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
-from pruneopd import attention, decode
+from pruneopd import attention, decode, fused
 from pruneopd.models import cache_kwarg
-from pruneopd.rollout import left_pad
+from pruneopd.rollout import left_pad, pick_engine
 
 
 @dataclass
@@ -173,13 +173,20 @@ class IncrementalScorer:
         max_new_tokens: int | None = None,
         engine: str = "auto",
     ):
-        """`max_new_tokens` (the rollout's cap) lets the chunks run on `decode.LeanDecoder`'s
-        preallocated cache (`engine` "auto" when the teacher is supported, or "lean"); without
-        it, or with engine "hf", each chunk is a Hugging Face forward on a growing cache."""
-        if engine not in ("auto", "lean", "hf"):
-            raise ValueError(f"engine must be auto, lean or hf, got {engine!r}")
-        if engine == "lean" and (max_new_tokens is None or not decode.supported(teacher)):
-            raise ValueError("engine='lean' needs max_new_tokens and a supported teacher")
+        """`max_new_tokens` (the rollout's cap) lets the chunks run on a preallocated cache:
+        engine "fused" (each chunk one call into the compiled kernel, `fused.FusedDecoder`),
+        "lean" (`decode.LeanDecoder`, PyTorch operators) or "auto" (the first of those the
+        teacher supports); without it, or with engine "hf", each chunk is a Hugging Face
+        forward on a growing cache."""
+        if engine not in ("auto", "fused", "lean", "hf"):
+            raise ValueError(f"engine must be auto, fused, lean or hf, got {engine!r}")
+        if engine in ("fused", "lean") and max_new_tokens is None:
+            raise ValueError(f"engine={engine!r} needs max_new_tokens")
+        if engine == "auto":
+            engine = "hf" if max_new_tokens is None else pick_engine(teacher, "auto")
+        else:
+            engine = pick_engine(teacher, engine)  # a ValueError when the teacher is unsupported
+        self.engine = engine
         self.decoder, self.lm_head = _teacher_parts(teacher)
         self.k, self.pad_id, self.position_chunk = k, pad_id, position_chunk
         self.device = next(teacher.parameters()).device
@@ -198,11 +205,10 @@ class IncrementalScorer:
         self.next_pos_A = attention_mask_BP.sum(-1)
         self.last_hidden_AH = hidden_BPH[:, -1]
         self.lean = None  # the teacher's cache in LeanDecoder's preallocated layout
-        lean = engine == "lean" or (engine == "auto" and max_new_tokens is not None
-                                    and decode.supported(teacher))  # fmt: skip
-        if lean:
+        if engine != "hf":
             P = input_ids_BP.shape[1]
-            self.lean = decode.LeanDecoder(teacher, self.cache, P, max_new_tokens)
+            cls = fused.FusedDecoder if engine == "fused" else decode.LeanDecoder
+            self.lean = cls(teacher, self.cache, P, max_new_tokens)
             self.lean.read_padding(attention_mask_BP)
             self.cache = None
         self.t = 0  # response tokens fed so far

@@ -104,25 +104,37 @@ def test_lean_chunks_equal_hf_forward(arch):
     """forward_chunk: C tokens per sample at a time into the preallocated cache give the
     final hidden states of one Hugging Face forward over prompt + tokens (left padding,
     grouped-query heads, qk-norm for Qwen3), chunk after chunk, with a sample dropped."""
-    model = MODELS[arch]()
-    prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
-    g = torch.Generator().manual_seed(0)
-    tokens_BN = torch.randint(3, V, (3, 9), generator=g)
+    check_chunks_equal_hf(MODELS[arch](), LeanDecoder)
+
+
+def prefill(model, prompts):
+    """(DynamicCache after a Hugging Face forward over the left-padded prompts, P, mask)."""
     ids, mask, pos = left_pad(prompts, 0)
     dec = model.get_decoder()
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         dec(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
             **{cache_kwarg(dec): cache})  # fmt: skip
-    lean = LeanDecoder(model, cache, ids.shape[1], 9)
+    return cache, ids.shape[1], mask
+
+
+def check_chunks_equal_hf(model, decoder_cls, prompts=None):
+    """decoder_cls(model, ...).forward_chunk over chunks of 4, 3 and 2 tokens (a sample dropped
+    after the first) against one Hugging Face forward per sample over prompt + tokens."""
+    prompts = prompts or [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    g = torch.Generator().manual_seed(0)
+    tokens_BN = torch.randint(3, V, (len(prompts), 9), generator=g)
+    cache, P, mask = prefill(model, prompts)
+    dec = model.get_decoder()
+    lean = decoder_cls(model, cache, P, 9)
     lean.read_padding(mask)
     next_pos = mask.sum(-1)
-    keep = torch.arange(3)
+    keep = torch.arange(len(prompts))
     for t, C in ((0, 4), (4, 3), (7, 2)):
         if t == 4:  # sample 1 finished: drop it
-            keep = torch.tensor([0, 2])
-            lean.select(torch.tensor([0, 2]))
-            next_pos = next_pos[[0, 2]]
+            keep = torch.tensor([i for i in range(len(prompts)) if i != 1])
+            lean.select(keep)
+            next_pos = next_pos[keep]
         got = lean.forward_chunk(tokens_BN[keep, t : t + C], next_pos, t)
         next_pos = next_pos + C
         for row, b in enumerate(keep.tolist()):

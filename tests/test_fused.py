@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_decode import check_engines_agree, check_step_equals_hf
+from test_decode import check_chunks_equal_hf, check_engines_agree, check_step_equals_hf, prefill
 from tiny import tiny_llama
 from transformers import (
     LlamaConfig,
@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from pruneopd import fused
+from pruneopd.decode import LeanDecoder
 from pruneopd.rollout import pick_engine, sample
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernel cannot be built")
@@ -56,6 +57,33 @@ def test_fused_step_equals_hf_forward(arch):
     model = MODELS[arch]()
     assert fused.supported(model)
     check_step_equals_hf(model, fused.FusedDecoder)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_fused_chunks_equal_hf_forward(arch):
+    """forward_chunk as one extension call (the sgemm attention with its causal edge inside
+    the chunk and the left padding masked) against the Hugging Face forward."""
+    check_chunks_equal_hf(MODELS[arch](), fused.FusedDecoder)
+
+
+def test_fused_chunks_equal_lean_without_padding():
+    """No padded prompt (the unmasked branch), longer chunks: the same hidden states as
+    LeanDecoder's chunks, chunk after chunk."""
+    model = llama_d32(2)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    toks = torch.randint(3, V, (2, 40), generator=torch.Generator().manual_seed(1))
+    a, b = (
+        cls(model, *prefill(model, prompts)[:2], 40) for cls in (fused.FusedDecoder, LeanDecoder)
+    )
+    pos = torch.tensor([4, 4])
+    for t in range(0, 40, 16):
+        C = min(16, 40 - t)
+        got, want = (
+            a.forward_chunk(toks[:, t : t + C], pos, t),
+            b.forward_chunk(toks[:, t : t + C], pos, t),
+        )
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        pos = pos + C
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

@@ -3,6 +3,7 @@ import torch
 from tiny import tiny_llama
 from transformers import LlamaForCausalLM
 
+from pruneopd import fused
 from pruneopd.rollout import Chunk, repeat_prompts, sample
 from pruneopd.scoring import IncrementalScorer, score_responses
 
@@ -82,14 +83,16 @@ def test_score_responses_matches_full_log_softmax(student, teacher):
     assert (scores.candidate_logprobs_BTK[~mask_BT] == 0).all()
 
 
-@pytest.mark.parametrize("engine", ["hf", "lean"])
+@pytest.mark.parametrize("engine", ["hf", "lean", "fused"])
 @pytest.mark.parametrize("prune", [False, True])
 def test_incremental_chunks_equal_whole_response_scoring(student, teacher, prune, engine):
+    if engine == "fused" and not fused.available():
+        pytest.skip("the fused kernel cannot be built here")
     prompts = repeat_prompts(PROMPTS, 2)
     B, N = len(prompts), 10
     scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=PAD, position_chunk=4,
                                max_new_tokens=N, engine=engine)  # fmt: skip
-    assert (scorer.lean is not None) == (engine == "lean")
+    assert scorer.engine == engine and (scorer.lean is not None) == (engine != "hf")
     token_lp_BN = torch.zeros(B, N)
     topk_lp_BNK = torch.zeros(B, N, K)
     cand_lp_BNK = torch.zeros(B, N, 4)
