@@ -37,7 +37,10 @@ import torch
 from . import decode
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp"]
+_SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp", _CSRC / "sample_loop.cpp"]
+# samples per group in `FusedDecoder.sample_steps`: a group runs all its steps of a call
+# before the next group starts, so its KV cache stays in the CPU caches between tokens
+SAMPLE_GROUP = 4
 _EXT = None  # the loaded extension module
 _ERROR: str | None = None  # why it could not be loaded, once tried
 _NOTED = False  # whether available() has said why
@@ -178,6 +181,34 @@ class FusedDecoder(decode.LeanDecoder):
             self.scale,
         )  # fmt: skip
         return h_RH.view(A, C, -1)
+
+    def can_sample_steps(self) -> bool:
+        """Whether `sample_steps` reproduces this model's sampling: the head is a plain
+        bias-free linear layer and the input embedding a plain lookup."""
+        head = self.model.get_output_embeddings()
+        emb = self.dec.embed_tokens
+        return (isinstance(head, torch.nn.Linear) and head.bias is None
+                and type(emb) is torch.nn.Embedding)  # fmt: skip
+
+    @torch.inference_mode()
+    def sample_steps(self, logits_AV, uniforms_An, pos_A, t: int, n: int, *, temperature: float,
+                     topk: int, eos_id: int, decode_last: bool, group: int | None = None):  # fmt: skip
+        """n tokens per sample in one call into the extension, from the logits [A, V] of
+        response position t: each step picks a token (argmax at temperature 0, else the
+        inverse CDF at uniforms_An[:, step], as `rollout.pick_tokens`), records its
+        temperature-1 log-prob and top-k ids, and decodes it (a sample stops at eos_id; the
+        last step decodes only with decode_last). Returns (tokens [A, n], log-probs [A, n],
+        top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits [A, V] after the
+        last decode). The samples run in groups of `group` rows, each group all n steps at
+        once (csrc/sample_loop.cpp)."""
+        head = self.model.get_output_embeddings()
+        u = torch.empty(0) if uniforms_An is None else uniforms_An
+        return self.ext.sample_steps(
+            logits_AV.float().contiguous(), self.weights, head.weight.detach(),
+            self.dec.embed_tokens.weight.detach(), self.K, self.V, pos_A.long(), self.cos_SD,
+            self.sin_SD, self._attend_AS(), u, self.P + t, n, float(temperature), topk, eos_id,
+            decode_last, group or SAMPLE_GROUP, self.n_heads, self.n_kv, self.eps, self.scale,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def step(self, tok_A: torch.Tensor, pos_A: torch.Tensor, t: int, mask_AS: torch.Tensor):

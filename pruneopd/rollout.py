@@ -23,6 +23,7 @@ from .models import cache_kwarg
 
 _CAP, _EOS, _PRUNED = 0, 1, 2
 _STOP_NAMES = {_CAP: "cap", _EOS: "eos", _PRUNED: "pruned"}
+BLOCK = 32  # tokens per call into the extension when sampling on the fused engine, unchunked
 
 
 @dataclass
@@ -323,6 +324,12 @@ def _sample_loop(
     chunk_ids_A, chunk_start = active_A, 0
     decoders = {"fused": fused.FusedDecoder, "lean": decode.LeanDecoder}
     lean_decoder = decoders[engine](model, cache, P, N) if engine in decoders else None
+    if engine == "fused" and top_p == 1.0 and lean_decoder.can_sample_steps():
+        lean_decoder.read_padding(attention_mask_BP)
+        buffers = (tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B)
+        _sample_blocks(lean_decoder, logits_AV, next_pos_A, N, eos_id, pad_id, temperature,
+                       uniforms_BN, chunk_size, on_chunk, topk, buffers)  # fmt: skip
+        return buffers
 
     for t in range(N):
         logp_AV = torch.log_softmax(logits_AV.float(), dim=-1)
@@ -384,6 +391,56 @@ def _sample_loop(
             logits_AV = out.logits[:, -1]
         next_pos_A = next_pos_A + 1
     return tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B
+
+
+def _sample_blocks(dec, logits_AV, next_pos_A, N, eos_id, pad_id, temperature, uniforms_BN,
+                   chunk_size, on_chunk, topk, buffers) -> None:  # fmt: skip
+    """`_sample_loop` with `fused.FusedDecoder.sample_steps`: BLOCK tokens (or one chunk) per
+    call into the extension instead of one, filling `buffers` in place. The same tokens,
+    log-probs, top-k ids, stops and chunks as the per-token loop: samples that end inside a
+    block are dropped at its end (the extension stops picking for them at their EOS), and the
+    blocks are the chunks when `on_chunk` is given, as in the per-token loop."""
+    tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B = buffers
+    block = chunk_size if on_chunk is not None else BLOCK
+    active_A = torch.arange(len(next_pos_A), device=next_pos_A.device)
+    t = 0
+    while t < N:
+        n = min(block, N - t)
+        u_An = None if uniforms_BN is None else uniforms_BN[active_A, t : t + n]
+        tok_An, logp_An, topk_Ank, len_A, logits_AV = dec.sample_steps(
+            logits_AV, u_An, next_pos_A, t, n, temperature=temperature, topk=topk,
+            eos_id=eos_id, decode_last=t + n < N,
+        )  # fmt: skip
+        valid_An = torch.arange(n) < len_A[:, None]
+        tokens_BN[active_A, t : t + n] = torch.where(valid_An, tok_An, pad_id)
+        logprobs_BN[active_A, t : t + n] = torch.where(valid_An, logp_An, 0.0)
+        if topk:
+            topk_BNK[active_A, t : t + n] = topk_Ank * valid_An[..., None]
+        lengths_B[active_A] = t + len_A
+        eos_A = tok_An.gather(1, (len_A - 1)[:, None])[:, 0] == eos_id
+        stop_code_B[active_A[eos_A]] = _EOS
+        last = t + n == N
+        keep_A = torch.zeros_like(eos_A) if last else ~eos_A
+        if on_chunk is not None:
+            with torch.inference_mode(False):
+                chunk = _make_chunk(active_A, t, t + int(len_A.max()), tokens_BN, logprobs_BN,
+                                    topk_BNK if topk else None, lengths_B)  # fmt: skip
+                stop_C = on_chunk(chunk)
+            if stop_C is not None:
+                pruned_A = stop_C.to(device=keep_A.device, dtype=torch.bool) & keep_A
+                stop_code_B[active_A[pruned_A]] = _PRUNED
+                keep_A &= ~pruned_A
+        if last:
+            break
+        if not bool(keep_A.all()):
+            keep_idx_A = keep_A.nonzero()[:, 0]
+            if keep_idx_A.numel() == 0:
+                break
+            dec.select(keep_idx_A)
+            active_A, next_pos_A = active_A[keep_idx_A], next_pos_A[keep_idx_A]
+            logits_AV = logits_AV[keep_idx_A]
+        next_pos_A = next_pos_A + n
+        t += n
 
 
 def _make_chunk(ids_A, start, end, tokens_BN, logprobs_BN, topk_BNK, lengths_B) -> Chunk:

@@ -147,3 +147,37 @@ def test_linear_equals_matmul(shape):
     torch.testing.assert_close(out, x @ w.T, atol=1e-5, rtol=1e-5)
     strided = fused.load().linear(x.T.contiguous().T, w)  # a non-contiguous x is copied first
     torch.testing.assert_close(strided, x @ w.T, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_fused_chunks_and_pruning_match_lean(top_p):
+    """With on_chunk (online pruning), the fused engine samples a chunk per call into the
+    extension (`sample_steps`; top_p < 1 goes token by token): the same chunks (samples,
+    tokens, masks, log-probs, top-k) reach on_chunk, and the same samples are pruned, as
+    through LeanDecoder's token-by-token loop."""
+    model = MODELS["llama-gqa-d8"]()
+    prompts = [p for p in PROMPTS for _ in range(3)]
+
+    def run(engine):
+        seen = []
+
+        def on_chunk(c):
+            seen.append(c)
+            return c.sample_ids_A % 3 == 0 if c.start == 5 else None
+
+        r = sample(model, prompts, max_new_tokens=200, eos_id=EOS, pad_id=PAD, topk=4,
+                   top_p=top_p, chunk_size=5, on_chunk=on_chunk, engine=engine,
+                   generator=torch.Generator().manual_seed(3))  # fmt: skip
+        return r, seen
+
+    (a, ca), (b, cb) = run("lean"), run("fused")
+    assert a.responses == b.responses and a.stopped_by == b.stopped_by
+    assert set(a.stopped_by) == {"pruned", "eos"}  # every sample ended before the cap...
+    assert ca[-1].tokens_AC.shape[1] < 5  # ...the last one inside a chunk, which ends there
+    assert len(ca) == len(cb)
+    for x, y in zip(ca, cb, strict=True):
+        assert x.start == y.start and torch.equal(x.sample_ids_A, y.sample_ids_A)
+        assert torch.equal(x.tokens_AC, y.tokens_AC) and torch.equal(x.mask_AC, y.mask_AC)
+        assert torch.equal(x.student_topk_ids_ACK, y.student_topk_ids_ACK)
+        torch.testing.assert_close(x.student_logprobs_AC, y.student_logprobs_AC, atol=1e-5,
+                                   rtol=0)  # fmt: skip

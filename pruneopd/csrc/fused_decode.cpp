@@ -21,11 +21,15 @@
 
 #include "blas.h"
 #include "causal_attention.h"
+#include "decode_attention.h"
+#include "sample_loop.h"
 #include "vec_math.h"
 
 namespace {
 
+using pruneopd::attend;
 using pruneopd::exp_sub_sum;
+using pruneopd::rope;
 using pruneopd::row_max;
 
 // out[a] = x[a] * rsqrt(mean(x[a]^2) + eps) * w, rows of n floats
@@ -43,88 +47,6 @@ void rms_rows(const float* x, const float* w, float* out, int64_t rows, int64_t 
     }
   });
 }
-
-// x[0:D] <- x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[D/2:], x[:D/2]]
-inline void rope(float* x, const float* cos, const float* sin, int64_t D) {
-  const int64_t h = D / 2;
-  float tmp[512];
-  for (int64_t i = 0; i < D; ++i) tmp[i] = x[i];
-  for (int64_t i = 0; i < h; ++i) x[i] = tmp[i] * cos[i] - tmp[i + h] * sin[i];
-  for (int64_t i = h; i < D; ++i) x[i] = tmp[i] * cos[i] + tmp[i - h] * sin[i];
-}
-
-// softmax(q . K[j] * scale over slots j < L, masked where att[j] is false) . V, one query
-// head of D dims against one kv head's cache rows Kc, Vc ([S, D]); sc: scratch of L floats.
-template <int DD>
-void attend_d(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-              int64_t, float scale, float* sc, float* out) {
-  // scores four slots at a time: four independent dot products keep the FMA units busy
-  int64_t j = 0;
-  for (; j + 4 <= L; j += 4) {
-    const float* k0 = Kc + j * DD;
-    float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-    for (int d = 0; d < DD; ++d) {
-      d0 += q[d] * k0[d];
-      d1 += q[d] * k0[DD + d];
-      d2 += q[d] * k0[2 * DD + d];
-      d3 += q[d] * k0[3 * DD + d];
-    }
-    sc[j] = d0 * scale;
-    sc[j + 1] = d1 * scale;
-    sc[j + 2] = d2 * scale;
-    sc[j + 3] = d3 * scale;
-  }
-  for (; j < L; ++j) {
-    const float* kj = Kc + j * DD;
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int d = 0; d < DD; ++d) dot += q[d] * kj[d];
-    sc[j] = dot * scale;
-  }
-  if (att) {
-    for (int64_t i = 0; i < L; ++i) sc[i] = att[i] ? sc[i] : -INFINITY;
-  }
-  const float sum = exp_sub_sum(sc, L, row_max(sc, L));
-  float acc[DD];
-  for (int d = 0; d < DD; ++d) acc[d] = 0.f;
-  for (int64_t j = 0; j < L; ++j) {
-    const float p = sc[j];
-    const float* vj = Vc + j * DD;
-#pragma omp simd
-    for (int d = 0; d < DD; ++d) acc[d] += p * vj[d];
-  }
-  const float inv = 1.f / sum;
-  for (int d = 0; d < DD; ++d) out[d] = acc[d] * inv;
-}
-
-void attend_any(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-                int64_t D, float scale, float* sc, float* out) {
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < L; ++j) {
-    float dot = 0.f;
-    for (int64_t d = 0; d < D; ++d) dot += q[d] * Kc[j * D + d];
-    const float v = (att && !att[j]) ? -INFINITY : dot * scale;
-    sc[j] = v;
-    mx = v > mx ? v : mx;
-  }
-  const float sum = exp_sub_sum(sc, L, mx);
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (int64_t j = 0; j < L; ++j)
-    for (int64_t d = 0; d < D; ++d) out[d] += sc[j] * Vc[j * D + d];
-  for (int64_t d = 0; d < D; ++d) out[d] /= sum;
-}
-
-void attend(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-            int64_t D, float scale, float* sc, float* out) {
-  switch (D) {
-    case 32: return attend_d<32>(q, Kc, Vc, att, L, D, scale, sc, out);
-    case 64: return attend_d<64>(q, Kc, Vc, att, L, D, scale, sc, out);
-    case 128: return attend_d<128>(q, Kc, Vc, att, L, D, scale, sc, out);
-    default: return attend_any(q, Kc, Vc, att, L, D, scale, sc, out);
-  }
-}
-
 
 // out[A, N] = beta * out + x[A, K] @ w[N, K]^T with the N columns split over the threads: at
 // these sizes (A = a few dozen rows) MKL runs a product on one thread, so the split is what
@@ -303,6 +225,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_step", &decode_step, "one fused decode step (pruneopd.fused)");
   m.def("forward_tokens", &forward_tokens,
         "C tokens per sample through every layer, into the cache (pruneopd.fused)");
+  m.def("sample_steps", &pruneopd::sample_steps,
+        "n sampled tokens per call: pick, log-prob, top-k, decode (pruneopd.fused)");
   m.def("linear", &linear, "x @ w.T, columns split over the threads (pruneopd.fused)");
   m.def("causal_attention_has_blas", &pruneopd::causal_attention_has_blas,
         "whether the BLAS the attention kernel calls is loaded");
