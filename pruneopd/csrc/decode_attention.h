@@ -1,5 +1,5 @@
-// One query's attention over a KV cache and the rotary embedding, for pruneopd's C++
-// extension: the per-token pieces the decode step (fused_decode.cpp) and the multi-token
+// One query's attention over a KV cache, the rotary embedding and RMSNorm of a row, for the
+// C++ extension: the per-token pieces the decode step (fused_decode.cpp) and the multi-token
 // sampling loop (sample_loop.cpp) share. Plain loops over float32 rows, single-threaded.
 #pragma once
 
@@ -9,6 +9,16 @@
 #include "vec_math.h"
 
 namespace pruneopd {
+
+// out = x * rsqrt(mean(x^2) + eps) * w, one row of n floats (RMSNorm as Hugging Face's)
+inline void rms_row(const float* x, const float* w, float* out, int64_t n, float eps) {
+  float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+}
 
 // x[0:D] <- x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[D/2:], x[:D/2]]
 inline void rope(float* x, const float* cos, const float* sin, int64_t D) {
@@ -22,8 +32,8 @@ inline void rope(float* x, const float* cos, const float* sin, int64_t D) {
 // softmax(q . K[j] * scale over slots j < L, masked where att[j] is false) . V, one query
 // head of D dims against one kv head's cache rows Kc, Vc ([S, D]); sc: scratch of L floats.
 template <int DD>
-inline void attend_d(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-              int64_t, float scale, float* sc, float* out) {
+inline void attend_d(const float* q, const float* Kc, const float* Vc, const bool* att,
+                     int64_t L, int64_t, float scale, float* sc, float* out) {
   // scores four slots at a time: four independent dot products keep the FMA units busy
   int64_t j = 0;
   for (; j + 4 <= L; j += 4) {
@@ -64,8 +74,8 @@ inline void attend_d(const float* q, const float* Kc, const float* Vc, const boo
   for (int d = 0; d < DD; ++d) out[d] = acc[d] * inv;
 }
 
-inline void attend_any(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-                int64_t D, float scale, float* sc, float* out) {
+inline void attend_any(const float* q, const float* Kc, const float* Vc, const bool* att,
+                       int64_t L, int64_t D, float scale, float* sc, float* out) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < L; ++j) {
     float dot = 0.f;
@@ -81,8 +91,8 @@ inline void attend_any(const float* q, const float* Kc, const float* Vc, const b
   for (int64_t d = 0; d < D; ++d) out[d] /= sum;
 }
 
-inline void attend(const float* q, const float* Kc, const float* Vc, const bool* att, int64_t L,
-            int64_t D, float scale, float* sc, float* out) {
+inline void attend(const float* q, const float* Kc, const float* Vc, const bool* att,
+                   int64_t L, int64_t D, float scale, float* sc, float* out) {
   switch (D) {
     case 32: return attend_d<32>(q, Kc, Vc, att, L, D, scale, sc, out);
     case 64: return attend_d<64>(q, Kc, Vc, att, L, D, scale, sc, out);

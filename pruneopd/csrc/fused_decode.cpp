@@ -32,19 +32,10 @@ using pruneopd::exp_sub_sum;
 using pruneopd::rope;
 using pruneopd::row_max;
 
-// out[a] = x[a] * rsqrt(mean(x[a]^2) + eps) * w, rows of n floats
+// RMSNorm of `rows` rows of n floats, rows split over the threads
 void rms_rows(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps) {
   at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * n;
-      float* o = out + r * n;
-      float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
-      const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = w[i] * (xr[i] * inv);
-    }
+    for (int64_t r = r0; r < r1; ++r) pruneopd::rms_row(x + r * n, w, out + r * n, n, eps);
   });
 }
 

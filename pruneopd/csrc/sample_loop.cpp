@@ -30,18 +30,9 @@
 namespace pruneopd {
 namespace {
 
-// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w, rows of n floats (one thread)
+// RMSNorm of `rows` rows of n floats (one thread)
 void rms(const float* x, const float* w, float* out, int64_t rows, int64_t n, float eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * n;
-    float* o = out + r * n;
-    float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) o[i] = w[i] * (xr[i] * inv);
-  }
+  for (int64_t r = 0; r < rows; ++r) rms_row(x + r * n, w, out + r * n, n, eps);
 }
 
 // out[m, N] = beta * out + x[m, K] @ w[N, K]^T (one single-threaded sgemm)
