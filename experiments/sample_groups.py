@@ -89,6 +89,16 @@ def main() -> None:
             differ[m] = max(differ[m], sum(a != b for a, b in same))
     fused.FusedDecoder.can_sample_steps = blocks
     print(f"{len(prompts)} samples x {n} tokens, {args.threads} threads, {args.repeats} repeats")
+    fused.SAMPLE_GROUP = 4
+    blk = run(4)[1]
+    for i, (a, b) in enumerate(zip(ref.responses, blk.responses, strict=True)):
+        if a != b:  # where the first different token is, and how close the draw was
+            j = next(j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+            la, lb = ref.student_logprobs[i], blk.student_logprobs[i]
+            before = float((la[:j] - lb[:j]).abs().max()) if j else 0.0
+            print(f"groups of 4: sample {i} differs first at token {j}: {a[j]} vs {b[j]}, "
+                  f"log-probs {float(la[j]):.4f} / {float(lb[j]):.4f}, u = {float(u[i, j]):.6f}; "
+                  f"earlier log-probs within {before:.1e}")  # fmt: skip
     for m in modes:
         ratio = statistics.median(a / b for a, b in zip(times["token"], times[m], strict=True))
         name = "token by token" if m == "token" else f"sample_steps, groups of {m}"

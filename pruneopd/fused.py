@@ -1,4 +1,4 @@
-"""The decode step as one compiled C++ call (`csrc/fused_decode.cpp`), for `rollout.sample`.
+"""Sampling's decode as compiled C++ calls (`csrc/fused_decode.cpp`, `csrc/sample_loop.cpp`).
 
 `decode.LeanDecoder.step` runs ~150 small PyTorch operators per generated token; on the small
 models this package trains by default they, not the arithmetic, are most of sampling's time
@@ -9,6 +9,12 @@ RMSNorm, one q/k/v matmul, rotary + the cache write and the attention over the c
 loop per (sample, kv head), the o projection added in place, RMSNorm, one gate/up matmul,
 SiLU * up, the down projection added in place.
 
+`FusedDecoder.sample_steps` goes further: a block of tokens per call (the pick from the
+logits with the caller's uniforms, the log-prob and top-k, the decode step), with the samples
+in groups of `SAMPLE_GROUP` that each run all the block's steps before the next group starts,
+so a group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e).
+`rollout.sample` uses it on this engine at top_p = 1.
+
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
 ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), under a name that includes this
@@ -16,7 +22,8 @@ CPU's instruction-set flags, since it is built for the CPU it runs on (-march=na
 `available()` says whether it loads; `rollout.sample(engine="auto")` takes it when it does and
 the model qualifies (`supported`), else LeanDecoder.
 
-Logits equal LeanDecoder's up to float rounding (tests/test_fused.py).
+Logits equal LeanDecoder's up to float rounding, and so the sampled tokens do, except where a
+uniform falls within that rounding of a CDF boundary (tests/test_fused.py).
 
 The same extension holds the causal attention kernel of the whole-sequence forwards
 (`csrc/causal_attention.cpp`, used through `pruneopd.attention`).
