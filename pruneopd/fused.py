@@ -13,7 +13,7 @@ SiLU * up, the down projection added in place.
 logits with the caller's uniforms, the log-prob and top-k, the decode step), with the samples
 in groups of `SAMPLE_GROUP` that each run all the block's steps before the next group starts,
 so a group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e).
-`rollout.sample` uses it on this engine at top_p = 1.
+`rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -199,12 +199,13 @@ class FusedDecoder(decode.LeanDecoder):
 
     @torch.inference_mode()
     def sample_steps(self, logits_AV, uniforms_An, pos_A, t: int, n: int, *, temperature: float,
-                     topk: int, eos_id: int, decode_last: bool, group: int | None = None):  # fmt: skip
+                     top_p: float = 1.0, topk: int, eos_id: int, decode_last: bool,
+                     group: int | None = None):  # fmt: skip
         """n tokens per sample in one call into the extension, from the logits [A, V] of
         response position t: each step picks a token (argmax at temperature 0, else the
-        inverse CDF at uniforms_An[:, step], as `rollout.pick_tokens`), records its
-        temperature-1 log-prob and top-k ids, and decodes it (a sample stops at eos_id; the
-        last step decodes only with decode_last). Returns (tokens [A, n], log-probs [A, n],
+        inverse CDF at uniforms_An[:, step] in the top_p nucleus, as `rollout.pick_tokens`),
+        records its temperature-1 log-prob and top-k ids, and decodes it (a sample stops at
+        eos_id; the last step decodes only with decode_last). Returns (tokens [A, n], log-probs [A, n],
         top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits [A, V] after the
         last decode). The samples run in groups of `group` rows, each group all n steps at
         once (csrc/sample_loop.cpp)."""
@@ -213,8 +214,9 @@ class FusedDecoder(decode.LeanDecoder):
         return self.ext.sample_steps(
             logits_AV.float().contiguous(), self.weights, head.weight.detach(),
             self.dec.embed_tokens.weight.detach(), self.K, self.V, pos_A.long(), self.cos_SD,
-            self.sin_SD, self._attend_AS(), u, self.P + t, n, float(temperature), topk, eos_id,
-            decode_last, group or SAMPLE_GROUP, self.n_heads, self.n_kv, self.eps, self.scale,
+            self.sin_SD, self._attend_AS(), u, self.P + t, n, float(temperature), float(top_p),
+            topk, eos_id, decode_last, group or SAMPLE_GROUP, self.n_heads, self.n_kv, self.eps,
+            self.scale,
         )  # fmt: skip
 
     @torch.inference_mode()

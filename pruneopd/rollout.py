@@ -324,10 +324,10 @@ def _sample_loop(
     chunk_ids_A, chunk_start = active_A, 0
     decoders = {"fused": fused.FusedDecoder, "lean": decode.LeanDecoder}
     lean_decoder = decoders[engine](model, cache, P, N) if engine in decoders else None
-    if engine == "fused" and top_p == 1.0 and lean_decoder.can_sample_steps():
+    if engine == "fused" and lean_decoder.can_sample_steps():
         lean_decoder.read_padding(attention_mask_BP)
         buffers = (tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B)
-        _sample_blocks(lean_decoder, logits_AV, next_pos_A, N, eos_id, pad_id, temperature,
+        _sample_blocks(lean_decoder, logits_AV, next_pos_A, N, eos_id, pad_id, temperature, top_p,
                        uniforms_BN, chunk_size, on_chunk, topk, buffers)  # fmt: skip
         return buffers
 
@@ -393,7 +393,7 @@ def _sample_loop(
     return tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B
 
 
-def _sample_blocks(dec, logits_AV, next_pos_A, N, eos_id, pad_id, temperature, uniforms_BN,
+def _sample_blocks(dec, logits_AV, next_pos_A, N, eos_id, pad_id, temperature, top_p, uniforms_BN,
                    chunk_size, on_chunk, topk, buffers) -> None:  # fmt: skip
     """`_sample_loop` with `fused.FusedDecoder.sample_steps`: BLOCK tokens (or one chunk) per
     call into the extension instead of one, filling `buffers` in place. The same tokens,
@@ -408,7 +408,7 @@ def _sample_blocks(dec, logits_AV, next_pos_A, N, eos_id, pad_id, temperature, u
         n = min(block, N - t)
         u_An = None if uniforms_BN is None else uniforms_BN[active_A, t : t + n]
         tok_An, logp_An, topk_Ank, len_A, logits_AV = dec.sample_steps(
-            logits_AV, u_An, next_pos_A, t, n, temperature=temperature, topk=topk,
+            logits_AV, u_An, next_pos_A, t, n, temperature=temperature, top_p=top_p, topk=topk,
             eos_id=eos_id, decode_last=t + n < N,
         )  # fmt: skip
         valid_An = torch.arange(n) < len_A[:, None]

@@ -72,12 +72,12 @@ def test_sample_is_the_same_through_either_engine(arch):
 
 def check_engines_agree(model, engine_a: str, engine_b: str, max_new_tokens: int) -> list[str]:
     """`sample` through engine_a and engine_b: the same tokens and stops, log-probs within
-    1e-5 and the same top-k ids, greedy and at temperatures 1 and 0.7 (also tests/test_fused.py);
-    the stop reasons of the temperature-0.7 samples."""
+    1e-5 and the same top-k ids, greedy, at temperatures 1 and 0.7 and with top_p 0.8 (also
+    tests/test_fused.py); the stop reasons of the temperature-0.7 samples."""
     prompts = [p for p in PROMPTS for _ in range(3)]
     kw = dict(max_new_tokens=max_new_tokens, eos_id=EOS, pad_id=PAD, topk=4)
-    for temperature in (0.0, 1.0, 0.7):
-        a, b = (sample(model, prompts, temperature=temperature, engine=engine,
+    for temperature, top_p in ((0.0, 1.0), (1.0, 1.0), (1.0, 0.8), (0.7, 1.0)):
+        a, b = (sample(model, prompts, temperature=temperature, top_p=top_p, engine=engine,
                        generator=torch.Generator().manual_seed(1), **kw)
                 for engine in (engine_a, engine_b))  # fmt: skip
         assert a.responses == b.responses and a.stopped_by == b.stopped_by

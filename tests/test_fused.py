@@ -152,7 +152,7 @@ def test_linear_equals_matmul(shape):
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
 def test_fused_chunks_and_pruning_match_lean(top_p):
     """With on_chunk (online pruning), the fused engine samples a chunk per call into the
-    extension (`sample_steps`; top_p < 1 goes token by token): the same chunks (samples,
+    extension (`sample_steps`, here also with a top_p nucleus): the same chunks (samples,
     tokens, masks, log-probs, top-k) reach on_chunk, and the same samples are pruned, as
     through LeanDecoder's token-by-token loop."""
     model = MODELS["llama-gqa-d8"]()

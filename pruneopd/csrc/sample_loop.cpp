@@ -119,12 +119,28 @@ void decode_rows(const Model& m, int64_t a0, int64_t g, const int64_t* tok, cons
   lin(s.h.data(), g, H, m.head, m.V, 0.f, logits);
 }
 
+// Zero the probabilities p[0:V] outside the top_p nucleus, as rollout.top_p_filter: in
+// descending order, a token goes when the mass before it (the cumulative sum in double, as
+// torch's, minus its own probability) reaches top_p, so the most likely token always stays.
+void nucleus(float* p, int64_t V, float top_p, Scratch& s) {
+  int32_t* ord = s.order.data();
+  std::iota(ord, ord + V, 0);
+  std::stable_sort(ord, ord + V, [p](int32_t a, int32_t b) { return p[a] > p[b]; });
+  double acc = 0.0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float pi = p[ord[i]];
+    acc += static_cast<double>(pi);
+    if (static_cast<float>(acc) - pi >= top_p) p[ord[i]] = 0.f;
+  }
+}
+
 // The pick from one row of logits, as rollout.pick_tokens and _sample_loop compute it:
 // argmax at temperature 0, else the first token whose cumulative probability (of
-// softmax(logits / temperature), summed in double as torch's cumsum) exceeds u times the
-// total; its temperature-1 log-prob; the ids of the k largest logits, largest first.
-int64_t pick(const float* l, int64_t V, float u, float temperature, int64_t k, float* logp,
-             int32_t* topk, Scratch& s) {
+// softmax(logits / temperature) in the top_p nucleus, summed in double as torch's cumsum)
+// exceeds u times the total; its temperature-1 log-prob; the ids of the k largest logits,
+// largest first.
+int64_t pick(const float* l, int64_t V, float u, float temperature, float top_p, int64_t k,
+             float* logp, int32_t* topk, Scratch& s) {
   const float mx = row_max(l, V);
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
@@ -148,9 +164,11 @@ int64_t pick(const float* l, int64_t V, float u, float temperature, int64_t k, f
       tsum += p[j];
     }
     const float inv = 1.f / tsum;
+    for (int64_t j = 0; j < V; ++j) p[j] *= inv;
+    if (top_p < 1.f) nucleus(p, V, top_p, s);
     double acc = 0.0;
     for (int64_t j = 0; j < V; ++j) {
-      acc += static_cast<double>(p[j] * inv);
+      acc += static_cast<double>(p[j]);
       p[j] = static_cast<float>(acc);
     }
     const float target = u * p[V - 1];
@@ -171,15 +189,13 @@ int64_t pick(const float* l, int64_t V, float u, float temperature, int64_t k, f
 
 }  // namespace
 
-std::vector<torch::Tensor> sample_steps(torch::Tensor logits_AV,
-                                        const std::vector<torch::Tensor>& weights,
-                                        torch::Tensor head_VH, torch::Tensor embed, torch::Tensor K,
-                                        torch::Tensor V, torch::Tensor pos_A, torch::Tensor cos_SD,
-                                        torch::Tensor sin_SD, torch::Tensor attend_AS,
-                                        torch::Tensor uniforms_An, int64_t slot, int64_t n,
-                                        double temperature, int64_t k, int64_t eos_id,
-                                        bool decode_last, int64_t group, int64_t n_heads,
-                                        int64_t n_kv, double eps, double scale) {
+std::vector<torch::Tensor> sample_steps(
+    torch::Tensor logits_AV, const std::vector<torch::Tensor>& weights, torch::Tensor head_VH,
+    torch::Tensor embed, torch::Tensor K, torch::Tensor V, torch::Tensor pos_A,
+    torch::Tensor cos_SD, torch::Tensor sin_SD, torch::Tensor attend_AS,
+    torch::Tensor uniforms_An, int64_t slot, int64_t n, double temperature, double top_p,
+    int64_t k, int64_t eos_id, bool decode_last, int64_t group, int64_t n_heads, int64_t n_kv,
+    double eps, double scale) {
   for (const auto* t : {&logits_AV, &head_VH, &embed, &K, &V, &cos_SD, &sin_SD})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
                 "sample_steps: contiguous float32 CPU tensors expected");
@@ -223,7 +239,7 @@ std::vector<torch::Tensor> sample_steps(torch::Tensor logits_AV,
   const float* up = greedy ? nullptr : u.data_ptr<float>();
   const int64_t* pp = pos.data_ptr<int64_t>();
   const int64_t kk = std::max<int64_t>(k, 1), un = greedy ? 0 : u.size(1);
-  const float temp = static_cast<float>(temperature);
+  const float temp = static_cast<float>(temperature), ftop_p = static_cast<float>(top_p);
   group = std::max<int64_t>(1, std::min(group, A));
   const int64_t n_groups = (A + group - 1) / group;
 
@@ -240,7 +256,7 @@ std::vector<torch::Tensor> sample_steps(torch::Tensor logits_AV,
           if (done[r]) continue;
           const int64_t a = a0 + r;
           const float ua = greedy ? 0.f : up[a * un + step];
-          const int64_t t = pick(lg + a * Vv, Vv, ua, temp, k, lp + a * n + step,
+          const int64_t t = pick(lg + a * Vv, Vv, ua, temp, ftop_p, k, lp + a * n + step,
                                  tp + (a * n + step) * kk, s);
           tk[a * n + step] = t;
           ln[a] = step + 1;
