@@ -31,6 +31,13 @@ ARGS = dict(
 )  # fmt: skip
 
 
+def failure(r: subprocess.CompletedProcess) -> str:
+    """What a failed run printed: the start of its stderr (where a rank's first error is) and
+    the end (torchrun's summary)."""
+    err = r.stderr
+    return err if len(err) <= 8000 else f"{err[:4000]}\n[...]\n{err[-4000:]}"
+
+
 def run(zoo, out, nproc: int, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PRUNEOPD_ZOO": str(zoo), "OMP_NUM_THREADS": "1"}
     args = [f"{k}={v}" for k, v in {**ARGS, "out": out, **kw}.items()]
@@ -52,7 +59,7 @@ def metrics(out) -> list[dict]:
 def one_process(fast_zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "one"
     r = run(fast_zoo, out, 1, method="prune")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     return out
 
 
@@ -60,7 +67,7 @@ def one_process(fast_zoo, tmp_path_factory):
 def test_two_processes_train_like_one(fast_zoo, one_process, tmp_path, parallel):
     out = tmp_path / parallel
     r = run(fast_zoo, out, 2, method="prune", parallel=parallel)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     assert "accuracy before" in r.stdout and r.stdout.count("accuracy before") == 1  # rank 0 only
     one, two = metrics(one_process), metrics(out)
     assert [m["step"] for m in one] == [m["step"] for m in two]
@@ -95,10 +102,10 @@ def test_fsdp_run_stopped_and_resumed_on_two_processes(fast_zoo, one_process, tm
     the same run as never stopped."""
     out = tmp_path / "fsdp-resumed"
     r = run(fast_zoo, out, 2, method="prune", parallel="fsdp", save_every=1)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     shutil.rmtree(out / "checkpoints" / "step-00000003")
     r = run(fast_zoo, out, 2, method="prune", parallel="fsdp", save_every=1, resume="auto")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     one, two = metrics(one_process), metrics(out)
     assert [m["step"] for m in one] == [m["step"] for m in two]
     for a, b in zip(one, two, strict=True):
