@@ -37,8 +37,12 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location(Path(args.old).name.split(".")[0], args.old)
     old_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old_module)
-    old = types.SimpleNamespace(decode_step=old_module.decode_step,
-                                linear=lambda x, w: torch.nn.functional.linear(x, w))  # fmt: skip
+    old = old_module
+    if not hasattr(old_module, "linear"):  # builds before c336942
+        old = types.SimpleNamespace(decode_step=old_module.decode_step,
+                                    linear=lambda x, w: torch.nn.functional.linear(x, w))  # fmt: skip
+    blocks = fused.FusedDecoder.can_sample_steps  # builds before 88f2c02 sample token by token
+    fused.FusedDecoder.can_sample_steps = lambda d: hasattr(d.ext, "sample_steps") and blocks(d)
     student, _, tok = load_models(args, teacher=False)
     prompts = step_prompts(args, tok, 1)[0]
 

@@ -205,9 +205,9 @@ class FusedDecoder(decode.LeanDecoder):
         response position t: each step picks a token (argmax at temperature 0, else the
         inverse CDF at uniforms_An[:, step] in the top_p nucleus, as `rollout.pick_tokens`),
         records its temperature-1 log-prob and top-k ids, and decodes it (a sample stops at
-        eos_id; the last step decodes only with decode_last). Returns (tokens [A, n], log-probs [A, n],
-        top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits [A, V] after the
-        last decode). The samples run in groups of `group` rows, each group all n steps at
+        eos_id; the last step decodes only with decode_last). Returns (tokens [A, n],
+        log-probs [A, n], top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits
+        [A, V] after the last decode). The samples run in groups of `group` rows, each group all n steps at
         once (csrc/sample_loop.cpp)."""
         head = self.model.get_output_embeddings()
         u = torch.empty(0) if uniforms_An is None else uniforms_An

@@ -76,14 +76,14 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
 
 // softmax(Q K^T * scale, causal from slot `start`, masked where att is false) V for the C
 // queries of one query head against one kv head's cache rows Kc, Vc ([S, D]): query c sees
-// slots 0..start + c. Q rows are ldq floats apart, out rows ldo apart; sc: scratch of
-// C * (start + C) floats. Two single-threaded sgemm calls (the caller runs units in parallel).
+// slots 0..start + c. Q rows are ldq floats apart, out rows ldo apart; scratch: sc of
+// C * (start + C) floats, inv of C. Two single-threaded sgemm calls (the caller runs units in
+// parallel).
 static void attend_chunk(const float* Q, int64_t ldq, const float* Kc, const float* Vc,
                          const bool* att, int64_t start, int64_t C, int64_t D, float scale,
-                         float* sc, float* out, int64_t ldo) {
+                         float* sc, float* inv, float* out, int64_t ldo) {
   const int64_t L = start + C;
   pruneopd::mm(false, true, C, L, D, scale, Q, ldq, Kc, D, 0.f, sc, L);
-  std::vector<float> inv(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     float* s = sc + c * L;
     const int64_t valid = start + c + 1;
@@ -150,7 +150,7 @@ torch::Tensor forward_tokens(torch::Tensor x_RH, const std::vector<torch::Tensor
     float* Vl = V_p + li * A * n_kv * S * D;
     // rotary on q and k, k and v into the cache, then attention per (sample, kv head)
     at::parallel_for(0, A * n_kv, 4, [&](int64_t t0, int64_t t1) {
-      std::vector<float> scores(static_cast<size_t>(C * L));
+      std::vector<float> scores(static_cast<size_t>(C * L)), inv(static_cast<size_t>(C));
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t a = t / n_kv, kv = t % n_kv;
         float* Kc = Kl + (a * n_kv + kv) * S * D;
@@ -175,7 +175,7 @@ torch::Tensor forward_tokens(torch::Tensor x_RH, const std::vector<torch::Tensor
             attend(q0 + g * D, Kc, Vc, att, L, D, fscale, scores.data(), o + g * D);
           else
             attend_chunk(q0 + g * D, qkv_n, Kc, Vc, att, start, C, D, fscale, scores.data(),
-                         o + g * D, n_heads * D);
+                         inv.data(), o + g * D, n_heads * D);
         }
       }
     });

@@ -142,26 +142,32 @@ void nucleus(float* p, int64_t V, float top_p, Scratch& s) {
 int64_t pick(const float* l, int64_t V, float u, float temperature, float top_p, int64_t k,
              float* logp, int32_t* topk, Scratch& s) {
   const float mx = row_max(l, V);
+  float* p = s.probs.data();  // exp(l - max): the softmax numerators at temperature 1
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < V; ++j) sum += exp_neg(l[j] - mx);
+  for (int64_t j = 0; j < V; ++j) {
+    p[j] = exp_neg(l[j] - mx);
+    sum += p[j];
+  }
   const float log_sum = std::log(sum);
   int64_t tok = 0;
   if (temperature == 0.f) {
     for (int64_t j = 1; j < V; ++j)
       if (l[j] > l[tok]) tok = j;
   } else {
-    float* p = s.probs.data();
-    float tmx = -INFINITY;
-    for (int64_t j = 0; j < V; ++j) {
-      p[j] = l[j] / temperature;
-      tmx = std::max(tmx, p[j]);
-    }
-    float tsum = 0.f;
+    float tsum = sum;
+    if (temperature != 1.f) {  // at temperature 1 the numerators above are the ones
+      float tmx = -INFINITY;
+      for (int64_t j = 0; j < V; ++j) {
+        p[j] = l[j] / temperature;
+        tmx = std::max(tmx, p[j]);
+      }
+      tsum = 0.f;
 #pragma omp simd reduction(+ : tsum)
-    for (int64_t j = 0; j < V; ++j) {
-      p[j] = exp_neg(p[j] - tmx);
-      tsum += p[j];
+      for (int64_t j = 0; j < V; ++j) {
+        p[j] = exp_neg(p[j] - tmx);
+        tsum += p[j];
+      }
     }
     const float inv = 1.f / tsum;
     for (int64_t j = 0; j < V; ++j) p[j] *= inv;
