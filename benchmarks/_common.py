@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from pruneopd.drift import monitor, reliability_weights
-from pruneopd.losses import masked_token_mean
-from pruneopd.objective import token_losses
-from pruneopd.rollout import repeat_prompts, sample
-from pruneopd.scoring import score_responses
+from pruneopd.engines.rollout import repeat_prompts, sample
+from pruneopd.engines.scoring import score_responses
+from pruneopd.method.drift import monitor, reliability_weights
+from pruneopd.method.losses import masked_token_mean
+from pruneopd.training.objective import token_losses
 
 NEVER_EOS = -1  # an id `sample` can never emit: every response runs to max_new_tokens
 
@@ -77,9 +77,28 @@ def step_prompts(args, tok, n_steps: int) -> list[list[list[int]]]:
     ]
 
 
-def opd_step(student, teacher, tok, opt, prompts, *, cap, loss, eos_id, gen, topk=16, drift_k=1,
-             tau=0.5, w_drop=0.2, w_base=0.5, metric="topk_overlap", budget=None, prune=False,
-             grad_clip=1.0, loss_chunk=4096) -> dict:  # fmt: skip
+def opd_step(
+    student,
+    teacher,
+    tok,
+    opt,
+    prompts,
+    *,
+    cap,
+    loss,
+    eos_id,
+    gen,
+    topk=16,
+    drift_k=1,
+    tau=0.5,
+    w_drop=0.2,
+    w_base=0.5,
+    metric="topk_overlap",
+    budget=None,
+    prune=False,
+    grad_clip=1.0,
+    loss_chunk=4096,
+) -> dict:
     """One OPD step as pruneopd/train.py runs it (no logging, no eval); returns phase times (s),
     the number of generated tokens and the tensors the drift monitor ran on.
 
@@ -88,17 +107,33 @@ def opd_step(student, teacher, tok, opt, prompts, *, cap, loss, eos_id, gen, top
     pad = tok.pad_token_id
     t0 = time.perf_counter()
     student.eval()
-    rollout = sample(student, prompts, max_new_tokens=cap, eos_id=eos_id, pad_id=pad,
-                     temperature=1.0, generator=gen, topk=topk)  # fmt: skip
+    rollout = sample(
+        student,
+        prompts,
+        max_new_tokens=cap,
+        eos_id=eos_id,
+        pad_id=pad,
+        temperature=1.0,
+        generator=gen,
+        topk=topk,
+    )
     t1 = time.perf_counter()
     mask_BT = rollout.response_mask_BT
     tokens_BT = rollout.response_tokens_BT(pad)
     cand_BTK = rollout.student_topk_ids_BTK()
-    scores = score_responses(teacher, prompts, rollout.responses, k=topk,
-                             candidate_ids=cand_BTK, pad_id=pad)  # fmt: skip
+    scores = score_responses(
+        teacher, prompts, rollout.responses, k=topk, candidate_ids=cand_BTK, pad_id=pad
+    )
     t2 = time.perf_counter()
-    drift_in = (metric, cand_BTK[..., :drift_k], scores.topk_ids_BTK[..., :drift_k],
-                scores.topk_logprobs_BTK[..., :drift_k], tokens_BT, mask_BT, tau)  # fmt: skip
+    drift_in = (
+        metric,
+        cand_BTK[..., :drift_k],
+        scores.topk_ids_BTK[..., :drift_k],
+        scores.topk_logprobs_BTK[..., :drift_k],
+        tokens_BT,
+        mask_BT,
+        tau,
+    )
     _, events_BT = monitor(*drift_in)
     _, mult_BT, eff_len_B = reliability_weights(events_BT, mask_BT, w_drop, w_base)
     if budget is not None:
@@ -108,11 +143,19 @@ def opd_step(student, teacher, tok, opt, prompts, *, cap, loss, eos_id, gen, top
     input_ids_BL = rollout.to_padded(pad)[0]
     prompt_lens_B = torch.tensor([len(p) for p in prompts])
     loss_BT, _ = token_losses(
-        loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
-        candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-        teacher_token_logprobs_BT=scores.token_logprobs_BT, teacher_hidden_NH=scores.hidden_NH,
+        loss,
+        student,
+        teacher,
+        input_ids_BL,
+        prompt_lens_B,
+        tokens_BT,
+        mask_BT,
+        candidate_ids_BTK=cand_BTK,
+        teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
+        teacher_token_logprobs_BT=scores.token_logprobs_BT,
+        teacher_hidden_NH=scores.hidden_NH,
         chunk=loss_chunk,
-    )  # fmt: skip
+    )
     value = masked_token_mean(loss_BT, mult_BT if prune else mask_BT.float(), mask_BT)
     opt.zero_grad(set_to_none=True)
     value.backward()
@@ -120,10 +163,16 @@ def opd_step(student, teacher, tok, opt, prompts, *, cap, loss, eos_id, gen, top
     opt.step()
     t4 = time.perf_counter()
     return {
-        "t_sample": t1 - t0, "t_score": t2 - t1, "t_drift": t3 - t2, "t_update": t4 - t3,
-        "t_step": t4 - t0, "tokens": int(mask_BT.sum()), "loss": value.item(),
-        "drift_in": drift_in, "mask_BT": mask_BT,
-    }  # fmt: skip
+        "t_sample": t1 - t0,
+        "t_score": t2 - t1,
+        "t_drift": t3 - t2,
+        "t_update": t4 - t3,
+        "t_step": t4 - t0,
+        "tokens": int(mask_BT.sum()),
+        "loss": value.item(),
+        "drift_in": drift_in,
+        "mask_BT": mask_BT,
+    }
 
 
 def summary(times: list[float], tokens: list[int]) -> dict:

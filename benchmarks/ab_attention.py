@@ -23,7 +23,7 @@ import statistics
 import torch
 from _common import NEVER_EOS, add_common_args, load_models, opd_step, setup, step_prompts
 
-from pruneopd import attention
+from pruneopd.engines import attention
 
 PHASES = ("t_sample", "t_score", "t_update", "t_step")
 
@@ -49,8 +49,17 @@ def main() -> None:
             student.load_state_dict(start)
             opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.0)
             gen = torch.Generator().manual_seed(args.seed + i)
-            r = opd_step(student, teacher, tok, opt, ps, cap=args.new_tokens, loss="full_rkl",
-                         eos_id=NEVER_EOS, gen=gen)  # fmt: skip
+            r = opd_step(
+                student,
+                teacher,
+                tok,
+                opt,
+                ps,
+                cap=args.new_tokens,
+                loss="full_rkl",
+                eos_id=NEVER_EOS,
+                gen=gen,
+            )
             losses[side] = r["loss"]
             if i > 0:  # the first round warms both sides up
                 for k in PHASES:
@@ -60,8 +69,10 @@ def main() -> None:
             print(f"repeat {i}: " + "  ".join(f"{s} {times[s]['t_step'][-1]:.2f}s" for s in sides))
     os.environ.pop("PRUNEOPD_ATTENTION", None)
     med = {s: {k: statistics.median(v) for k, v in times[s].items()} for s in sides}
-    print(f"\nfull-OPD step, {len(prompts[0])} sequences x {args.new_tokens} new tokens, "
-          f"{args.threads} threads, median of {args.steps} repeats")  # fmt: skip
+    print(
+        f"\nfull-OPD step, {len(prompts[0])} sequences x {args.new_tokens} new tokens, "
+        f"{args.threads} threads, median of {args.steps} repeats"
+    )
     print(f"{'phase':9s} {'kernel s':>9s} {'sdpa s':>9s} {'sdpa / kernel':>14s}")
     for k in PHASES:
         a, b = med["kernel"][k], med["sdpa"][k]

@@ -1,8 +1,8 @@
-"""Sampling speed of the working tree's `pruneopd.decode` against a committed one, in one process.
+"""Sampling speed of the working tree's `pruneopd.engines.decode` against a committed one, in one process.
 
 The machines are noisy, so a change to the decode step is measured against the code before it
 in the same process, alternating: the module `pruneopd/decode.py` as of git revision --ref is
-loaded beside the working tree's, and `pruneopd.rollout.sample` runs with one, then the other
+loaded beside the working tree's, and `pruneopd.engines.rollout.sample` runs with one, then the other
 (the order rotates every repeat), on the same prompts and uniforms. It also checks that both
 give the same tokens, and prints how far apart their log-probs are (float rounding).
 
@@ -25,15 +25,19 @@ from pathlib import Path
 import torch
 from _common import NEVER_EOS, add_common_args, load_models, setup, step_prompts
 
-from pruneopd import decode, rollout
+from pruneopd.engines import decode, rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_ref_decode(ref: str):
     """`pruneopd/decode.py` at git revision `ref`, as a module of its own."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:pruneopd/decode.py"],
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    src = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:pruneopd/decode.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "decode_ref.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("decode_ref", path)
@@ -64,8 +68,15 @@ def main() -> None:
             name = names[(i + j) % len(names)]
             rollout.decode = variants[name]
             t0 = time.perf_counter()
-            outs[name] = rollout.sample(model, prompts, max_new_tokens=n, eos_id=NEVER_EOS,
-                                        pad_id=tok.pad_token_id, uniforms_BN=u, topk=args.topk)  # fmt: skip
+            outs[name] = rollout.sample(
+                model,
+                prompts,
+                max_new_tokens=n,
+                eos_id=NEVER_EOS,
+                pad_id=tok.pad_token_id,
+                uniforms_BN=u,
+                topk=args.topk,
+            )
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
         rollout.decode = decode
@@ -78,13 +89,17 @@ def main() -> None:
         if diff > 1e-4:
             sys.exit(f"log-probs differ by {diff:.2e} > 1e-4")
     base = statistics.median(times[names[0]])
-    print(f"{len(per_step[0])} samples x {n} new tokens, {args.threads} threads, "
-          f"top-{args.topk}, {args.student} ({args.zoo or 'shipped zoo'}); same tokens, "
-          f"log-probs within {worst:.1e}")  # fmt: skip
+    print(
+        f"{len(per_step[0])} samples x {n} new tokens, {args.threads} threads, "
+        f"top-{args.topk}, {args.student} ({args.zoo or 'shipped zoo'}); same tokens, "
+        f"log-probs within {worst:.1e}"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:24s} median {med:.3f} s ({base / med:.2f}x the reference)  "
-              f"runs: {', '.join(f'{t:.3f}' for t in ts)}")  # fmt: skip
+        print(
+            f"{name:24s} median {med:.3f} s ({base / med:.2f}x the reference)  "
+            f"runs: {', '.join(f'{t:.3f}' for t in ts)}"
+        )
 
 
 if __name__ == "__main__":

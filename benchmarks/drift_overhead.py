@@ -6,7 +6,7 @@ train`): the student samples (EOS ends a sample, cap --new-tokens), the teacher 
 token (top-K + the student's candidates), the drift monitor runs, then the preset's loss,
 backward and an AdamW step, as pruneopd/train.py does (no logging or eval).
 
-"Drift" here is what Prune-OPD adds to a step: `pruneopd.drift.monitor` (top-K overlap and
+"Drift" here is what Prune-OPD adds to a step: `pruneopd.method.drift.monitor` (top-K overlap and
 drift events), `reliability_weights` (weights, loss multipliers, effective lengths) and
 `ResponseBudget.update` (the next cap). It is timed twice:
 - in the step (one call, as the trainer makes it), and
@@ -42,9 +42,9 @@ from _common import (
 )
 
 import pruneopd
-from pruneopd.budget import ResponseBudget
 from pruneopd.config import load_config
-from pruneopd.drift import monitor, reliability_weights
+from pruneopd.method.budget import ResponseBudget
+from pruneopd.method.drift import monitor, reliability_weights
 
 PRESET = Path(pruneopd.__file__).parent / "configs" / "prune-cross.yaml"
 
@@ -76,55 +76,113 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     student, teacher, tok = load_models(args)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    budget = ResponseBudget(cfg.init_len, cfg.min_len, cfg.max_len, cfg.budget_step,
-                            cfg.budget_margin, cfg.hit_ratio, cfg.patience)  # fmt: skip
+    budget = ResponseBudget(
+        cfg.init_len,
+        cfg.min_len,
+        cfg.max_len,
+        cfg.budget_step,
+        cfg.budget_margin,
+        cfg.hit_ratio,
+        cfg.patience,
+    )
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
 
     steps, micro = [], []
     for i, prompts in enumerate(step_prompts(args, tok, args.warmup + args.steps)):
-        r = opd_step(student, teacher, tok, opt, prompts, cap=args.new_tokens, loss=cfg.loss,
-                     eos_id=tok.eos_token_id, gen=gen, topk=cfg.topk, drift_k=cfg.monitor_k,
-                     tau=cfg.tau, w_drop=cfg.w_drop, w_base=cfg.w_base, metric=cfg.drift_metric,
-                     budget=budget, prune=True, grad_clip=cfg.grad_clip,
-                     loss_chunk=cfg.loss_chunk)  # fmt: skip
+        r = opd_step(
+            student,
+            teacher,
+            tok,
+            opt,
+            prompts,
+            cap=args.new_tokens,
+            loss=cfg.loss,
+            eos_id=tok.eos_token_id,
+            gen=gen,
+            topk=cfg.topk,
+            drift_k=cfg.monitor_k,
+            tau=cfg.tau,
+            w_drop=cfg.w_drop,
+            w_base=cfg.w_base,
+            metric=cfg.drift_metric,
+            budget=budget,
+            prune=True,
+            grad_clip=cfg.grad_clip,
+            loss_chunk=cfg.loss_chunk,
+        )
         if i < args.warmup:
             continue
         m = time_drift(cfg, budget, r["drift_in"], r["mask_BT"], args.repeats)
         steps.append({k: v for k, v in r.items() if not k.endswith(("_in", "_BT"))})
         micro.append(m)
-        print(f"step {i + 1 - args.warmup}: {r['tokens']} tokens, step {r['t_step']:.3f}s, "
-              f"drift {m['drift'] * 1e3:.3f} ms ({100 * m['drift'] / r['t_step']:.3f}%)")  # fmt: skip
+        print(
+            f"step {i + 1 - args.warmup}: {r['tokens']} tokens, step {r['t_step']:.3f}s, "
+            f"drift {m['drift'] * 1e3:.3f} ms ({100 * m['drift'] / r['t_step']:.3f}%)"
+        )
 
     def med(key, rows=steps):
         return statistics.median(row[key] for row in rows)
 
     total = sum(s["t_step"] for s in steps)  # shares of the summed time, so they add up to 100
-    split = [{"phase": k[2:], "median_s": med(k), "share": 100 * sum(s[k] for s in steps) / total}
-             for k in ("t_sample", "t_score", "t_drift", "t_update", "t_step")]  # fmt: skip
-    pieces = [{"piece": k, "median_ms": 1e3 * med(k, micro),
-               "share": statistics.median(100 * m[k] / s["t_step"] for m, s in zip(micro, steps, strict=True))}
-              for k in ("monitor", "weights", "budget", "drift")]  # fmt: skip
+    split = [
+        {"phase": k[2:], "median_s": med(k), "share": 100 * sum(s[k] for s in steps) / total}
+        for k in ("t_sample", "t_score", "t_drift", "t_update", "t_step")
+    ]
+    pieces = [
+        {
+            "piece": k,
+            "median_ms": 1e3 * med(k, micro),
+            "share": statistics.median(
+                100 * m[k] / s["t_step"] for m, s in zip(micro, steps, strict=True)
+            ),
+        }
+        for k in ("monitor", "weights", "budget", "drift")
+    ]
     share = pieces[-1]["share"]
     in_step = statistics.median(100 * s["t_drift"] / s["t_step"] for s in steps)
     B = args.batch * args.responses_per_prompt
-    print(f"\nPrune-OPD step ({Path(args.config).name}, loss {cfg.loss}, drift "
-          f"{cfg.drift_metric} K={cfg.monitor_k}), {B} samples, cap {args.new_tokens}, "
-          f"median {med('tokens'):.0f} tokens/step, {args.threads} threads")  # fmt: skip
-    print_table(split, [("phase", "phase", ""), ("median_s", "median s", ".4f"),
-                        ("share", "% of all steps", ".2f")])  # fmt: skip
+    print(
+        f"\nPrune-OPD step ({Path(args.config).name}, loss {cfg.loss}, drift "
+        f"{cfg.drift_metric} K={cfg.monitor_k}), {B} samples, cap {args.new_tokens}, "
+        f"median {med('tokens'):.0f} tokens/step, {args.threads} threads"
+    )
+    print_table(
+        split,
+        [
+            ("phase", "phase", ""),
+            ("median_s", "median s", ".4f"),
+            ("share", "% of all steps", ".2f"),
+        ],
+    )
     print(f"\ndrift micro-benchmark ({args.repeats} calls per step, median per call)")
-    print_table(pieces, [("piece", "piece", ""), ("median_ms", "ms/call", ".3f"),
-                         ("share", "% of step", ".3f")])  # fmt: skip
+    print_table(
+        pieces,
+        [("piece", "piece", ""), ("median_ms", "ms/call", ".3f"), ("share", "% of step", ".3f")],
+    )
     verdict = "meets" if share < 5.0 else "misses"
-    print(f"drift share of the step: {share:.3f}% (micro-benchmark), {in_step:.3f}% (timed in "
-          f"the step) -> {verdict} the < 5% target")  # fmt: skip
-    write_json(args.json, {"benchmark": "drift_overhead", **environment(args),
-                           "config": {k: getattr(cfg, k) for k in ("loss", "topk", "drift_metric",
-                                                                   "tau", "w_drop", "w_base")},
-                           "monitor_k": cfg.monitor_k, "split": split, "drift_pieces": pieces,
-                           "share_micro": share, "share_in_step": in_step,
-                           "steps": steps, "micro": micro})  # fmt: skip
+    print(
+        f"drift share of the step: {share:.3f}% (micro-benchmark), {in_step:.3f}% (timed in "
+        f"the step) -> {verdict} the < 5% target"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "drift_overhead",
+            **environment(args),
+            "config": {
+                k: getattr(cfg, k)
+                for k in ("loss", "topk", "drift_metric", "tau", "w_drop", "w_base")
+            },
+            "monitor_k": cfg.monitor_k,
+            "split": split,
+            "drift_pieces": pieces,
+            "share_micro": share,
+            "share_in_step": in_step,
+            "steps": steps,
+            "micro": micro,
+        },
+    )
 
 
 if __name__ == "__main__":

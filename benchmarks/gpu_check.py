@@ -38,11 +38,20 @@ def qwen3(hidden, layers, heads, kv, inter, vocab, seed):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
-                      head_dim=128 if hidden >= 896 else hidden // heads,
-                      max_position_embeddings=4096, tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    cfg = Qwen3Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        head_dim=128 if hidden >= 896 else hidden // heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return Qwen3ForCausalLM(cfg).eval()
 
 
@@ -71,10 +80,10 @@ def timed(fn, device):
 
 
 def check_size(size: str, args, root: Path) -> list[dict]:
+    from pruneopd.engines.rollout import sample
+    from pruneopd.engines.scoring import score_responses
+    from pruneopd.engines.vllm_engine import VLLMSampler, VLLMTeacher
     from pruneopd.models import load_model, load_tokenizer
-    from pruneopd.rollout import sample
-    from pruneopd.scoring import score_responses
-    from pruneopd.vllm_engine import VLLMSampler, VLLMTeacher
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -83,26 +92,51 @@ def check_size(size: str, args, root: Path) -> list[dict]:
     student = load_model(str(s_dir), dtype).to(device).eval()
     teacher = load_model(str(t_dir), dtype).to(device).eval()
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 320, (args.prompt_tokens,), generator=g).tolist()
-               for _ in range(args.samples)]  # fmt: skip
+    prompts = [
+        torch.randint(3, 320, (args.prompt_tokens,), generator=g).tolist()
+        for _ in range(args.samples)
+    ]
     N, K = args.new_tokens, 16
     never = -1  # an EOS the lean sampler never emits: every sample runs to N
     rows = []
     sample(student, prompts[:2], max_new_tokens=8, eos_id=never, pad_id=0, topk=K)  # warm-up
-    lean, t_lean = timed(lambda: sample(student, prompts, max_new_tokens=N, eos_id=never,
-                                        pad_id=0, topk=K, generator=g), device)  # fmt: skip
-    engine = dict(dtype=args.dtype, seed=0, max_model_len=args.prompt_tokens + N + 8,
-                  device=device, kv_cache_mb=args.kv_cache_mb, gpu_memory=args.gpu_memory)  # fmt: skip
+    lean, t_lean = timed(
+        lambda: sample(
+            student, prompts, max_new_tokens=N, eos_id=never, pad_id=0, topk=K, generator=g
+        ),
+        device,
+    )
+    engine = dict(
+        dtype=args.dtype,
+        seed=0,
+        max_model_len=args.prompt_tokens + N + 8,
+        device=device,
+        kv_cache_mb=args.kv_cache_mb,
+        gpu_memory=args.gpu_memory,
+    )
     vs = VLLMSampler(student, tok, **engine)
     # EOS id 2 can be drawn by random weights; the tokens/s counts what was sampled
-    _, _ = timed(lambda: vs.sample(prompts[:2], max_new_tokens=8, eos_id=2, pad_id=0,
-                                   seeds=[0, 1], topk=K), device)  # fmt: skip
-    out, t_vllm = timed(lambda: vs.sample(prompts, max_new_tokens=N, eos_id=2, pad_id=0,
-                                          seeds=list(range(len(prompts))), topk=K), device)  # fmt: skip
+    _, _ = timed(
+        lambda: vs.sample(prompts[:2], max_new_tokens=8, eos_id=2, pad_id=0, seeds=[0, 1], topk=K),
+        device,
+    )
+    out, t_vllm = timed(
+        lambda: vs.sample(
+            prompts, max_new_tokens=N, eos_id=2, pad_id=0, seeds=list(range(len(prompts))), topk=K
+        ),
+        device,
+    )
     n_lean = sum(len(r) for r in lean.responses)
     n_vllm = sum(len(r) for r in out.responses)
-    rows.append({"size": size, "what": "rollout tokens/s", "hf_or_lean": n_lean / t_lean,
-                 "vllm": n_vllm / t_vllm, "note": f"{len(prompts)} x {N} tokens"})  # fmt: skip
+    rows.append(
+        {
+            "size": size,
+            "what": "rollout tokens/s",
+            "hf_or_lean": n_lean / t_lean,
+            "vllm": n_vllm / t_vllm,
+            "note": f"{len(prompts)} x {N} tokens",
+        }
+    )
     vs = None  # free the student's engine before the teacher's
     vt = VLLMTeacher(str(t_dir), tok, **engine)
     responses = lean.responses
@@ -111,32 +145,69 @@ def check_size(size: str, args, root: Path) -> list[dict]:
     got, t_v = timed(lambda: vt.score(prompts, responses, k=K), device)
     n = sum(len(r) for r in responses)
     diff = float((got.token_logprobs_BT - ref.token_logprobs_BT.cpu()).abs().max())
-    rows.append({"size": size, "what": "teacher scoring tokens/s", "hf_or_lean": n / t_hf,
-                 "vllm": n / t_v, "note": f"max |log-prob diff| {diff:.1e}"})  # fmt: skip
+    rows.append(
+        {
+            "size": size,
+            "what": "teacher scoring tokens/s",
+            "hf_or_lean": n / t_hf,
+            "vllm": n / t_v,
+            "note": f"max |log-prob diff| {diff:.1e}",
+        }
+    )
     vt = None
     step = one_step(s_dir, t_dir, args, root / size / "run")
-    rows.append({"size": size, "what": "Prune-OPD step (s), vLLM engines", "hf_or_lean": None,
-                 "vllm": step["seconds"],
-                 "note": f"logprob_mismatch {step['logprob_mismatch']:.1e}"})  # fmt: skip
+    rows.append(
+        {
+            "size": size,
+            "what": "Prune-OPD step (s), vLLM engines",
+            "hf_or_lean": None,
+            "vllm": step["seconds"],
+            "note": f"logprob_mismatch {step['logprob_mismatch']:.1e}",
+        }
+    )
     return rows
 
 
 def one_step(s_dir: Path, t_dir: Path, args, out: Path) -> dict:
     """`pruneopd train` for one step with both engines, in its own process."""
-    cmd = [sys.executable, "-m", "pruneopd.cli", "train", f"student={s_dir}", f"teacher={t_dir}",
-           "task=loop", "method=prune", "loss=sampled_rkl", "rollout_engine=vllm",
-           "teacher_engine=vllm", "max_steps=1", "prompts_per_step=4", "responses_per_prompt=4",
-           f"max_len={args.new_tokens}", "min_len=16", f"init_len={args.new_tokens}",
-           "eval_problems=2", "eval_every=0", "progress=false", "tensorboard=false",
-           f"device={args.device}", f"dtype={args.dtype}", f"out={out}", "overwrite=true",
-           f"vllm_kv_cache_mb={args.kv_cache_mb}", f"vllm_gpu_memory={args.gpu_memory}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pruneopd.cli",
+        "train",
+        f"student={s_dir}",
+        f"teacher={t_dir}",
+        "task=loop",
+        "method=prune",
+        "loss=sampled_rkl",
+        "rollout_engine=vllm",
+        "teacher_engine=vllm",
+        "max_steps=1",
+        "prompts_per_step=4",
+        "responses_per_prompt=4",
+        f"max_len={args.new_tokens}",
+        "min_len=16",
+        f"init_len={args.new_tokens}",
+        "eval_problems=2",
+        "eval_every=0",
+        "progress=false",
+        "tensorboard=false",
+        f"device={args.device}",
+        f"dtype={args.dtype}",
+        f"out={out}",
+        "overwrite=true",
+        f"vllm_kv_cache_mb={args.kv_cache_mb}",
+        f"vllm_gpu_memory={args.gpu_memory}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"gpu_check: the training step failed:\n{res.stderr[-3000:]}")
     step = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     m = next(r for r in step if "loss" in r)
-    return {"seconds": m["t_sample"] + m["t_teacher"] + m["t_update"],
-            "logprob_mismatch": m["logprob_mismatch"]}  # fmt: skip
+    return {
+        "seconds": m["t_sample"] + m["t_teacher"] + m["t_update"],
+        "logprob_mismatch": m["logprob_mismatch"],
+    }
 
 
 def main() -> None:

@@ -42,11 +42,11 @@ from _common import (
     write_json,
 )
 
-from pruneopd import fused
-from pruneopd.objective import token_losses
-from pruneopd.online import OnlinePruner
-from pruneopd.rollout import sample, sample_uniforms
-from pruneopd.scoring import score_responses
+from pruneopd.engines import fused
+from pruneopd.engines.online import OnlinePruner
+from pruneopd.engines.rollout import sample, sample_uniforms
+from pruneopd.engines.scoring import score_responses
+from pruneopd.training.objective import token_losses
 
 
 def main() -> None:
@@ -61,18 +61,38 @@ def main() -> None:
     n, k, pad = args.new_tokens, args.topk, tok.pad_token_id
 
     def offline(prompts, u):
-        r = sample(student, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad,
-                   uniforms_BN=u, topk=k)  # fmt: skip
-        s = score_responses(teacher, prompts, r.responses, k=k,
-                            candidate_ids=r.student_topk_ids_BTK(), pad_id=pad)  # fmt: skip
+        r = sample(
+            student, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad, uniforms_BN=u, topk=k
+        )
+        s = score_responses(
+            teacher, prompts, r.responses, k=k, candidate_ids=r.student_topk_ids_BTK(), pad_id=pad
+        )
         return r, s
 
     def online(prompts, u, engine):
-        pruner = OnlinePruner(teacher, prompts, k=k, pad_id=pad, metric="topk_overlap", tau=0.5,
-                              w_drop=0.0, floor=0.0, max_new_tokens=None if engine == "hf" else n,
-                              engine=engine)  # fmt: skip
-        r = sample(student, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad,
-                   uniforms_BN=u, topk=k, chunk_size=args.chunk, on_chunk=pruner)  # fmt: skip
+        pruner = OnlinePruner(
+            teacher,
+            prompts,
+            k=k,
+            pad_id=pad,
+            metric="topk_overlap",
+            tau=0.5,
+            w_drop=0.0,
+            floor=0.0,
+            max_new_tokens=None if engine == "hf" else n,
+            engine=engine,
+        )
+        r = sample(
+            student,
+            prompts,
+            max_new_tokens=n,
+            eos_id=NEVER_EOS,
+            pad_id=pad,
+            uniforms_BN=u,
+            topk=k,
+            chunk_size=args.chunk,
+            on_chunk=pruner,
+        )
         return r, pruner.assemble(len(prompts), n)
 
     variants = {"offline": offline}
@@ -97,17 +117,26 @@ def main() -> None:
             r2, s2 = outs[name]
             if r2.responses != r.responses or "pruned" in r2.stopped_by:
                 sys.exit(f"{name}: different tokens, or something was pruned")
-            for a, b in ((s2.topk_logprobs_BTK, ref.topk_logprobs_BTK),
-                         (s2.candidate_logprobs_BTK, ref.candidate_logprobs_BTK)):  # fmt: skip
+            for a, b in (
+                (s2.topk_logprobs_BTK, ref.topk_logprobs_BTK),
+                (s2.candidate_logprobs_BTK, ref.candidate_logprobs_BTK),
+            ):
                 worst = max(worst, float((a - b).abs().max()))
         student.train()
         t0 = time.perf_counter()
         input_ids_BL = r.to_padded(pad)[0]
         mask_BT = r.response_mask_BT
-        loss_BT, _ = token_losses("topk_rkl", student, teacher, input_ids_BL,
-                                  torch.tensor([len(x) for x in prompts]), r.response_tokens_BT(pad),
-                                  mask_BT, candidate_ids_BTK=r.student_topk_ids_BTK(),
-                                  teacher_candidate_logprobs_BTK=ref.candidate_logprobs_BTK)  # fmt: skip
+        loss_BT, _ = token_losses(
+            "topk_rkl",
+            student,
+            teacher,
+            input_ids_BL,
+            torch.tensor([len(x) for x in prompts]),
+            r.response_tokens_BT(pad),
+            mask_BT,
+            candidate_ids_BTK=r.student_topk_ids_BTK(),
+            teacher_candidate_logprobs_BTK=ref.candidate_logprobs_BTK,
+        )
         loss_BT[mask_BT].mean().backward()
         student.zero_grad(set_to_none=True)
         student.eval()
@@ -115,18 +144,30 @@ def main() -> None:
             times["update"].append(time.perf_counter() - t0)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     step = med["offline"] + med["update"]
-    print(f"{len(prompts)} samples x {n} tokens, chunk {args.chunk}, {args.threads} threads; "
-          f"same tokens, teacher log-probs within {worst:.1e}")  # fmt: skip
+    print(
+        f"{len(prompts)} samples x {n} tokens, chunk {args.chunk}, {args.threads} threads; "
+        f"same tokens, teacher log-probs within {worst:.1e}"
+    )
     rows = []
     for name in names:
         diffs = [a - b for a, b in zip(times[name], times["offline"], strict=True)]
         share = statistics.median(diffs) / step
         rows.append({"variant": name, "median_s": med[name], "overhead_share": share})
-        print(f"{name:14s} sample + score {med[name]:.3f} s   overhead {100 * share:+.1f}% of a "
-              f"step ({step:.3f} s with the update)")  # fmt: skip
+        print(
+            f"{name:14s} sample + score {med[name]:.3f} s   overhead {100 * share:+.1f}% of a "
+            f"step ({step:.3f} s with the update)"
+        )
     print(f"update (forward + backward) {med['update']:.3f} s")
-    write_json(args.json, {"benchmark": "online_overhead", **environment(args), "rows": rows,
-                           "times": times, "chunk": args.chunk})  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "benchmark": "online_overhead",
+            **environment(args),
+            "rows": rows,
+            "times": times,
+            "chunk": args.chunk,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     os.environ["PRUNEOPD_ZOO"] = str(ROOT / "pruneopd" / "zoo_weights" / "long")
-    from pruneopd import rollout
+    from pruneopd.engines import rollout
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import get_task
     from pruneopd.tokenizer import prompt_ids
@@ -55,9 +55,15 @@ def child(args) -> None:
     prompts = rollout.repeat_prompts([prompt_ids(tok, p) for p in problems], 4)
 
     def run():
-        rollout.sample(model, prompts, max_new_tokens=args.new_tokens, eos_id=-1,
-                       pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
-                       topk=16)  # fmt: skip
+        rollout.sample(
+            model,
+            prompts,
+            max_new_tokens=args.new_tokens,
+            eos_id=-1,
+            pad_id=tok.pad_token_id,
+            generator=torch.Generator().manual_seed(0),
+            topk=16,
+        )
 
     run()
     times = []
@@ -84,8 +90,17 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         if policy:
             env["OMP_WAIT_POLICY"] = policy
-        cmd = [sys.executable, __file__, "--child", "--threads", str(threads),
-               "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--threads",
+            str(threads),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--repeats",
+            str(args.repeats),
+        ]
         neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if busy else None
         try:
             if neighbour:
@@ -96,13 +111,16 @@ def main() -> None:
                 neighbour.kill()
                 neighbour.wait()
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"config": name, "threads": threads, "policy": policy or "default",
-                     "busy": busy, **res})  # fmt: skip
+        rows.append(
+            {"config": name, "threads": threads, "policy": policy or "default", "busy": busy, **res}
+        )
         print(f"{name:34s} {res['median_s']:7.2f} s", flush=True)
     base = rows[0]["median_s"]
     print(f"PASSIVE on an idle machine: {rows[1]['median_s'] / base:.3f}x the default's time")
-    print(f"beside a busy process, against 1 thread: 2 threads {rows[2]['median_s'] / rows[4]['median_s']:.2f}x "
-          f"the time, 2 threads PASSIVE {rows[3]['median_s'] / rows[4]['median_s']:.2f}x")  # fmt: skip
+    print(
+        f"beside a busy process, against 1 thread: 2 threads {rows[2]['median_s'] / rows[4]['median_s']:.2f}x "
+        f"the time, 2 threads PASSIVE {rows[3]['median_s'] / rows[4]['median_s']:.2f}x"
+    )
     if args.json:
         meta = {"new_tokens": args.new_tokens, "repeats": args.repeats, "samples": 32}
         Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")

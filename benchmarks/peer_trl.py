@@ -69,18 +69,40 @@ def make_trl(student, teacher, tok, args):
     logging.getLogger("trl").setLevel(logging.ERROR)
     n = args.new_tokens
     cfg = GKDConfig(
-        output_dir=args.trl_out, lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=n,
+        output_dir=args.trl_out,
+        lmbda=1.0,
+        beta=1.0,
+        temperature=1.0,
+        max_new_tokens=n,
         per_device_train_batch_size=args.batch * args.responses_per_prompt,
-        learning_rate=args.lr, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant",
-        max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
-        max_length=None, report_to="none", save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, seed=args.seed, dataloader_num_workers=0,
-    )  # fmt: skip
+        learning_rate=args.lr,
+        weight_decay=0.0,
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        max_length=None,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     dummy = Dataset.from_list([{"input_ids": [tok.bos_token_id] + [tok.eos_token_id] * n}])
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dummy,
-                         processing_class=tok, optimizers=(opt, sched))  # fmt: skip
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=cfg,
+        train_dataset=dummy,
+        processing_class=tok,
+        optimizers=(opt, sched),
+    )
     # TRL's generation kwargs have no min_new_tokens: add it so EOS cannot end a sample early.
     trainer.generation_config.min_new_tokens = n
     trainer.generation_kwargs["min_new_tokens"] = n
@@ -100,8 +122,10 @@ def make_trl(student, teacher, tok, args):
 def trl_rows(prompts, n, eos_id):
     """Dataset rows: prompt ids + a dummy completion of n tokens (ignored: lmbda=1)."""
     # "prompt" is unused when completion_mask is given, but the collator reads the key first.
-    return [{"prompt": "", "input_ids": p + [eos_id] * n, "completion_mask": [0] * len(p) + [1] * n}
-            for p in prompts]  # fmt: skip
+    return [
+        {"prompt": "", "input_ids": p + [eos_id] * n, "completion_mask": [0] * len(p) + [1] * n}
+        for p in prompts
+    ]
 
 
 def trl_step(trainer, counted, prompts, n, eos_id) -> tuple[float, int]:
@@ -138,8 +162,17 @@ def main() -> None:
     n, eos = args.new_tokens, tok.eos_token_id
 
     def ours(prompts):
-        r = opd_step(ours_student, teacher, tok, ours_opt, prompts, cap=n, loss="full_rkl",
-                     eos_id=NEVER_EOS, gen=gen)  # fmt: skip
+        r = opd_step(
+            ours_student,
+            teacher,
+            tok,
+            ours_opt,
+            prompts,
+            cap=n,
+            loss="full_rkl",
+            eos_id=NEVER_EOS,
+            gen=gen,
+        )
         return r["t_step"], r["tokens"]
 
     def theirs(prompts):
@@ -163,15 +196,35 @@ def main() -> None:
     ratio_med = rows[0]["median_tok_s"] / rows[1]["median_tok_s"]
     ratio_tot = rows[0]["total_tok_s"] / rows[1]["total_tok_s"]
     print()
-    print(f"full-OPD step, reverse KL, {args.batch} prompts x {args.responses_per_prompt} "
-          f"responses x {n} new tokens, {args.threads} threads, trl {trl.__version__}")  # fmt: skip
-    print_table(rows, [("side", "side", ""), ("repeats", "steps", "d"),
-                       ("tokens_per_repeat", "tokens/step", ".0f"), ("median_s", "median s", ".3f"),
-                       ("median_tok_s", "median tok/s", ".1f"), ("total_tok_s", "total tok/s", ".1f")])  # fmt: skip
+    print(
+        f"full-OPD step, reverse KL, {args.batch} prompts x {args.responses_per_prompt} "
+        f"responses x {n} new tokens, {args.threads} threads, trl {trl.__version__}"
+    )
+    print_table(
+        rows,
+        [
+            ("side", "side", ""),
+            ("repeats", "steps", "d"),
+            ("tokens_per_repeat", "tokens/step", ".0f"),
+            ("median_s", "median s", ".3f"),
+            ("median_tok_s", "median tok/s", ".1f"),
+            ("total_tok_s", "total tok/s", ".1f"),
+        ],
+    )
     print(f"ratio pruneopd / trl: {ratio_med:.2f}x (median), {ratio_tot:.2f}x (total)")
-    write_json(args.json, {"benchmark": "peer_trl", **environment(args), "trl": trl.__version__,
-                           "results": rows, "ratio_median": ratio_med, "ratio_total": ratio_tot,
-                           "times": times, "tokens": tokens})  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "benchmark": "peer_trl",
+            **environment(args),
+            "trl": trl.__version__,
+            "results": rows,
+            "ratio_median": ratio_med,
+            "ratio_total": ratio_tot,
+            "times": times,
+            "tokens": tokens,
+        },
+    )
 
 
 def last_step(times, tokens, name="pruneopd") -> str:

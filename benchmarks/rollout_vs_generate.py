@@ -1,4 +1,4 @@
-"""Sampling throughput: `pruneopd.rollout.sample` vs `transformers`' `model.generate`.
+"""Sampling throughput: `pruneopd.engines.rollout.sample` vs `transformers`' `model.generate`.
 
 Same student model (the zoo's student-cross by default), same batch of prompts (left-padded
 by both), same fixed number of new tokens, ancestral sampling at temperature 1 from the full
@@ -41,7 +41,7 @@ from _common import (
     write_json,
 )
 
-from pruneopd.rollout import left_pad, pick_engine, sample
+from pruneopd.engines.rollout import left_pad, pick_engine, sample
 
 
 def main() -> None:
@@ -54,8 +54,11 @@ def main() -> None:
         choices=["auto", "fused", "lean", "hf"],
         help="decode engine of the pruneopd rows (rollout.sample)",
     )
-    p.add_argument("--no-lean-row", action="store_true",
-                   help="skip the row that samples with engine=lean for comparison")  # fmt: skip
+    p.add_argument(
+        "--no-lean-row",
+        action="store_true",
+        help="skip the row that samples with engine=lean for comparison",
+    )
     args = p.parse_args()
     setup(args)
     model, _, tok = load_models(args, teacher=False)
@@ -67,17 +70,35 @@ def main() -> None:
     engine = pick_engine(model, args.engine)
 
     def ours(prompts, topk=0, engine=engine):
-        r = sample(model, prompts, max_new_tokens=n, eos_id=NEVER_EOS, pad_id=pad,
-                   temperature=1.0, generator=gen, topk=topk, engine=engine)  # fmt: skip
+        r = sample(
+            model,
+            prompts,
+            max_new_tokens=n,
+            eos_id=NEVER_EOS,
+            pad_id=pad,
+            temperature=1.0,
+            generator=gen,
+            topk=topk,
+            engine=engine,
+        )
         return sum(len(x) for x in r.responses)
 
     def hf(prompts):
         ids, attention, _ = left_pad(prompts, pad)
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=attention, do_sample=True,
-                                 temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=n,
-                                 max_new_tokens=n, use_cache=True, pad_token_id=pad,
-                                 eos_token_id=tok.eos_token_id)  # fmt: skip
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                min_new_tokens=n,
+                max_new_tokens=n,
+                use_cache=True,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+            )
         return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
     variants = {
@@ -109,18 +130,39 @@ def main() -> None:
         r["ratio"] = r["median_tok_s"] / base["median_tok_s"]
         r["ratio_total"] = r["total_tok_s"] / base["total_tok_s"]
     B = args.batch * args.responses_per_prompt
-    print(f"sampling {B} samples x {n} new tokens, {args.threads} threads, "
-          f"{sum(x.numel() for x in model.parameters()) / 1e6:.2f}M-parameter student")  # fmt: skip
-    print_table(rows, [("variant", "variant", ""), ("repeats", "repeats", "d"),
-                       ("tokens_per_repeat", "tokens", ".0f"), ("median_s", "median s", ".3f"),
-                       ("median_tok_s", "median tok/s", ".1f"), ("total_tok_s", "total tok/s", ".1f"),
-                       ("ratio", "vs generate", ".2f"), ("ratio_total", "(total)", ".2f")])  # fmt: skip
+    print(
+        f"sampling {B} samples x {n} new tokens, {args.threads} threads, "
+        f"{sum(x.numel() for x in model.parameters()) / 1e6:.2f}M-parameter student"
+    )
+    print_table(
+        rows,
+        [
+            ("variant", "variant", ""),
+            ("repeats", "repeats", "d"),
+            ("tokens_per_repeat", "tokens", ".0f"),
+            ("median_s", "median s", ".3f"),
+            ("median_tok_s", "median tok/s", ".1f"),
+            ("total_tok_s", "total tok/s", ".1f"),
+            ("ratio", "vs generate", ".2f"),
+            ("ratio_total", "(total)", ".2f"),
+        ],
+    )
     target = 3.0 if n >= 512 else 2.0  # issue 15: 3x at 512+ new tokens
     verdict = "meets" if rows[0]["ratio"] >= target else "misses"
-    print(f"pruneopd sample / model.generate: {rows[0]['ratio']:.2f}x (median) -> {verdict} "
-          f"the {target:.0f}x target")  # fmt: skip
-    write_json(args.json, {"benchmark": "rollout_vs_generate", **environment(args),
-                           "results": rows, "times": times, "tokens": tokens})  # fmt: skip
+    print(
+        f"pruneopd sample / model.generate: {rows[0]['ratio']:.2f}x (median) -> {verdict} "
+        f"the {target:.0f}x target"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "rollout_vs_generate",
+            **environment(args),
+            "results": rows,
+            "times": times,
+            "tokens": tokens,
+        },
+    )
 
 
 if __name__ == "__main__":

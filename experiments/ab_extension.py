@@ -2,7 +2,7 @@
 older build of it, in one process, alternating (6 repeats, 32 x --new-tokens tokens from the long zoo's cross
 student, same draws; checks the tokens agree). --old: the .so of the older build, e.g. from
 ~/.cache/torch_extensions/py311_cpu/pruneopd_fused_decode_<tag>/ (build it from an older commit
-with `python -m pruneopd.fused`).
+with `python -m pruneopd.engines.fused`).
 
     python experiments/ab_extension.py --old PATH/TO/pruneopd_fused_decode_<tag>.so
 """
@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import NEVER_EOS, add_common_args, load_models, setup, step_prompts  # noqa: E402
 
-from pruneopd import fused  # noqa: E402
-from pruneopd.rollout import sample  # noqa: E402
+from pruneopd.engines import fused  # noqa: E402
+from pruneopd.engines.rollout import sample  # noqa: E402
 
 
 def main() -> None:
@@ -39,8 +39,9 @@ def main() -> None:
     spec.loader.exec_module(old_module)
     old = old_module
     if not hasattr(old_module, "linear"):  # builds before c336942
-        old = types.SimpleNamespace(decode_step=old_module.decode_step,
-                                    linear=lambda x, w: torch.nn.functional.linear(x, w))  # fmt: skip
+        old = types.SimpleNamespace(
+            decode_step=old_module.decode_step, linear=lambda x, w: torch.nn.functional.linear(x, w)
+        )
     blocks = fused.FusedDecoder.can_sample_steps  # builds before 88f2c02 sample token by token
     fused.FusedDecoder.can_sample_steps = lambda d: hasattr(d.ext, "sample_steps") and blocks(d)
     student, _, tok = load_models(args, teacher=False)
@@ -48,9 +49,16 @@ def main() -> None:
 
     def go(ext):
         fused._EXT = ext  # FusedDecoder takes the extension from fused.load()
-        return sample(student, prompts, max_new_tokens=args.new_tokens, eos_id=NEVER_EOS,
-                      pad_id=tok.pad_token_id, temperature=1.0,
-                      generator=torch.Generator().manual_seed(args.seed), topk=16)  # fmt: skip
+        return sample(
+            student,
+            prompts,
+            max_new_tokens=args.new_tokens,
+            eos_id=NEVER_EOS,
+            pad_id=tok.pad_token_id,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(args.seed),
+            topk=16,
+        )
 
     print("same tokens:", go(old).responses == go(new).responses)
     times = {"old": [], "new": []}

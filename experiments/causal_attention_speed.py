@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pruneopd import attention
+from pruneopd.engines import attention
 
 
 def main() -> None:

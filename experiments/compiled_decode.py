@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from pruneopd import decode, rollout
+from pruneopd.engines import decode, rollout
 from pruneopd.models import load_model, load_tokenizer
 from pruneopd.tasks import TASKS
 
@@ -57,15 +57,33 @@ class Compiled(decode.LeanDecoder):
         blocked = ~mask_AS[:, None, None, :L].bool()
         for i, layer in enumerate(self.dec.layers):
             att, mlp = layer.self_attn, layer.mlp
-            q, k, v = C_IN(x, layer.input_layernorm.weight, att.q_proj.weight, att.k_proj.weight,
-                           att.v_proj.weight, cos, sin, self.eps, H, Hkv, D)  # fmt: skip
+            q, k, v = C_IN(
+                x,
+                layer.input_layernorm.weight,
+                att.q_proj.weight,
+                att.k_proj.weight,
+                att.v_proj.weight,
+                cos,
+                sin,
+                self.eps,
+                H,
+                Hkv,
+                D,
+            )
             self.K[i, :, :, L - 1] = k
             self.V[i, :, :, L - 1] = v
             scores = (q.view(A, Hkv, G, D) @ self.K[i, :, :, :L].transpose(-1, -2)) * att.scaling
             o = scores.masked_fill(blocked, float("-inf")).softmax(-1) @ self.V[i, :, :, :L]
-            x = C_OUT(x, o.reshape(A, H * D), att.o_proj.weight,
-                      layer.post_attention_layernorm.weight, mlp.gate_proj.weight,
-                      mlp.up_proj.weight, mlp.down_proj.weight, self.eps)  # fmt: skip
+            x = C_OUT(
+                x,
+                o.reshape(A, H * D),
+                att.o_proj.weight,
+                layer.post_attention_layernorm.weight,
+                mlp.gate_proj.weight,
+                mlp.up_proj.weight,
+                mlp.down_proj.weight,
+                self.eps,
+            )
         x = decode._rms(x, self.dec.norm.weight, self.eps)
         return self.model.get_output_embeddings()(x)
 
@@ -73,16 +91,24 @@ class Compiled(decode.LeanDecoder):
 eager = decode.LeanDecoder
 tok = load_tokenizer("teacher")
 student = load_model("student-same").eval()
-prompts = [tok.encode(p.prompt, add_special_tokens=False)
-           for p in TASKS["regs"].problems("test", 32, seed=1)]  # fmt: skip
+prompts = [
+    tok.encode(p.prompt, add_special_tokens=False)
+    for p in TASKS["regs"].problems("test", 32, seed=1)
+]
 
 
 def run(cls):
     decode.LeanDecoder = cls
     t0 = time.perf_counter()
-    r = rollout.sample(student, prompts, max_new_tokens=128, eos_id=tok.eos_token_id,
-                       pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
-                       topk=16)  # fmt: skip
+    r = rollout.sample(
+        student,
+        prompts,
+        max_new_tokens=128,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        topk=16,
+    )
     return time.perf_counter() - t0, r
 
 
@@ -90,8 +116,10 @@ t0 = time.perf_counter()
 _, rc = run(Compiled)
 print(f"first compiled call {time.perf_counter() - t0:.1f}s")
 _, re_ = run(eager)
-diff = max(float((a - b).abs().max())
-           for a, b in zip(rc.student_logprobs, re_.student_logprobs, strict=True))  # fmt: skip
+diff = max(
+    float((a - b).abs().max())
+    for a, b in zip(rc.student_logprobs, re_.student_logprobs, strict=True)
+)
 print("same tokens:", rc.responses == re_.responses, "max logprob diff", diff)
 times = {"eager": [], "compiled": []}
 for _ in range(6):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pruneopd.models import zoo_dir
-from pruneopd.zoo import ZooSpec, build_zoo
+from pruneopd.tools.zoo import ZooSpec, build_zoo
 
 share, out = float(sys.argv[1]), Path(sys.argv[2])
 eval_every = int(sys.argv[3]) if len(sys.argv) > 3 else 10
@@ -39,8 +39,19 @@ report = build_zoo(out, spec, seed=0, only=("student-cross",))
 print(json.dumps(report["models"]["student-cross"]))
 run = out / "full-cross"
 preset = Path(__file__).parents[1] / "pruneopd" / "configs" / "full-cross.yaml"
-cmd = [sys.executable, "-m", "pruneopd", "train", "--config", str(preset), "max_steps=60",
-       "eval_every=30", "eval_problems=200", f"out={run}", "progress=false"]  # fmt: skip
+cmd = [
+    sys.executable,
+    "-m",
+    "pruneopd",
+    "train",
+    "--config",
+    str(preset),
+    "max_steps=60",
+    "eval_every=30",
+    "eval_problems=200",
+    f"out={run}",
+    "progress=false",
+]
 env = {**os.environ, "PRUNEOPD_ZOO": str(out), "OMP_NUM_THREADS": "1"}
 subprocess.run(cmd, env=env, check=True)
 rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -52,8 +52,10 @@ def fused() -> None:
         b = per_call_us(lambda: F.linear(x, wqkv).split(128, -1))
         c = per_call_us(lambda: (F.linear(x, wg), F.linear(x, wu)))
         d = per_call_us(lambda: F.linear(x, wgu).chunk(2, -1))
-        print(f"{threads} threads: q/k/v 3 calls {a:.1f} us, fused {b:.1f} us; "
-              f"gate/up 2 calls {c:.1f} us, fused {d:.1f} us")  # fmt: skip
+        print(
+            f"{threads} threads: q/k/v 3 calls {a:.1f} us, fused {b:.1f} us; "
+            f"gate/up 2 calls {c:.1f} us, fused {d:.1f} us"
+        )
     sep = torch.cat([F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)], -1)
     print("fused == separate:", torch.equal(sep, F.linear(x, wqkv)))
 
@@ -70,7 +72,7 @@ def packed() -> None:
 
 def _setup():
     os.environ["PRUNEOPD_ZOO"] = str(ZOO)
-    from pruneopd import rollout
+    from pruneopd.engines import rollout
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import TASKS
     from pruneopd.tokenizer import prompt_ids
@@ -81,9 +83,15 @@ def _setup():
     prompts = rollout.repeat_prompts([prompt_ids(tok, p) for p in problems], 4)
 
     def run(ps, seed=0):
-        return rollout.sample(student, ps, max_new_tokens=512, eos_id=-1,
-                              pad_id=tok.pad_token_id,
-                              generator=torch.Generator().manual_seed(seed), topk=16)  # fmt: skip
+        return rollout.sample(
+            student,
+            ps,
+            max_new_tokens=512,
+            eos_id=-1,
+            pad_id=tok.pad_token_id,
+            generator=torch.Generator().manual_seed(seed),
+            topk=16,
+        )
 
     return prompts, run
 
@@ -102,13 +110,17 @@ def threads() -> None:
         t1 = time.perf_counter() - t0
         torch.set_num_threads(1)
         t0 = time.perf_counter()
-        th = [threading.Thread(target=half, args=(prompts[i * 16 : (i + 1) * 16], i))
-              for i in range(2)]  # fmt: skip
+        th = [
+            threading.Thread(target=half, args=(prompts[i * 16 : (i + 1) * 16], i))
+            for i in range(2)
+        ]
         [x.start() for x in th]
         [x.join() for x in th]
         t2 = time.perf_counter() - t0
-        print(f"one batch at 2 threads {t1:.2f} s; two halves in 2 Python threads {t2:.2f} s; "
-              f"ratio {t1 / t2:.2f}")  # fmt: skip
+        print(
+            f"one batch at 2 threads {t1:.2f} s; two halves in 2 Python threads {t2:.2f} s; "
+            f"ratio {t1 / t2:.2f}"
+        )
 
 
 def half(n: int) -> None:

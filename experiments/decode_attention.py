@@ -56,8 +56,12 @@ def main() -> None:
         o = F.scaled_dot_product_attention(q.view(A, H, 1, D), K[:, :, :L], V[:, :, :L], m)
         return o.reshape(A, H * D)
 
-    variants = {"matmul": matmul, "matmul-nomask": matmul_nomask, "sdpa": sdpa,
-                "sdpa-mask": sdpa_mask}  # fmt: skip
+    variants = {
+        "matmul": matmul,
+        "matmul-nomask": matmul_nomask,
+        "sdpa": sdpa,
+        "sdpa-mask": sdpa_mask,
+    }
     with torch.inference_mode():
         for L in (128, 256, 512, 768, 1024):
             ref = matmul_nomask(L)
@@ -74,8 +78,9 @@ def main() -> None:
                     variants[name](L)
                     times[name].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
-            row = "  ".join(f"{k} {med[k] * 1e6:7.1f} us ({med['matmul'] / med[k]:.2f}x)"
-                            for k in variants)  # fmt: skip
+            row = "  ".join(
+                f"{k} {med[k] * 1e6:7.1f} us ({med['matmul'] / med[k]:.2f}x)" for k in variants
+            )
             print(f"L={L:5d}  {row}")
 
 

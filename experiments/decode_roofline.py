@@ -66,8 +66,14 @@ def split(prof, steps: int) -> dict:
         elif e.key == "aten::mm":
             mm += e.self_cpu_time_total / 1e6
     rest = total - attn - mm
-    return {"total_s": total, "attention_s": attn, "mm_s": mm, "rest_s": rest,
-            "mm_ms_per_step": 1e3 * mm / steps, "rest_ms_per_step": 1e3 * rest / steps}  # fmt: skip
+    return {
+        "total_s": total,
+        "attention_s": attn,
+        "mm_s": mm,
+        "rest_s": rest,
+        "mm_ms_per_step": 1e3 * mm / steps,
+        "rest_ms_per_step": 1e3 * rest / steps,
+    }
 
 
 def main() -> None:
@@ -83,8 +89,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["PRUNEOPD_ZOO"] = str(Path(args.zoo).resolve())
+    from pruneopd.engines.rollout import left_pad, repeat_prompts, sample
     from pruneopd.models import load_model, load_tokenizer
-    from pruneopd.rollout import left_pad, repeat_prompts, sample
     from pruneopd.tasks import get_task
     from pruneopd.tokenizer import prompt_ids
 
@@ -96,16 +102,33 @@ def main() -> None:
     P = max(len(q) for q in prompts)
 
     def ours(n):
-        sample(model, prompts, max_new_tokens=n, eos_id=-1, pad_id=pad, temperature=1.0,
-               generator=torch.Generator().manual_seed(0), topk=16)  # fmt: skip
+        sample(
+            model,
+            prompts,
+            max_new_tokens=n,
+            eos_id=-1,
+            pad_id=pad,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(0),
+            topk=16,
+        )
 
     def hf(n):
         ids, attention, _ = left_pad(prompts, pad)
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=attention, do_sample=True,
-                           temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=n,
-                           max_new_tokens=n, use_cache=True, pad_token_id=pad,
-                           eos_token_id=tok.eos_token_id)  # fmt: skip
+            model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                min_new_tokens=n,
+                max_new_tokens=n,
+                use_cache=True,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+            )
 
     N = args.new_tokens
     ours(8), hf(8)
@@ -129,23 +152,36 @@ def main() -> None:
     other_s = ours_s - attn_s
     floor_s = kv / bw / 1e9
     res = {
-        "threads": args.threads, "samples": A, "prompt_len": P, "new_tokens": N,
-        "bandwidth_gbs": bw, "kv_gb": kv / 1e9, "kv_floor_s": floor_s,
-        "ours_s": ours_s, "generate_s": hf_s, "ratio": hf_s / ours_s,
-        "attention_s": attn_s, "attention_gbs": kv / attn_s / 1e9, "other_s": other_s,
+        "threads": args.threads,
+        "samples": A,
+        "prompt_len": P,
+        "new_tokens": N,
+        "bandwidth_gbs": bw,
+        "kv_gb": kv / 1e9,
+        "kv_floor_s": floor_s,
+        "ours_s": ours_s,
+        "generate_s": hf_s,
+        "ratio": hf_s / ours_s,
+        "attention_s": attn_s,
+        "attention_gbs": kv / attn_s / 1e9,
+        "other_s": other_s,
         "ratio_if_attention_at_bandwidth": hf_s / (floor_s + other_s),
         "ratio_if_only_kv_read": hf_s / floor_s,
         "profile": {str(k): v for k, v in profiles.items()},
-    }  # fmt: skip
+    }
     print(f"{A} samples x {N} new tokens (prompt {P}), {args.threads} threads")
     print(f"streaming read bandwidth      {bw:6.1f} GB/s")
     print(f"KV cache read by the sampler  {kv / 1e9:6.2f} GB -> floor {floor_s:.2f} s")
     print(f"ours {ours_s:.2f} s, generate {hf_s:.2f} s: {hf_s / ours_s:.2f}x")
-    print(f"  attention {attn_s:.2f} s ({res['attention_gbs']:.1f} GB/s), the rest {other_s:.2f} s "
-          f"({1e3 * other_s / N:.1f} ms per decode step)")  # fmt: skip
+    print(
+        f"  attention {attn_s:.2f} s ({res['attention_gbs']:.1f} GB/s), the rest {other_s:.2f} s "
+        f"({1e3 * other_s / N:.1f} ms per decode step)"
+    )
     for n, s in profiles.items():
-        print(f"  profiled at {n:4d} tokens: projections {s['mm_ms_per_step']:.2f} ms/step, "
-              f"other operators {s['rest_ms_per_step']:.2f} ms/step")  # fmt: skip
+        print(
+            f"  profiled at {n:4d} tokens: projections {s['mm_ms_per_step']:.2f} ms/step, "
+            f"other operators {s['rest_ms_per_step']:.2f} ms/step"
+        )
     print(
         f"ratio if attention ran at streaming bandwidth: {res['ratio_if_attention_at_bandwidth']:.2f}x"
     )

@@ -10,11 +10,11 @@ difficulty (7-14 rounds) every EVAL steps. Nothing is saved.
 import sys
 import time
 
-from pruneopd.evaluate import evaluate
 from pruneopd.models import ModelSize, load_tokenizer, set_threads
-from pruneopd.sft import TraceMix, sft_batches, train_sft
 from pruneopd.tasks import TASKS
-from pruneopd.zoo import _new_model
+from pruneopd.tools.sft import TraceMix, sft_batches, train_sft
+from pruneopd.tools.zoo import _new_model
+from pruneopd.training.evaluate import evaluate
 
 hidden, layers, steps, lr, lo, hi, every = sys.argv[1:8]
 set_threads()

@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("PRUNEOPD_ZOO", str(ZOO))
     torch.set_num_threads(args.threads)
-    from pruneopd import fused, rollout
+    from pruneopd.engines import fused, rollout
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import get_task
 
@@ -72,8 +72,16 @@ def main() -> None:
     for _ in range(args.repeats):
         spent.update(dict.fromkeys(spent, 0.0))
         t0 = time.perf_counter()
-        rollout.sample(student, prompts, max_new_tokens=512, eos_id=-1, pad_id=tok.pad_token_id,
-                       uniforms_BN=u, engine="fused", topk=16)  # fmt: skip
+        rollout.sample(
+            student,
+            prompts,
+            max_new_tokens=512,
+            eos_id=-1,
+            pad_id=tok.pad_token_id,
+            uniforms_BN=u,
+            engine="fused",
+            topk=16,
+        )
         total = time.perf_counter() - t0
         parts = "  ".join(f"{k} {v:.3f} s" for k, v in spent.items() if v)
         print(f"total {total:.3f} s  {parts}  rest {total - sum(spent.values()):.3f} s")

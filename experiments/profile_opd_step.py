@@ -34,8 +34,17 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
 
     def step(ps):
-        return opd_step(student, teacher, tok, opt, ps, cap=args.new_tokens, loss="full_rkl",
-                        eos_id=NEVER_EOS, gen=gen)  # fmt: skip
+        return opd_step(
+            student,
+            teacher,
+            tok,
+            opt,
+            ps,
+            cap=args.new_tokens,
+            loss="full_rkl",
+            eos_id=NEVER_EOS,
+            gen=gen,
+        )
 
     step(prompts[0])
     prof = Profiler(interval=0.001)

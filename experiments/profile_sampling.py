@@ -14,21 +14,29 @@ spread over ~150 small per-token operators (RMSNorm, rotary, softmax, sampling).
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pruneopd import rollout
+from pruneopd.engines import rollout
 from pruneopd.models import load_model, load_tokenizer
 from pruneopd.tasks import TASKS
 
 torch.set_num_threads(1)
 tok = load_tokenizer("teacher")
 student = load_model("student-same").eval()
-prompts = [tok.encode(p.prompt, add_special_tokens=False)
-           for p in TASKS["regs"].problems("test", 32, seed=1)]  # fmt: skip
+prompts = [
+    tok.encode(p.prompt, add_special_tokens=False)
+    for p in TASKS["regs"].problems("test", 32, seed=1)
+]
 
 
 def run():
-    return rollout.sample(student, prompts, max_new_tokens=128, eos_id=tok.eos_token_id,
-                          pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
-                          topk=16)  # fmt: skip
+    return rollout.sample(
+        student,
+        prompts,
+        max_new_tokens=128,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        topk=16,
+    )
 
 
 run()

@@ -21,10 +21,10 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import NEVER_EOS, add_common_args, load_models, setup, step_prompts  # noqa: E402
 
-from pruneopd.losses import masked_token_mean  # noqa: E402
-from pruneopd.objective import token_losses  # noqa: E402
-from pruneopd.rollout import sample  # noqa: E402
-from pruneopd.scoring import score_responses  # noqa: E402
+from pruneopd.engines.rollout import sample  # noqa: E402
+from pruneopd.engines.scoring import score_responses  # noqa: E402
+from pruneopd.method.losses import masked_token_mean  # noqa: E402
+from pruneopd.training.objective import token_losses  # noqa: E402
 
 
 def main() -> None:
@@ -36,23 +36,38 @@ def main() -> None:
     student, teacher, tok = load_models(args)
     prompts = step_prompts(args, tok, 1)[0]
     pad = tok.pad_token_id
-    ro = sample(student, prompts, max_new_tokens=args.new_tokens, eos_id=NEVER_EOS, pad_id=pad,
-                temperature=1.0, generator=torch.Generator().manual_seed(0), topk=16)  # fmt: skip
+    ro = sample(
+        student,
+        prompts,
+        max_new_tokens=args.new_tokens,
+        eos_id=NEVER_EOS,
+        pad_id=pad,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+        topk=16,
+    )
     mask_BT, tokens_BT = ro.response_mask_BT, ro.response_tokens_BT(pad)
     cand = ro.student_topk_ids_BTK()
     ids = ro.to_padded(pad)[0]
     prompt_lens = torch.tensor([len(q) for q in prompts])
 
     def score():
-        return score_responses(teacher, prompts, ro.responses, k=16, candidate_ids=cand,
-                               pad_id=pad)  # fmt: skip
+        return score_responses(teacher, prompts, ro.responses, k=16, candidate_ids=cand, pad_id=pad)
 
     scores = score()
 
     def update():
         student.train()
-        loss_BT, _ = token_losses("full_rkl", student, teacher, ids, prompt_lens, tokens_BT,
-                                  mask_BT, teacher_hidden_NH=scores.hidden_NH)  # fmt: skip
+        loss_BT, _ = token_losses(
+            "full_rkl",
+            student,
+            teacher,
+            ids,
+            prompt_lens,
+            tokens_BT,
+            mask_BT,
+            teacher_hidden_NH=scores.hidden_NH,
+        )
         masked_token_mean(loss_BT, mask_BT.float(), mask_BT).backward()
 
     update()

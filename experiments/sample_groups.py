@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("PRUNEOPD_ZOO", str(ZOO))
     torch.set_num_threads(args.threads)
-    from pruneopd import fused, rollout
+    from pruneopd.engines import fused, rollout
     from pruneopd.models import cache_kwarg, load_model, load_tokenizer
     from pruneopd.tasks import get_task
 
@@ -48,8 +48,13 @@ def main() -> None:
         cache = DynamicCache(config=student.config)
         with torch.no_grad():
             dec = student.get_decoder()
-            dec(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                **{cache_kwarg(dec): cache})  # fmt: skip
+            dec(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                **{cache_kwarg(dec): cache},
+            )
         dec = fused.FusedDecoder(student, cache, P, N)
         dec.K.normal_(), dec.V.normal_()
         tok_A, pos_A = torch.randint(3, 300, (A,)), torch.full((A,), P)
@@ -59,8 +64,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 dec.step(tok_A, pos_A + t, t, mask)
                 ts.append(time.perf_counter() - t0)
-            print(f"one decode step, 32 samples, {P + t:4d} cache slots: "
-                  f"{1e3 * statistics.median(ts):.3f} ms")  # fmt: skip
+            print(
+                f"one decode step, 32 samples, {P + t:4d} cache slots: "
+                f"{1e3 * statistics.median(ts):.3f} ms"
+            )
 
     problems = get_task("loop").problems("train", 8, seed=0)
     prompts = [tok.encode(x.prompt, add_special_tokens=False) for x in problems for _ in range(4)]
@@ -73,8 +80,16 @@ def main() -> None:
         if mode != "token":
             fused.SAMPLE_GROUP = mode
         t0 = time.perf_counter()
-        r = rollout.sample(student, prompts, max_new_tokens=n, eos_id=-1, pad_id=tok.pad_token_id,
-                           uniforms_BN=u, engine="fused", topk=16)  # fmt: skip
+        r = rollout.sample(
+            student,
+            prompts,
+            max_new_tokens=n,
+            eos_id=-1,
+            pad_id=tok.pad_token_id,
+            uniforms_BN=u,
+            engine="fused",
+            topk=16,
+        )
         return time.perf_counter() - t0, r
 
     modes = ["token", *(int(g) for g in args.groups.split(","))]
@@ -96,14 +111,18 @@ def main() -> None:
             j = next(j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
             la, lb = ref.student_logprobs[i], blk.student_logprobs[i]
             before = float((la[:j] - lb[:j]).abs().max()) if j else 0.0
-            print(f"groups of 4: sample {i} differs first at token {j}: {a[j]} vs {b[j]}, "
-                  f"log-probs {float(la[j]):.4f} / {float(lb[j]):.4f}, u = {float(u[i, j]):.6f}; "
-                  f"earlier log-probs within {before:.1e}")  # fmt: skip
+            print(
+                f"groups of 4: sample {i} differs first at token {j}: {a[j]} vs {b[j]}, "
+                f"log-probs {float(la[j]):.4f} / {float(lb[j]):.4f}, u = {float(u[i, j]):.6f}; "
+                f"earlier log-probs within {before:.1e}"
+            )
     for m in modes:
         ratio = statistics.median(a / b for a, b in zip(times["token"], times[m], strict=True))
         name = "token by token" if m == "token" else f"sample_steps, groups of {m}"
-        print(f"{name:28s} median {statistics.median(times[m]):.3f} s   {ratio:.2f}x the "
-              f"per-token loop   samples with a different token: {differ[m]}")  # fmt: skip
+        print(
+            f"{name:28s} median {statistics.median(times[m]):.3f} s   {ratio:.2f}x the "
+            f"per-token loop   samples with a different token: {differ[m]}"
+        )
 
 
 if __name__ == "__main__":

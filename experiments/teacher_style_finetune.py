@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from pruneopd.compat import overlap_stats, style_fidelity
-from pruneopd.evaluate import evaluate, reference_cap
 from pruneopd.models import load_model, load_tokenizer
-from pruneopd.sft import TraceMix, sft_batches, train_sft
 from pruneopd.tasks import TASKS
+from pruneopd.tools.compat import overlap_stats, style_fidelity
+from pruneopd.tools.sft import TraceMix, sft_batches, train_sft
+from pruneopd.training.evaluate import evaluate, reference_cap
 
 share, steps, lr = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 torch.set_num_threads(2)
@@ -59,8 +59,9 @@ def report(step: int) -> bool:
     task = TASKS["regs"]
     probs = task.problems("test", 64, seed=0)
     for s in ("student-same", "student-cross"):
-        st = overlap_stats(load_model(s), teacher, tok, task, probs,
-                           max_new_tokens=reference_cap(task, tok, probs))  # fmt: skip
+        st = overlap_stats(
+            load_model(s), teacher, tok, task, probs, max_new_tokens=reference_cap(task, tok, probs)
+        )
         out[s + "_top1"] = round(st["top1_agreement"], 4)
     print(json.dumps(out), flush=True)
     teacher.train()
@@ -69,6 +70,7 @@ def report(step: int) -> bool:
 
 t0 = time.time()
 report(0)
-train_sft(teacher, batches(), steps=steps, lr=lr, warmup=20, eval_every=max(1, steps // 3),
-          on_eval=report)  # fmt: skip
+train_sft(
+    teacher, batches(), steps=steps, lr=lr, warmup=20, eval_every=max(1, steps // 3), on_eval=report
+)
 print("seconds", round(time.time() - t0), flush=True)

@@ -66,14 +66,29 @@ def main() -> None:
     folder = model_folder(args.model, zoo)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     t0 = time.time()
-    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, seed=0,
-              gpu_memory_utilization=0.1, max_model_len=1024, max_logprobs=-1)  # fmt: skip
+    llm = LLM(
+        model=str(folder),
+        dtype="float32",
+        enforce_eager=True,
+        seed=0,
+        gpu_memory_utilization=0.1,
+        max_model_len=1024,
+        max_logprobs=-1,
+    )
     print(f"engine up in {time.time() - t0:.1f} s")
 
     def run(seed0: int, llm=llm):
-        params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.tokens,
-                                 logprobs=args.k, seed=seed0 + i, ignore_eos=True)
-                  for i in range(len(prompts))]  # fmt: skip
+        params = [
+            SamplingParams(
+                temperature=1.0,
+                top_p=1.0,
+                max_tokens=args.tokens,
+                logprobs=args.k,
+                seed=seed0 + i,
+                ignore_eos=True,
+            )
+            for i in range(len(prompts))
+        ]
         outs = llm.generate([{"prompt_token_ids": x} for x in prompts], params, use_tqdm=False)
         return [o.outputs[0] for o in outs]
 
@@ -89,8 +104,10 @@ def main() -> None:
 
     outs = run(100)
     worst, same_topk = compare(outs, hf)
-    print(f"1. rollout: max |logprob diff| {worst:.2e}, top-{args.k} sets equal at "
-          f"{same_topk:.3f} of tokens")  # fmt: skip
+    print(
+        f"1. rollout: max |logprob diff| {worst:.2e}, top-{args.k} sets equal at "
+        f"{same_topk:.3f} of tokens"
+    )
     again = run(100)
     print(
         "2. same seeds, same tokens:",
@@ -104,15 +121,24 @@ def main() -> None:
     t0 = time.time()
     llm.apply_model(lambda m: m.load_weights(iter(state.items())))
     llm.reset_prefix_cache()
-    print(f"3. weights pushed in {time.time() - t0:.2f} s; max |logprob diff| after sync "
-          f"{compare(run(200), hf)[0]:.2e}")  # fmt: skip
+    print(
+        f"3. weights pushed in {time.time() - t0:.2f} s; max |logprob diff| after sync "
+        f"{compare(run(200), hf)[0]:.2e}"
+    )
 
     teacher_folder = model_folder(args.teacher, zoo)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_folder, dtype=torch.float32).eval()
     del llm  # free the student's engine before the teacher's
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    tllm = LLM(model=str(teacher_folder), dtype="float32", enforce_eager=True, seed=0,
-               gpu_memory_utilization=0.1, max_model_len=1024, max_logprobs=-1)  # fmt: skip
+    tllm = LLM(
+        model=str(teacher_folder),
+        dtype="float32",
+        enforce_eager=True,
+        seed=0,
+        gpu_memory_utilization=0.1,
+        max_model_len=1024,
+        max_logprobs=-1,
+    )
     seqs = [
         {"prompt_token_ids": pr + list(o.token_ids)} for pr, o in zip(prompts, outs, strict=True)
     ]

@@ -1,5 +1,5 @@
 """`python -m pruneopd ...` (and `torchrun ... -m pruneopd train ...`) = the `pruneopd` command."""
 
-from .cli import main
+from pruneopd.cli import main
 
 main()

@@ -25,8 +25,8 @@ def _die(msg: str) -> None:
 
 
 def cmd_zoo_build(args) -> None:
-    from .models import PACKAGE_ZOO, set_threads
-    from .zoo import STAGES, build_zoo, suite_spec
+    from pruneopd.models import PACKAGE_ZOO, set_threads
+    from pruneopd.tools.zoo import STAGES, build_zoo, suite_spec
 
     set_threads()
     out = Path(args.out) / ("long" if args.suite == "long" else "")
@@ -41,20 +41,26 @@ def cmd_zoo_build(args) -> None:
         _die(f"{out} is the shipped zoo; pass --force to overwrite it")
     spec = suite_spec(args.suite, fast=args.fast)
     try:
-        report = build_zoo(out, spec, seed=args.seed, log=lambda s: print(s, file=sys.stderr),
-                           only=only, force=args.force)  # fmt: skip
+        report = build_zoo(
+            out,
+            spec,
+            seed=args.seed,
+            log=lambda s: print(s, file=sys.stderr),
+            only=only,
+            force=args.force,
+        )
     except ValueError as e:
         _die(str(e))
     if not args.fast and only == STAGES:
-        from .zoo_report import write_report
+        from pruneopd.tools.zoo_report import write_report
 
         report = write_report(out, seed=args.seed)
     print(json.dumps(report.get("models", report), indent=2))
 
 
 def cmd_zoo_report(args) -> None:
-    from .models import set_threads, zoo_dir
-    from .zoo_report import write_report
+    from pruneopd.models import set_threads, zoo_dir
+    from pruneopd.tools.zoo_report import write_report
 
     set_threads()
     out = Path(args.zoo) if args.zoo else zoo_dir()
@@ -62,8 +68,8 @@ def cmd_zoo_report(args) -> None:
 
 
 def cmd_zoo_card(args) -> None:
-    from .models import set_threads, zoo_dir
-    from .testbed import zoo_card
+    from pruneopd.models import set_threads, zoo_dir
+    from pruneopd.tools.testbed import zoo_card
 
     set_threads()
     zoo = Path(args.zoo) if args.zoo else zoo_dir() / ("long" if args.suite == "long" else "")
@@ -73,22 +79,30 @@ def cmd_zoo_card(args) -> None:
         if not sep or not label or not path:
             _die(f"--trained {item!r}: expected LABEL=MODEL_FOLDER")
         trained[label] = Path(path)
-    zoo_card(zoo, args.suite, Path(args.out), n=args.n, trained=trained, seed=args.seed,
-             log=lambda s: print(s, file=sys.stderr))  # fmt: skip
+    zoo_card(
+        zoo,
+        args.suite,
+        Path(args.out),
+        n=args.n,
+        trained=trained,
+        seed=args.seed,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     print(Path(args.out) / "testbed.json")
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate
-    from .models import load_model, load_tokenizer, set_threads
-    from .tasks import get_task
+    from pruneopd.models import load_model, load_tokenizer, set_threads
+    from pruneopd.tasks import get_task
+    from pruneopd.training.evaluate import evaluate
 
     set_threads()
     task = get_task(args.task)
     model, tok = load_model(args.model), load_tokenizer(args.model)
     problems = task.problems("test", args.n, seed=args.seed, difficulty=args.difficulty or None)
-    res = evaluate(model, tok, task, problems, samples=args.samples, seed=args.seed,
-                   progress=not args.json)  # fmt: skip
+    res = evaluate(
+        model, tok, task, problems, samples=args.samples, seed=args.seed, progress=not args.json
+    )
     res["model"] = args.model
     if args.json:
         print(json.dumps(res))
@@ -98,8 +112,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .config import describe, load_config
-    from .train import train
+    from pruneopd.config import describe, load_config
+    from pruneopd.training.train import train
 
     if args.help_config:
         print(describe())
@@ -111,7 +125,7 @@ def cmd_train(args) -> None:
         where = f"resumes from {s['resume_from']}" if s["resume_from"] else "starts fresh"
         print(f"config, models and run directory are valid; the run {where} in {cfg.out}")
         return
-    from .distributed import shutdown
+    from pruneopd.training.distributed import shutdown
 
     try:
         s = train(cfg)
@@ -127,23 +141,31 @@ def cmd_train(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import METHODS, run_bench
+    from pruneopd.tools.bench import METHODS, run_bench
 
-    run_bench(args.out, args.preset, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
-              steps=args.steps, eval_problems=args.eval_problems, suite=args.suite,
-              methods=tuple(args.methods.split(",")) if args.methods else METHODS,
-              log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip
+    run_bench(
+        args.out,
+        args.preset,
+        seeds=args.seeds,
+        jobs=args.jobs,
+        threads=args.threads,
+        steps=args.steps,
+        eval_problems=args.eval_problems,
+        suite=args.suite,
+        methods=tuple(args.methods.split(",")) if args.methods else METHODS,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     print(Path(args.out) / "report.md")
 
 
 def cmd_report(args) -> None:
-    from .report import render_report
+    from pruneopd.tools.report import render_report
 
     print(render_report(args.dir))
 
 
 def cmd_inspect(args) -> None:
-    from .inspect import write_inspect
+    from pruneopd.tools.inspect_page import write_inspect
 
     print(write_inspect(args.run_dir, step=args.step, out=args.out))
 
@@ -192,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     zc.add_argument("--zoo", help="zoo folder (default: the suite's in $PRUNEOPD_ZOO or shipped)")
     zc.add_argument("--n", type=int, default=256, help="test problems (one sample each)")
     zc.add_argument("--out", default="testbed", help="output folder (default: ./testbed)")
-    zc.add_argument("--trained", action="append", metavar="LABEL=FOLDER",
-                    help="also a trained student, e.g. same-after=bench/runs/same/full/seed0/final")  # fmt: skip
+    zc.add_argument(
+        "--trained",
+        action="append",
+        metavar="LABEL=FOLDER",
+        help="also a trained student, e.g. same-after=bench/runs/same/full/seed0/final",
+    )
     zc.add_argument("--seed", type=int, default=0)
     zc.set_defaults(fn=cmd_zoo_card)
 
@@ -211,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config (default: the prune-same preset)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--help-config", action="store_true", help="list every config key")
-    t.add_argument("--check", action="store_true",
-                   help="validate config, models and run directory, then exit without training")  # fmt: skip
+    t.add_argument(
+        "--check",
+        action="store_true",
+        help="validate config, models and run directory, then exit without training",
+    )
     t.set_defaults(fn=cmd_train)
 
     b = sub.add_parser("bench", help="every method on both zoo pairs, side by side, with a report")
@@ -225,10 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
     b.add_argument("--steps", type=int, help="override the preset's steps per run")
     b.add_argument("--eval-problems", type=int, help="override the preset's test problems")
-    b.add_argument("--methods", help="comma-separated subset (default: all seven: full, prefix, "
-                   "prefix-sched, prune, prune-online, hybrid, prefix-adaptive)")  # fmt: skip
-    b.add_argument("--suite", choices=("short", "long"), default="short",
-                   help="short: the regs zoo (configs/); long: the long-horizon zoo (configs/long/)")  # fmt: skip
+    b.add_argument(
+        "--methods",
+        help="comma-separated subset (default: all seven: full, prefix, "
+        "prefix-sched, prune, prune-online, hybrid, prefix-adaptive)",
+    )
+    b.add_argument(
+        "--suite",
+        choices=("short", "long"),
+        default="short",
+        help="short: the regs zoo (configs/); long: the long-horizon zoo (configs/long/)",
+    )
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("report", help="re-render a bench report and plots from results.json")
@@ -245,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .train import PairError, TrainingStopped
+    from pruneopd.config import ConfigError
+    from pruneopd.training.train import PairError, TrainingStopped
 
     try:
         args.fn(args)
@@ -263,8 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if os.environ.get("PRUNEOPD_DEBUG"):
             raise
-        print(f"pruneopd: internal error: {_one_line(e)} (PRUNEOPD_DEBUG=1 shows the traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"pruneopd: internal error: {_one_line(e)} (PRUNEOPD_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

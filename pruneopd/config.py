@@ -105,12 +105,21 @@ class TrainConfig:
     gate_coef: float = _f(1.0, "hybrid: weight of the tail's policy-gradient loss")
     gate_norm: str = _f("std", "hybrid: group advantage (r - mean) / (std + eps) | none: r - mean")
     # ---- engines (docs/scaling.md) ------------------------------------------------------
-    rollout_engine: str = _f("lean", "student sampling: lean (the built-in KV-cache sampler) | "
-                             "vllm (an in-process vLLM engine, new weights pushed every step)")  # fmt: skip
-    teacher_engine: str = _f("hf", "teacher scoring: hf (a forward of the teacher) | vllm "
-                             "(an in-process vLLM engine, or the server at teacher_url)")  # fmt: skip
-    teacher_url: str = _f("", "teacher_engine=vllm: http://HOST:PORT of a `vllm serve TEACHER` "
-                          "(OpenAI-compatible) that scores instead of an in-process engine")  # fmt: skip
+    rollout_engine: str = _f(
+        "lean",
+        "student sampling: lean (the built-in KV-cache sampler) | "
+        "vllm (an in-process vLLM engine, new weights pushed every step)",
+    )
+    teacher_engine: str = _f(
+        "hf",
+        "teacher scoring: hf (a forward of the teacher) | vllm "
+        "(an in-process vLLM engine, or the server at teacher_url)",
+    )
+    teacher_url: str = _f(
+        "",
+        "teacher_engine=vllm: http://HOST:PORT of a `vllm serve TEACHER` "
+        "(OpenAI-compatible) that scores instead of an in-process engine",
+    )
     vllm_kv_cache_mb: int = _f(512, "vLLM on CPU: KV-cache memory of each engine, MiB")
     vllm_gpu_memory: float = _f(
         0.3, "vLLM on a GPU: share of the device's memory each engine takes"
@@ -119,9 +128,12 @@ class TrainConfig:
     eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
     eval_problems: int = _f(256, "held-out problems per evaluation")
     eval_samples: int = _f(0, "also report sampled avg@n with n samples per problem")
-    eval_cache: str = _f("", "folder of step-0 evaluations kept by a hash of the student's "
-                         "weights and the evaluation: runs of one student (every method and "
-                         "seed of a bench) evaluate it once (one process only; '' = off)")  # fmt: skip
+    eval_cache: str = _f(
+        "",
+        "folder of step-0 evaluations kept by a hash of the student's "
+        "weights and the evaluation: runs of one student (every method and "
+        "seed of a bench) evaluate it once (one process only; '' = off)",
+    )
     log_samples: int = _f(4, "responses per step kept in samples.jsonl for `inspect`")
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: bool = _f(True, "show a progress bar")
@@ -166,10 +178,18 @@ def validate(c: TrainConfig) -> None:
     """Check ranges and choices; raises ConfigError naming the first bad key."""
     _need(c.method in METHODS, "method", c.method, f"must be one of {', '.join(METHODS)}")
     _need(c.loss in LOSSES, "loss", c.loss, f"must be one of {', '.join(LOSSES)}")
-    _need(c.drift_metric in DRIFT_METRICS, "drift_metric", c.drift_metric,
-          f"must be one of {', '.join(DRIFT_METRICS)}")  # fmt: skip
-    _need(c.prefix_schedule in PREFIX_SCHEDULES, "prefix_schedule", c.prefix_schedule,
-          f"must be one of {', '.join(PREFIX_SCHEDULES)}")  # fmt: skip
+    _need(
+        c.drift_metric in DRIFT_METRICS,
+        "drift_metric",
+        c.drift_metric,
+        f"must be one of {', '.join(DRIFT_METRICS)}",
+    )
+    _need(
+        c.prefix_schedule in PREFIX_SCHEDULES,
+        "prefix_schedule",
+        c.prefix_schedule,
+        f"must be one of {', '.join(PREFIX_SCHEDULES)}",
+    )
     _need(c.gate_norm in ("std", "none"), "gate_norm", c.gate_norm, "must be std or none")
     _need(0 <= c.gate_floor < 1, "gate_floor", c.gate_floor, "must be in [0, 1)")
     _need(c.gate_coef >= 0, "gate_coef", c.gate_coef, "must be >= 0")
@@ -178,15 +198,40 @@ def validate(c: TrainConfig) -> None:
     _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")
     _need(c.prefix_flat >= 0, "prefix_flat", c.prefix_flat, "must be >= 0")
     if c.prefix_schedule == "linear":
-        _need(c.prefix_len_end > 0, "prefix_len_end", c.prefix_len_end,
-              "must be > 0 with prefix_schedule=linear")  # fmt: skip
+        _need(
+            c.prefix_len_end > 0,
+            "prefix_len_end",
+            c.prefix_len_end,
+            "must be > 0 with prefix_schedule=linear",
+        )
     _need(0 <= c.jsd_beta <= 1, "jsd_beta", c.jsd_beta, "must be in [0, 1]")
-    for key in ("max_steps", "prompts_per_step", "responses_per_prompt", "topk", "max_len",
-                "min_len", "init_len", "patience", "prefix_len", "chunk_size", "loss_chunk"):  # fmt: skip
+    for key in (
+        "max_steps",
+        "prompts_per_step",
+        "responses_per_prompt",
+        "topk",
+        "max_len",
+        "min_len",
+        "init_len",
+        "patience",
+        "prefix_len",
+        "chunk_size",
+        "loss_chunk",
+    ):
         _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
     _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
-    for key in ("drift_k", "warmup_steps", "eval_every", "eval_samples", "log_samples", "budget_step",
-                "budget_margin", "prefix_len_end", "difficulty", "seed"):  # fmt: skip
+    for key in (
+        "drift_k",
+        "warmup_steps",
+        "eval_every",
+        "eval_samples",
+        "log_samples",
+        "budget_step",
+        "budget_margin",
+        "prefix_len_end",
+        "difficulty",
+        "seed",
+    ):
         _need(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
     _need(c.eval_problems >= 1, "eval_problems", c.eval_problems, "must be >= 1")
     _need(c.lr > 0, "lr", c.lr, "must be > 0")
@@ -200,40 +245,84 @@ def validate(c: TrainConfig) -> None:
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
     _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
-    _need(c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"), "device", c.device,
-          "must be cpu, cuda, cuda:N or auto")  # fmt: skip
+    _need(
+        c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"),
+        "device",
+        c.device,
+        "must be cpu, cuda, cuda:N or auto",
+    )
     _need(c.parallel in PARALLEL, "parallel", c.parallel, f"must be one of {', '.join(PARALLEL)}")
-    _need(c.on_nonfinite in ON_NONFINITE, "on_nonfinite", c.on_nonfinite,
-          f"must be one of {', '.join(ON_NONFINITE)}")  # fmt: skip
+    _need(
+        c.on_nonfinite in ON_NONFINITE,
+        "on_nonfinite",
+        c.on_nonfinite,
+        f"must be one of {', '.join(ON_NONFINITE)}",
+    )
     _need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
     _need(c.save_every >= 0, "save_every", c.save_every, "must be >= 0 (0 = only on exit)")
     _need(bool(c.out.strip()), "out", c.out, "must name a run directory")
-    _need(not (c.resume and c.overwrite), "overwrite", c.overwrite,
-          "cannot be combined with resume (resume continues a run, overwrite deletes it)")  # fmt: skip
+    _need(
+        not (c.resume and c.overwrite),
+        "overwrite",
+        c.overwrite,
+        "cannot be combined with resume (resume continues a run, overwrite deletes it)",
+    )
     _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
-    _need(c.min_len <= c.init_len <= c.max_len, "init_len", c.init_len,
-          f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]")  # fmt: skip
-    _need(c.rollout_engine in ROLLOUT_ENGINES, "rollout_engine", c.rollout_engine,
-          f"must be one of {', '.join(ROLLOUT_ENGINES)}")  # fmt: skip
-    _need(c.teacher_engine in TEACHER_ENGINES, "teacher_engine", c.teacher_engine,
-          f"must be one of {', '.join(TEACHER_ENGINES)}")  # fmt: skip
+    _need(
+        c.min_len <= c.init_len <= c.max_len,
+        "init_len",
+        c.init_len,
+        f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]",
+    )
+    _need(
+        c.rollout_engine in ROLLOUT_ENGINES,
+        "rollout_engine",
+        c.rollout_engine,
+        f"must be one of {', '.join(ROLLOUT_ENGINES)}",
+    )
+    _need(
+        c.teacher_engine in TEACHER_ENGINES,
+        "teacher_engine",
+        c.teacher_engine,
+        f"must be one of {', '.join(TEACHER_ENGINES)}",
+    )
     if c.teacher_url:
-        _need(c.teacher_url.startswith(("http://", "https://")), "teacher_url", c.teacher_url,
-              "must be http://HOST:PORT (or https://) of a vLLM server")  # fmt: skip
-        _need(c.teacher_engine == "vllm", "teacher_url", c.teacher_url,
-              "needs teacher_engine=vllm (the server is a vLLM engine)")  # fmt: skip
+        _need(
+            c.teacher_url.startswith(("http://", "https://")),
+            "teacher_url",
+            c.teacher_url,
+            "must be http://HOST:PORT (or https://) of a vLLM server",
+        )
+        _need(
+            c.teacher_engine == "vllm",
+            "teacher_url",
+            c.teacher_url,
+            "needs teacher_engine=vllm (the server is a vLLM engine)",
+        )
     if c.teacher_engine == "vllm":
-        _need(c.loss in ("sampled_rkl", "topk_rkl"), "loss", c.loss,
-              "full-vocabulary losses need the teacher's whole distribution at every token from "
-              "a forward in the trainer: use topk_rkl or sampled_rkl, or teacher_engine=hf")  # fmt: skip
-        _need(not c.online_pruning, "online_pruning", c.online_pruning,
-              "online pruning scores chunks with the hf teacher's KV cache; use teacher_engine=hf "
-              "(rollout_engine=vllm works with it)")  # fmt: skip
+        _need(
+            c.loss in ("sampled_rkl", "topk_rkl"),
+            "loss",
+            c.loss,
+            "full-vocabulary losses need the teacher's whole distribution at every token from "
+            "a forward in the trainer: use topk_rkl or sampled_rkl, or teacher_engine=hf",
+        )
+        _need(
+            not c.online_pruning,
+            "online_pruning",
+            c.online_pruning,
+            "online pruning scores chunks with the hf teacher's KV cache; use teacher_engine=hf "
+            "(rollout_engine=vllm works with it)",
+        )
     _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
     _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
     if c.online_pruning or c.reliable_prefix_only:
-        _need(c.method == "prune", "method", c.method,
-              "online_pruning / reliable_prefix_only are options of method=prune")  # fmt: skip
+        _need(
+            c.method == "prune",
+            "method",
+            c.method,
+            "online_pruning / reliable_prefix_only are options of method=prune",
+        )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -96,7 +96,7 @@ def load_model_shell(name_or_path: str) -> torch.nn.Module:
 
 
 def load_tokenizer(name_or_path: str):
-    from .tokenizer import load_tokenizer as _load
+    from pruneopd.tokenizer import load_tokenizer as _load
 
     return _load(tokenizer_path(name_or_path))
 

@@ -25,7 +25,7 @@ CORPUS_TASKS = ("regs", "add")
 
 def corpus(n_per_task: int = 400, seed: int = 0) -> list[str]:
     """Prompts and reference responses in every style of the corpus tasks."""
-    from .tasks import TASKS
+    from pruneopd.tasks import TASKS
 
     texts = []
     for task in (TASKS[name] for name in CORPUS_TASKS):

@@ -10,7 +10,7 @@ import torch
 def fast_zoo(tmp_path_factory):
     """Folder with tokenizer/, teacher/, student-same/, student-cross/ from `zoo build --fast`,
     and the long suite's fast zoo in long/ (`zoo build --fast --suite long`)."""
-    from pruneopd.zoo import FAST, FAST_LONG, build_zoo
+    from pruneopd.tools.zoo import FAST, FAST_LONG, build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
     torch.set_num_threads(1)  # tiny models: one thread is fastest
@@ -29,7 +29,7 @@ def use_fast_zoo(fast_zoo, monkeypatch):
 @pytest.fixture
 def zoo(use_fast_zoo, monkeypatch):
     """Fast zoo names resolve; one intra-op thread (train() would otherwise take every core)."""
-    import pruneopd.train as train_mod
+    import pruneopd.training.train as train_mod
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

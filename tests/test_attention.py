@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_llama
 
-from pruneopd import attention, fused
+from pruneopd.engines import attention, fused
+from pruneopd.engines.scoring import score_responses
 from pruneopd.models import cache_kwarg
-from pruneopd.objective import token_losses
-from pruneopd.scoring import score_responses
+from pruneopd.training.objective import token_losses
 
 pytestmark = pytest.mark.skipif(
     not attention.available(), reason="the attention kernel cannot be built here"
@@ -35,7 +35,7 @@ def _sdpa_and_ours(B, Hq, Hkv, T, D, seed=0):
     for fn in (
         lambda: F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=scale, enable_gqa=Hq != Hkv
-        ),  # fmt: skip
+        ),
         lambda: attention.causal_attention_BHTD(q, k, v, scale),
     ):
         o = fn()
@@ -131,8 +131,16 @@ def test_scores_and_losses_equal_the_sdpa_path(monkeypatch):
         mask_BT = torch.arange(T) < torch.tensor([len(r) for r in responses])[:, None]
         tokens = torch.stack([torch.tensor(r + [PAD] * (T - len(r))) for r in responses])
         student.zero_grad(set_to_none=True)
-        loss_BT, _ = token_losses("full_rkl", student, teacher, ids, prompt_lens, tokens,
-                                  mask_BT, teacher_hidden_NH=sc.hidden_NH)  # fmt: skip
+        loss_BT, _ = token_losses(
+            "full_rkl",
+            student,
+            teacher,
+            ids,
+            prompt_lens,
+            tokens,
+            mask_BT,
+            teacher_hidden_NH=sc.hidden_NH,
+        )
         loss_BT.sum().backward()
         runs.append((sc, loss_BT.detach(), [p.grad.clone() for p in student.parameters()]))
     (sa, la, ga), (sb, lb, gb) = runs

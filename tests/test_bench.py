@@ -8,14 +8,23 @@ import sys
 
 import pytest
 
-from pruneopd.bench import METHODS, PAIRS, STEP_KEYS, run_bench
 from pruneopd.cli import main
+from pruneopd.tools.bench import METHODS, PAIRS, STEP_KEYS, run_bench
 
-RUN_FIELDS = ("pair method seed train_seconds t_sample t_teacher t_update tokens_generated "
-              "tokens_scored tokens_trained accuracy_before accuracy_after evals steps "
-              "final_cap config").split()  # fmt: skip
-PLOTS = ["accuracy_vs_time_same.png", "accuracy_vs_time_cross.png", "cap_same.png",
-         "cap_cross.png", "hit_ratio_same.png", "hit_ratio_cross.png", "overlap_hist.png"]  # fmt: skip
+RUN_FIELDS = (
+    "pair method seed train_seconds t_sample t_teacher t_update tokens_generated "
+    "tokens_scored tokens_trained accuracy_before accuracy_after evals steps "
+    "final_cap config"
+).split()
+PLOTS = [
+    "accuracy_vs_time_same.png",
+    "accuracy_vs_time_cross.png",
+    "cap_same.png",
+    "cap_cross.png",
+    "hit_ratio_same.png",
+    "hit_ratio_cross.png",
+    "overlap_hist.png",
+]
 
 
 SHORT_METHODS = ("full", "prefix-sched", "prune", "prune-online")  # every preset: below
@@ -74,7 +83,7 @@ def test_report_and_plots_are_written_and_rerendered(bench, capsys):
 def test_report_shows_the_hybrid_gate_rate(bench):
     import copy
 
-    from pruneopd.report import render_markdown, summarize
+    from pruneopd.tools.report import render_markdown, summarize
 
     res = json.loads((bench / "results.json").read_text())
     assert all(v is None for r in res["runs"] for v in r["steps"]["gate_rate"])  # no hybrid
@@ -92,8 +101,9 @@ def test_report_shows_the_hybrid_gate_rate(bench):
 def test_finished_runs_are_not_run_again(bench):
     before = (bench / "results.json").read_text()
     logs = []
-    run_bench(bench, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append,
-              methods=SHORT_METHODS)  # fmt: skip
+    run_bench(
+        bench, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append, methods=SHORT_METHODS
+    )
     assert sum("already done" in x for x in logs) == len(PAIRS) * len(SHORT_METHODS)
     assert json.loads(before)["runs"] == json.loads((bench / "results.json").read_text())["runs"]
 
@@ -113,8 +123,8 @@ LONG_METHODS = ("full", "prune", "prune-online")  # the machinery; every preset:
 def test_every_preset_loads_with_the_bench_overrides(tmp_path, suite):
     """Every method's preset is a valid config with the keys the bench sets (the benches here
     train some of them on the fast zoo; tests/test_train.py and test_hybrid.py run each method)."""
-    from pruneopd.bench import SUITE_CONFIGS, SUITE_PRESETS, run_overrides
     from pruneopd.config import load_config
+    from pruneopd.tools.bench import SUITE_CONFIGS, SUITE_PRESETS, run_overrides
 
     for pair in PAIRS:
         for m in METHODS:
@@ -129,8 +139,16 @@ def bench_long(tmp_path_factory, fast_zoo):
     mp = pytest.MonkeyPatch()
     mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
     try:
-        run_bench(out, "quick", jobs=2, steps=2, eval_problems=4, log=lambda s: None, suite="long",
-                  methods=LONG_METHODS)  # fmt: skip
+        run_bench(
+            out,
+            "quick",
+            jobs=2,
+            steps=2,
+            eval_problems=4,
+            log=lambda s: None,
+            suite="long",
+            methods=LONG_METHODS,
+        )
     finally:
         mp.undo()
     return out
@@ -164,8 +182,16 @@ def test_long_suite_bench_resumes(bench_long, fast_zoo, monkeypatch):
     victim = bench_long / "runs" / "cross" / "prune" / "seed0"
     (victim / "summary.json").unlink()
     logs = []
-    run_bench(bench_long, "quick", jobs=2, steps=2, eval_problems=4, log=logs.append,
-              suite="long", methods=LONG_METHODS)  # fmt: skip
+    run_bench(
+        bench_long,
+        "quick",
+        jobs=2,
+        steps=2,
+        eval_problems=4,
+        log=logs.append,
+        suite="long",
+        methods=LONG_METHODS,
+    )
     assert sum("already done" in x for x in logs) == len(PAIRS) * len(LONG_METHODS) - 1
     assert any("start cross/prune/seed0" in x for x in logs)
     assert (victim / "summary.json").exists()
@@ -179,19 +205,26 @@ def _row(time, acc, before=40.0, cap=None, max_len=848):
 
 
 def test_long_targets_by_hand():
-    from pruneopd.report import targets
+    from pruneopd.tools.report import targets
 
     full = _row(100.0, 60.0)
-    cross = {"full": full, "prune": _row(45.0, 59.5), "prune-online": _row(40.0, 58.0),
-             "hybrid": _row(50.0, 62.0), "prefix-sched": _row(30.0, 55.0),
-             "prefix-adaptive": _row(28.0, 55.0)}  # fmt: skip
+    cross = {
+        "full": full,
+        "prune": _row(45.0, 59.5),
+        "prune-online": _row(40.0, 58.0),
+        "hybrid": _row(50.0, 62.0),
+        "prefix-sched": _row(30.0, 55.0),
+        "prefix-adaptive": _row(28.0, 55.0),
+    }
     same = {"full": _row(100.0, 60.0, before=55.0), "prune": _row(105.0, 59.2, cap=848)}
     for rows in (cross, same):
         for r in rows.values():
             r["time_vs_full"] = r["time"] / rows["full"]["time"]
             r["acc_vs_full"] = r["acc"] - rows["full"]["acc"]
-    runs = [{"pair": "same", "method": "prune", "final_cap": c, "wall_seconds": 1800.0}
-            for c in (848, 784)]  # fmt: skip
+    runs = [
+        {"pair": "same", "method": "prune", "final_cap": c, "wall_seconds": 1800.0}
+        for c in (848, 784)
+    ]
     rows = targets({"runs": runs, "preset": "quick", "jobs": 2}, {"same": same, "cross": cross})
     got = {t["target"][:16]: t["met"] for t in rows}
     # prune-online is faster but 2 points down; prune keeps accuracy at 0.45x
@@ -205,7 +238,7 @@ def test_long_targets_by_hand():
 
 
 def test_long_targets_compare_cpu_time_when_every_row_has_it():
-    from pruneopd.report import targets
+    from pruneopd.tools.report import targets
 
     # wall-clock says prune took 1.20x full OPD's time (other load on the machine); its CPU
     # seconds say 1.05x: the CPU ratio decides, and both are printed
@@ -232,8 +265,24 @@ def test_sigterm_stops_the_bench_and_its_runs_with_checkpoints(tmp_path, fast_zo
     import time
 
     out = tmp_path / "b"
-    cmd = [sys.executable, "-m", "pruneopd.cli", "bench", "--preset", "quick", "--steps", "400",
-           "--eval-problems", "4", "--methods", "full,prune", "--jobs", "1", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pruneopd.cli",
+        "bench",
+        "--preset",
+        "quick",
+        "--steps",
+        "400",
+        "--eval-problems",
+        "4",
+        "--methods",
+        "full,prune",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PRUNEOPD_ZOO": str(fast_zoo), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "runs" / "same" / "full" / "seed0" / "metrics.jsonl"
@@ -264,18 +313,24 @@ def test_runs_use_the_bench_own_code_whatever_the_working_directory(tmp_path):
     runs) does not leak into the bench's runs."""
     import subprocess
 
-    from pruneopd.bench import _same_code_cli
+    from pruneopd.tools.bench import _same_code_cli
 
     (tmp_path / "pruneopd").mkdir()
     (tmp_path / "pruneopd" / "__init__.py").write_text("")
     (tmp_path / "pruneopd" / "cli.py").write_text(
         "print('OTHER CODE')\ndef main(argv=None): pass\n"
     )
-    res = subprocess.run([*_same_code_cli(), "--help"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [*_same_code_cli(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert (
         res.returncode == 0 and "OTHER CODE" not in res.stdout and "usage: pruneopd" in res.stdout
     )
-    naive = subprocess.run([sys.executable, "-m", "pruneopd.cli", "--help"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    naive = subprocess.run(
+        [sys.executable, "-m", "pruneopd.cli", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "OTHER CODE" in naive.stdout  # what `python -m` would have done

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pruneopd.budget import ResponseBudget
+from pruneopd.method.budget import ResponseBudget
 
 
 def _budget(**overrides):

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from pruneopd.compat import overlap_stats
 from pruneopd.models import load_model, load_tokenizer
 from pruneopd.tasks import TASKS
+from pruneopd.tools.compat import overlap_stats
 
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
@@ -27,8 +27,9 @@ def test_overlap_stats_splits_samples_and_tokens_by_style(use_fast_zoo):
     tok = load_tokenizer("teacher")
     task = TASKS["regs"]
     problems = task.problems("test", 6, seed=0, difficulty=2)
-    stats = overlap_stats(load_model("student-cross"), load_model("teacher"), tok, task, problems,
-                          max_new_tokens=48)  # fmt: skip
+    stats = overlap_stats(
+        load_model("student-cross"), load_model("teacher"), tok, task, problems, max_new_tokens=48
+    )
     by_style = stats["by_style"]
     assert set(by_style) <= {"terse", "verbose", "other"}
     assert sum(s["samples"] for s in by_style.values()) == len(problems)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pruneopd.train as train_mod
+import pruneopd.training.train as train_mod
 from pruneopd.cli import main
 from pruneopd.config import ConfigError, TrainConfig, load_config
 
@@ -44,9 +44,13 @@ def test_yaml_file_plus_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     ("where", "key", "hint"),
-    [("override", "max_step", "max_steps"), ("override", "w_dorp", "w_drop"),
-     ("file", "learning_rat", None), ("file", "tua", "tau")],
-)  # fmt: skip
+    [
+        ("override", "max_step", "max_steps"),
+        ("override", "w_dorp", "w_drop"),
+        ("file", "learning_rat", None),
+        ("file", "tua", "tau"),
+    ],
+)
 def test_unknown_key_suggests_the_closest(tmp_path, where, key, hint):
     with pytest.raises(ConfigError) as e:
         if where == "file":
@@ -63,13 +67,27 @@ def test_unknown_key_suggests_the_closest(tmp_path, where, key, hint):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("tau=1.5", "tau"), ("tau=-0.1", "tau"), ("w_drop=-1", "w_drop"), ("w_base=-0.5", "w_base"),
-     ("min_len=600", "min_len"), ("init_len=1000", "init_len"), ("max_steps=0", "max_steps"),
-     ("lr=0", "lr"), ("top_p=0", "top_p"), ("jsd_beta=2", "jsd_beta"),
-     ("hit_ratio=1.1", "hit_ratio"), ("prune_floor=1", "prune_floor"),
-     ("method=half", "method"), ("loss=kl", "loss"), ("drift_metric=x", "drift_metric"),
-     ("max_steps=2.5", "max_steps"), ("tau=abc", "tau"), ("online_pruning=maybe", "online_pruning")],
-)  # fmt: skip
+    [
+        ("tau=1.5", "tau"),
+        ("tau=-0.1", "tau"),
+        ("w_drop=-1", "w_drop"),
+        ("w_base=-0.5", "w_base"),
+        ("min_len=600", "min_len"),
+        ("init_len=1000", "init_len"),
+        ("max_steps=0", "max_steps"),
+        ("lr=0", "lr"),
+        ("top_p=0", "top_p"),
+        ("jsd_beta=2", "jsd_beta"),
+        ("hit_ratio=1.1", "hit_ratio"),
+        ("prune_floor=1", "prune_floor"),
+        ("method=half", "method"),
+        ("loss=kl", "loss"),
+        ("drift_metric=x", "drift_metric"),
+        ("max_steps=2.5", "max_steps"),
+        ("tau=abc", "tau"),
+        ("online_pruning=maybe", "online_pruning"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(None, [override])
@@ -136,12 +154,17 @@ def assert_one_line_error(code, err, *needles):
 
 @pytest.mark.parametrize(
     ("argv", "needles"),
-    [(["train", "max_step=3"], ["'max_step'", "did you mean 'max_steps'"]),
-     (["train", "tau=1.5"], ["'tau'", "(0, 1]"]),
-     (["train", "--config", "/nonexistent/cfg.yaml"], ["/nonexistent/cfg.yaml", "does not exist"]),
-     (["train", "--bogus-flag"], ["--bogus-flag"]),
-     (["frobnicate"], ["frobnicate"])],
-)  # fmt: skip
+    [
+        (["train", "max_step=3"], ["'max_step'", "did you mean 'max_steps'"]),
+        (["train", "tau=1.5"], ["'tau'", "(0, 1]"]),
+        (
+            ["train", "--config", "/nonexistent/cfg.yaml"],
+            ["/nonexistent/cfg.yaml", "does not exist"],
+        ),
+        (["train", "--bogus-flag"], ["--bogus-flag"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
 def test_cli_config_errors_are_one_line_exit_2(capsys, argv, needles):
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, *needles)

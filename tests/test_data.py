@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pruneopd.cli import main
-from pruneopd.data import DataError, DataTask, read_records
 from pruneopd.tasks import Problem
+from pruneopd.tasks.data import DataError, DataTask, read_records
 
 FIX = Path(__file__).parent / "fixtures"
 CHAT = (
@@ -31,9 +31,12 @@ def tok(fast_zoo):
 
 @pytest.mark.parametrize(
     ("name", "first_answer", "templated"),
-    [("math_plain.jsonl", "43", True), ("math_gsm8k.jsonl", "26", True),
-     ("math_verl.parquet", "58", True)],
-)  # fmt: skip
+    [
+        ("math_plain.jsonl", "43", True),
+        ("math_gsm8k.jsonl", "26", True),
+        ("math_verl.parquet", "58", True),
+    ],
+)
 def test_layouts_are_recognised(tok, name, first_answer, templated):
     task = DataTask(FIX / name, tok)
     assert len(task.train) == 24 and task.test == []
@@ -59,13 +62,15 @@ def test_train_prompts_cycle_in_seeded_epochs_and_test_is_held_out(tok):
 
 @pytest.mark.parametrize(
     ("gold", "response", "ok"),
-    [("7", "3 + 4 = 7, so the answer is \\boxed{7}", True),
-     ("7", "the answer is \\boxed{8}", False),
-     ("\\frac{1}{2}", "that is \\boxed{\\frac{2}{4}}", True),
-     ("\\frac{1}{2}", "\\boxed{0.5}", True),
-     ("12", "", False),
-     ("12", "}}}{{\\boxed{", False)],
-)  # fmt: skip
+    [
+        ("7", "3 + 4 = 7, so the answer is \\boxed{7}", True),
+        ("7", "the answer is \\boxed{8}", False),
+        ("\\frac{1}{2}", "that is \\boxed{\\frac{2}{4}}", True),
+        ("\\frac{1}{2}", "\\boxed{0.5}", True),
+        ("12", "", False),
+        ("12", "}}}{{\\boxed{", False),
+    ],
+)
 def test_math_verify_checks_answers(tok, gold, response, ok):
     task = DataTask(FIX / "math_plain.jsonl", tok)
     p = Problem(task.name, "q", gold, (gold,), {})
@@ -81,15 +86,19 @@ def write(tmp_path, name, text):
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", "ans\n',
-      "line 3: malformed JSON"),
-     ('{"prompt": "a", "answer": "1"}\n[1, 2]\n', "line 2: expected a JSON object"),
-     ("", "holds no records"),
-     ('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n', "line 2: no field 'answer'"),
-     ('{"prompt": 5, "answer": "1"}\n', "line 1: field 'prompt' must be text"),
-     ('{"prompt": "a", "answer": ""}\n', "line 1: field 'answer' is empty"),
-     ('{"text": "a", "label": "1"}\n', "no prompt field found")],
-)  # fmt: skip
+    [
+        (
+            '{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", "ans\n',
+            "line 3: malformed JSON",
+        ),
+        ('{"prompt": "a", "answer": "1"}\n[1, 2]\n', "line 2: expected a JSON object"),
+        ("", "holds no records"),
+        ('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n', "line 2: no field 'answer'"),
+        ('{"prompt": 5, "answer": "1"}\n', "line 1: field 'prompt' must be text"),
+        ('{"prompt": "a", "answer": ""}\n', "line 1: field 'answer' is empty"),
+        ('{"text": "a", "label": "1"}\n', "no prompt field found"),
+    ],
+)
 def test_bad_data_files_name_the_problem(tok, tmp_path, text, needle):
     with pytest.raises(DataError, match=needle):
         DataTask(write(tmp_path, "d.jsonl", text), tok)
@@ -112,11 +121,19 @@ def tiny_qwen3(path: Path, tok, seed: int, hidden: int = 32) -> Path:
 
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     Qwen3ForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -142,9 +159,20 @@ def test_tiny_qwen3_trains_from_a_data_file(qwen_pair, tmp_path, capsys, monkeyp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     student, teacher = qwen_pair
     out = tmp_path / "run"
-    code, cap = run_main(["train", f"student={student}", f"teacher={teacher}",
-                          f"data={FIX / data}", "max_steps=2", f"out={out}", "progress=false",
-                          "max_len=32", "init_len=32"], capsys)  # fmt: skip
+    code, cap = run_main(
+        [
+            "train",
+            f"student={student}",
+            f"teacher={teacher}",
+            f"data={FIX / data}",
+            "max_steps=2",
+            f"out={out}",
+            "progress=false",
+            "max_len=32",
+            "init_len=32",
+        ],
+        capsys,
+    )
     assert code == 0, cap.err
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in rows) == 2
@@ -165,22 +193,46 @@ def test_mismatched_vocabularies_are_refused_before_any_compute(qwen_pair, tmp_p
     t = AutoTokenizer.from_pretrained(other)
     t.add_tokens(["<extra_token>"])
     t.save_pretrained(other)
-    code, cap = run_main(["train", f"student={student}", f"teacher={other}",
-                          f"data={FIX / 'math_plain.jsonl'}", f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    code, cap = run_main(
+        [
+            "train",
+            f"student={student}",
+            f"teacher={other}",
+            f"data={FIX / 'math_plain.jsonl'}",
+            f"out={tmp_path / 'r'}",
+        ],
+        capsys,
+    )
     assert code == 2 and cap.err.count("\n") == 1 and "different vocabularies" in cap.err
     assert not (tmp_path / "r").exists()
 
 
 def test_data_file_without_the_named_field_is_one_line(qwen_pair, tmp_path, capsys):
     student, teacher = qwen_pair
-    code, cap = run_main(["train", f"student={student}", f"teacher={teacher}",
-                          f"data={FIX / 'math_plain.jsonl'}", "answer_field=solution",
-                          f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    code, cap = run_main(
+        [
+            "train",
+            f"student={student}",
+            f"teacher={teacher}",
+            f"data={FIX / 'math_plain.jsonl'}",
+            "answer_field=solution",
+            f"out={tmp_path / 'r'}",
+        ],
+        capsys,
+    )
     assert code == 2 and cap.err.count("\n") == 1
     assert "math_plain.jsonl line 1: no field 'solution'" in cap.err
 
 
 def test_missing_model_path_is_one_line(tmp_path, capsys):
-    code, cap = run_main(["train", f"student={tmp_path / 'nope'}", "teacher=teacher",
-                          f"data={FIX / 'math_plain.jsonl'}", f"out={tmp_path / 'r'}"], capsys)  # fmt: skip
+    code, cap = run_main(
+        [
+            "train",
+            f"student={tmp_path / 'nope'}",
+            "teacher=teacher",
+            f"data={FIX / 'math_plain.jsonl'}",
+            f"out={tmp_path / 'r'}",
+        ],
+        capsys,
+    )
     assert code == 2 and cap.err.count("\n") == 1 and "nope" in cap.err

@@ -9,9 +9,9 @@ import torch
 from tiny import tiny_llama
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
-from pruneopd.decode import LeanDecoder, supported
+from pruneopd.engines.decode import LeanDecoder, supported
+from pruneopd.engines.rollout import left_pad, sample
 from pruneopd.models import cache_kwarg
-from pruneopd.rollout import left_pad, sample
 
 V, PAD, EOS = 50, 0, 2
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
@@ -19,9 +19,16 @@ PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
 
 def tiny_qwen3(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                      max_position_embeddings=128)  # fmt: skip
+    cfg = Qwen3Config(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+    )
     return Qwen3ForCausalLM(cfg).eval()
 
 
@@ -43,10 +50,20 @@ def check_step_equals_hf(model, decoder_cls) -> None:
     ids_BP, mask_BP, pos_BP = left_pad(PROMPTS, PAD)
     P = ids_BP.shape[1]
     hf_cache, our_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
-    out = model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-                use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
-    model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-          use_cache=True, **{cache_kwarg(model): our_cache})  # fmt: skip
+    out = model(
+        input_ids=ids_BP,
+        attention_mask=mask_BP,
+        position_ids=pos_BP,
+        use_cache=True,
+        **{cache_kwarg(model): hf_cache},
+    )
+    model(
+        input_ids=ids_BP,
+        attention_mask=mask_BP,
+        position_ids=pos_BP,
+        use_cache=True,
+        **{cache_kwarg(model): our_cache},
+    )
     dec = decoder_cls(model, our_cache, P, N)
     mask_AL = torch.cat([mask_BP, torch.ones(len(PROMPTS), N, dtype=mask_BP.dtype)], dim=1)
     pos_A = mask_BP.sum(-1)
@@ -57,8 +74,13 @@ def check_step_equals_hf(model, decoder_cls) -> None:
             hf_cache.batch_select_indices(keep)
             dec.select(keep)
             tok_A, pos_A, mask_AL = tok_A[keep], pos_A[keep], mask_AL[keep]
-        hf = model(input_ids=tok_A[:, None], attention_mask=mask_AL[:, : P + t + 1],
-                   position_ids=pos_A[:, None], use_cache=True, **{cache_kwarg(model): hf_cache})  # fmt: skip
+        hf = model(
+            input_ids=tok_A[:, None],
+            attention_mask=mask_AL[:, : P + t + 1],
+            position_ids=pos_A[:, None],
+            use_cache=True,
+            **{cache_kwarg(model): hf_cache},
+        )
         hf_AV = hf.logits[:, -1]
         ours_AV = dec.step(tok_A, pos_A, t, mask_AL)
         torch.testing.assert_close(ours_AV, hf_AV, rtol=1e-5, atol=1e-5)
@@ -77,9 +99,18 @@ def check_engines_agree(model, engine_a: str, engine_b: str, max_new_tokens: int
     prompts = [p for p in PROMPTS for _ in range(3)]
     kw = dict(max_new_tokens=max_new_tokens, eos_id=EOS, pad_id=PAD, topk=4)
     for temperature, top_p in ((0.0, 1.0), (1.0, 1.0), (1.0, 0.8), (0.7, 1.0)):
-        a, b = (sample(model, prompts, temperature=temperature, top_p=top_p, engine=engine,
-                       generator=torch.Generator().manual_seed(1), **kw)
-                for engine in (engine_a, engine_b))  # fmt: skip
+        a, b = (
+            sample(
+                model,
+                prompts,
+                temperature=temperature,
+                top_p=top_p,
+                engine=engine,
+                generator=torch.Generator().manual_seed(1),
+                **kw,
+            )
+            for engine in (engine_a, engine_b)
+        )
         assert a.responses == b.responses and a.stopped_by == b.stopped_by
         for x, y in zip(a.student_logprobs, b.student_logprobs, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
@@ -113,8 +144,13 @@ def prefill(model, prompts):
     dec = model.get_decoder()
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        dec(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-            **{cache_kwarg(dec): cache})  # fmt: skip
+        dec(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kwarg(dec): cache},
+        )
     return cache, ids.shape[1], mask
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pruneopd.distributed import Dist
-from pruneopd.evaluate import combine
-from pruneopd.step_metrics import local_sums, reduce_means
+from pruneopd.training.distributed import Dist
+from pruneopd.training.evaluate import combine
+from pruneopd.training.step_metrics import local_sums, reduce_means
 
 TIMING = {"t_sample", "t_teacher", "t_update"}
 # lr 1e-3, not 1e-2: Adam turns float-order noise in a near-zero gradient into an update
@@ -24,11 +24,29 @@ TIMING = {"t_sample", "t_teacher", "t_update"}
 # AVX2-only machine (rkl 0.0104 vs 0.0139) where earlier machines passed: the runs must stay on the
 # same samples for the comparison to mean anything
 ARGS = dict(
-    student="student-cross", teacher="teacher", task="regs", difficulty=2, seed=0, max_steps=3,
-    prompts_per_step=2, responses_per_prompt=2, max_len=40, init_len=24, min_len=8,
-    budget_step=8, budget_margin=8, patience=1, lr=1e-3, eval_problems=5, eval_every=2,
-    log_samples=1, tensorboard=False, progress=False, save_every=0, warmup_steps=0,
-)  # fmt: skip
+    student="student-cross",
+    teacher="teacher",
+    task="regs",
+    difficulty=2,
+    seed=0,
+    max_steps=3,
+    prompts_per_step=2,
+    responses_per_prompt=2,
+    max_len=40,
+    init_len=24,
+    min_len=8,
+    budget_step=8,
+    budget_margin=8,
+    patience=1,
+    lr=1e-3,
+    eval_problems=5,
+    eval_every=2,
+    log_samples=1,
+    tensorboard=False,
+    progress=False,
+    save_every=0,
+    warmup_steps=0,
+)
 
 
 def failure(r: subprocess.CompletedProcess) -> str:
@@ -45,8 +63,15 @@ def run(zoo, out, nproc: int, **kw) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "pruneopd", "train", *args]
     else:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-        cmd = [*torchrun, "--master_port", str(29500 + os.getpid() % 1000), "-m", "pruneopd",
-               "train", *args]  # fmt: skip
+        cmd = [
+            *torchrun,
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "pruneopd",
+            "train",
+            *args,
+        ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -142,8 +167,18 @@ def test_reduced_metrics_golden():
     mask_BT = torch.tensor([[True, True], [True, False]])
     overlap_BT = torch.tensor([[0.5, 1.0], [1.0, 9.0]])
     zeros_BT = torch.zeros(2, 2)
-    sums = local_sums(overlap_BT, zeros_BT, zeros_BT + 1, zeros_BT + 2, mask_BT, mask_BT,
-                      zeros_BT, [1.0, 0.0], [2, 1], ["eos", "cap"])  # fmt: skip
+    sums = local_sums(
+        overlap_BT,
+        zeros_BT,
+        zeros_BT + 1,
+        zeros_BT + 2,
+        mask_BT,
+        mask_BT,
+        zeros_BT,
+        [1.0, 0.0],
+        [2, 1],
+        ["eos", "cap"],
+    )
     m = reduce_means(sums, Dist())
     assert m["overlap"] == pytest.approx(2.5 / 3)
     assert m["weight_mean"] == 1.0 and m["multiplier_mean"] == 2.0
@@ -158,16 +193,33 @@ def test_drifted_samples_and_their_reward_golden():
     mask_BT = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
     weights_BT = torch.tensor([[0.5, 0.0, 0.0], [1.0, 0.9, 0.0], [1.0, 0.2, 0.0]])
     zeros_BT = torch.zeros(3, 3)
-    sums = local_sums(zeros_BT, zeros_BT, weights_BT, zeros_BT, mask_BT, mask_BT, zeros_BT,
-                      [1.0, 1.0, 0.0], [3, 2, 3], ["cap", "eos", "cap"])  # fmt: skip
+    sums = local_sums(
+        zeros_BT,
+        zeros_BT,
+        weights_BT,
+        zeros_BT,
+        mask_BT,
+        mask_BT,
+        zeros_BT,
+        [1.0, 1.0, 0.0],
+        [3, 2, 3],
+        ["cap", "eos", "cap"],
+    )
     m = reduce_means(sums, Dist())
     assert m["drifted_rate"] == pytest.approx(2 / 3)
     assert m["reward_drifted"] == 0.5  # (1 + 0) / 2 drifted samples
 
 
 def test_combine_weights_shards_by_size():
-    a = {"task": "regs", "n": 3, "accuracy": 1.0, "partial_credit": 1.0, "mean_length": 10.0,
-         "cut_rate": 0.0, "max_new_tokens": 40}  # fmt: skip
+    a = {
+        "task": "regs",
+        "n": 3,
+        "accuracy": 1.0,
+        "partial_credit": 1.0,
+        "mean_length": 10.0,
+        "cut_rate": 0.0,
+        "max_new_tokens": 40,
+    }
     b = {**a, "n": 1, "accuracy": 0.0, "mean_length": 2.0, "cut_rate": 1.0}
     c = combine([a, None, b])
     assert c["n"] == 4 and c["accuracy"] == 0.75 and c["mean_length"] == 8.0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pruneopd.drift import (
+from pruneopd.method.drift import (
     drift_events,
     ran_out_B,
     reliability_weights,

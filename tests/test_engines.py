@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pruneopd.config import ConfigError, load_config
-from pruneopd.prompt_logprobs import (
+from pruneopd.engines.prompt_logprobs import (
     entries_from_dicts,
     entries_from_flat,
     scores_from_entries,
@@ -53,8 +53,9 @@ ROWS = [
 def test_scores_from_flat_entries_by_hand():
     e = entries_from_flat(flat(ROWS), prompt_len=2, n=2)
     assert e.pos_E.tolist() == [0, 0, 0, 1, 1]
-    tok_T, ids_TK, lps_TK, cand = scores_from_entries(e, torch.tensor([3, 1]), k=2,
-                                                      candidates_TK=None, vocab=4)  # fmt: skip
+    tok_T, ids_TK, lps_TK, cand = scores_from_entries(
+        e, torch.tensor([3, 1]), k=2, candidates_TK=None, vocab=4
+    )
     assert tok_T.tolist() == pytest.approx([-3.0, -0.1])  # the sampled token's own entry
     assert ids_TK.tolist() == [[1, 0], [1, 2]]  # ranks 1..k, in rank order
     assert torch.allclose(lps_TK, torch.tensor([[-0.2, -2.0], [-0.1, -2.5]]))
@@ -62,8 +63,10 @@ def test_scores_from_flat_entries_by_hand():
 
 
 def test_server_dicts_give_the_same_entries():
-    dicts = [None] + [{str(i): {"logprob": lp, "rank": r, "decoded_token": "x"} for i, lp, r in row}
-                      for row in ROWS[1:]]  # fmt: skip
+    dicts = [None] + [
+        {str(i): {"logprob": lp, "rank": r, "decoded_token": "x"} for i, lp, r in row}
+        for row in ROWS[1:]
+    ]
     a = entries_from_flat(flat(ROWS), 2, 2)
     b = entries_from_dicts(dicts, 2, 2)
     for x, y in zip(
@@ -75,14 +78,19 @@ def test_server_dicts_give_the_same_entries():
 def test_candidates_need_the_whole_distribution():
     e = entries_from_flat(flat(ROWS), 2, 2)
     with pytest.raises(ValueError, match="position 0.*prompt_logprobs=-1"):
-        scores_from_entries(e, torch.tensor([3, 1]), k=2, candidates_TK=torch.tensor([[1, 2], [1, 2]]),
-                            vocab=4)  # fmt: skip
-    full = [None, None,
-            [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
-            [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)]]  # fmt: skip
+        scores_from_entries(
+            e, torch.tensor([3, 1]), k=2, candidates_TK=torch.tensor([[1, 2], [1, 2]]), vocab=4
+        )
+    full = [
+        None,
+        None,
+        [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
+        [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)],
+    ]
     e = entries_from_flat(flat(full), 2, 2)
-    *_, cand = scores_from_entries(e, torch.tensor([3, 1]), k=2,
-                                   candidates_TK=torch.tensor([[2, 3], [3, 0]]), vocab=4)  # fmt: skip
+    *_, cand = scores_from_entries(
+        e, torch.tensor([3, 1]), k=2, candidates_TK=torch.tensor([[2, 3], [3, 0]]), vocab=4
+    )
     assert torch.equal(cand, torch.tensor([[-4.0, -3.0], [-5.0, -3.0]]))
 
 
@@ -97,9 +105,12 @@ def test_missing_sampled_token_or_short_top_k_is_an_error():
 def test_scores_of_batch_slices_each_sequence_candidates():
     # two sequences over the full distribution of ROWS' shape; the second has one response
     # token, so only row 0 of its candidates is read and its scores are padded with zeros
-    full = [None, None,
-            [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
-            [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)]]  # fmt: skip
+    full = [
+        None,
+        None,
+        [(0, -2.0, 2), (1, -0.2, 1), (2, -4.0, 4), (3, -3.0, 3)],
+        [(0, -3.0, 3), (1, -0.1, 1), (2, -2.5, 2), (3, -5.0, 4)],
+    ]
     e1 = entries_from_flat(flat(full), 2, 2)
     e2 = entries_from_flat(flat(full[:3]), 2, 1)
     cand_BTK = torch.tensor([[[2, 3], [3, 0]], [[0, 1], [2, 2]]])
@@ -123,15 +134,17 @@ def test_stack_pads_with_zeros():
 
 @pytest.mark.parametrize(
     ("overrides", "needle"),
-    [(["rollout_engine=sglang"], "'rollout_engine' = 'sglang'"),
-     (["teacher_engine=trt"], "'teacher_engine' = 'trt'"),
-     (["teacher_url=http://127.0.0.1:9"], "needs teacher_engine=vllm"),
-     (["teacher_engine=vllm", "teacher_url=127.0.0.1:9"], "must be http://HOST:PORT"),
-     (["teacher_engine=vllm", "loss=jsd"], "full-vocabulary losses"),
-     (["teacher_engine=vllm", "loss=full_rkl"], "full-vocabulary losses"),
-     (["teacher_engine=vllm", "online_pruning=true"], "online pruning scores chunks"),
-     (["vllm_gpu_memory=1.5"], "'vllm_gpu_memory'")],
-)  # fmt: skip
+    [
+        (["rollout_engine=sglang"], "'rollout_engine' = 'sglang'"),
+        (["teacher_engine=trt"], "'teacher_engine' = 'trt'"),
+        (["teacher_url=http://127.0.0.1:9"], "needs teacher_engine=vllm"),
+        (["teacher_engine=vllm", "teacher_url=127.0.0.1:9"], "must be http://HOST:PORT"),
+        (["teacher_engine=vllm", "loss=jsd"], "full-vocabulary losses"),
+        (["teacher_engine=vllm", "loss=full_rkl"], "full-vocabulary losses"),
+        (["teacher_engine=vllm", "online_pruning=true"], "online pruning scores chunks"),
+        (["vllm_gpu_memory=1.5"], "'vllm_gpu_memory'"),
+    ],
+)
 def test_engine_keys_are_validated(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         load_config(None, overrides)
@@ -145,9 +158,19 @@ def _free_port() -> int:
 
 def test_unreachable_teacher_url_is_a_one_line_error_before_training(tmp_path, capsys):
     url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
-                            "teacher_engine=vllm", f"teacher_url={url}", f"out={tmp_path / 'r'}",
-                            "progress=false"], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train",
+            "student=student-same",
+            "teacher=teacher",
+            "max_steps=1",
+            "teacher_engine=vllm",
+            f"teacher_url={url}",
+            f"out={tmp_path / 'r'}",
+            "progress=false",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "'teacher_url'", url, "no vLLM server answers")
     assert not (tmp_path / "r" / "metrics.jsonl").exists()  # nothing trained
 
@@ -155,9 +178,19 @@ def test_unreachable_teacher_url_is_a_one_line_error_before_training(tmp_path, c
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 @pytest.mark.parametrize("key", ["rollout_engine", "teacher_engine"])
 def test_engine_not_installed_is_a_one_line_error(tmp_path, capsys, key):
-    code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
-                            f"{key}=vllm", "loss=sampled_rkl", f"out={tmp_path / 'r'}",
-                            "progress=false"], capsys)  # fmt: skip
+    code, _, err = run_cli(
+        [
+            "train",
+            "student=student-same",
+            "teacher=teacher",
+            "max_steps=1",
+            f"{key}=vllm",
+            "loss=sampled_rkl",
+            f"out={tmp_path / 'r'}",
+            "progress=false",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, f"'{key}' = 'vllm'", "pip install -e '.[vllm]'")
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
@@ -195,9 +228,20 @@ def test_a_server_that_refuses_the_logprobs_is_a_one_line_error(tmp_path, capsys
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        code, _, err = run_cli(["train", "student=student-same", "teacher=teacher", "max_steps=1",
-                                "teacher_engine=vllm", f"teacher_url={url}", "loss=topk_rkl",
-                                f"out={tmp_path / 'r'}", "progress=false"], capsys)  # fmt: skip
+        code, _, err = run_cli(
+            [
+                "train",
+                "student=student-same",
+                "teacher=teacher",
+                "max_steps=1",
+                "teacher_engine=vllm",
+                f"teacher_url={url}",
+                "loss=topk_rkl",
+                f"out={tmp_path / 'r'}",
+                "progress=false",
+            ],
+            capsys,
+        )
     finally:
         srv.shutdown()
     assert_one_line_error(code, err, "refuses prompt_logprobs=-1", "--max-logprobs -1", "HTTP 400")

@@ -19,9 +19,9 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from pruneopd import fused
-from pruneopd.decode import LeanDecoder
-from pruneopd.rollout import pick_engine, sample
+from pruneopd.engines import fused
+from pruneopd.engines.decode import LeanDecoder
+from pruneopd.engines.rollout import pick_engine, sample
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernel cannot be built")
 
@@ -31,15 +31,29 @@ PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
 
 def llama_d32(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def qwen2_bias(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     assert model.model.layers[0].self_attn.q_proj.bias is not None
     with torch.no_grad():  # Qwen2's biases start at zero: make them count
@@ -110,9 +124,17 @@ def test_engine_choice(monkeypatch):
     model = tiny_llama(V)
     assert pick_engine(model, "auto") == "fused"
     torch.manual_seed(0)
-    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=4,
-                                         num_key_value_heads=2, head_dim=8)).eval()  # fmt: skip
+    qwen3 = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+        )
+    ).eval()
     assert not fused.supported(qwen3) and pick_engine(qwen3, "auto") == "lean"
     with pytest.raises(ValueError, match="engine='fused' does not support"):
         pick_engine(qwen3, "fused")
@@ -133,8 +155,10 @@ def test_build_failure_is_one_line_and_falls_back(monkeypatch, capsys):
     assert not fused.available() and not fused.available()
     assert pick_engine(tiny_llama(V), "auto") == "lean"
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["pruneopd: the fused decode kernel could not be built: no g++; "
-                   "sampling with the lean engine"]  # fmt: skip
+    assert err == [
+        "pruneopd: the fused decode kernel could not be built: no g++; "
+        "sampling with the lean engine"
+    ]
 
 
 @pytest.mark.parametrize("shape", [(32, 128, 384), (3, 7, 5), (1, 64, 33)])
@@ -165,9 +189,19 @@ def test_fused_chunks_and_pruning_match_lean(top_p):
             seen.append(c)
             return c.sample_ids_A % 3 == 0 if c.start == 5 else None
 
-        r = sample(model, prompts, max_new_tokens=200, eos_id=EOS, pad_id=PAD, topk=4,
-                   top_p=top_p, chunk_size=5, on_chunk=on_chunk, engine=engine,
-                   generator=torch.Generator().manual_seed(3))  # fmt: skip
+        r = sample(
+            model,
+            prompts,
+            max_new_tokens=200,
+            eos_id=EOS,
+            pad_id=PAD,
+            topk=4,
+            top_p=top_p,
+            chunk_size=5,
+            on_chunk=on_chunk,
+            engine=engine,
+            generator=torch.Generator().manual_seed(3),
+        )
         return r, seen
 
     (a, ca), (b, cb) = run("lean"), run("fused")
@@ -179,5 +213,4 @@ def test_fused_chunks_and_pruning_match_lean(top_p):
         assert x.start == y.start and torch.equal(x.sample_ids_A, y.sample_ids_A)
         assert torch.equal(x.tokens_AC, y.tokens_AC) and torch.equal(x.mask_AC, y.mask_AC)
         assert torch.equal(x.student_topk_ids_ACK, y.student_topk_ids_ACK)
-        torch.testing.assert_close(x.student_logprobs_AC, y.student_logprobs_AC, atol=1e-5,
-                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(x.student_logprobs_AC, y.student_logprobs_AC, atol=1e-5, rtol=0)

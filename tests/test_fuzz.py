@@ -15,8 +15,23 @@ import pytest
 from pruneopd.cli import main
 
 PRESET = Path(__file__).parents[1] / "pruneopd" / "configs" / "prune-cross.yaml"
-WRONG_VALUES = ["[1, 2]", "{a: 1}", "null", "-3", "1e999", "'text'", "0", "-0.5", "2.5",
-                "true", "99999999", "''", "[[", "nan", "\"\\x00\""]  # fmt: skip
+WRONG_VALUES = [
+    "[1, 2]",
+    "{a: 1}",
+    "null",
+    "-3",
+    "1e999",
+    "'text'",
+    "0",
+    "-0.5",
+    "2.5",
+    "true",
+    "99999999",
+    "''",
+    "[[",
+    "nan",
+    '"\\x00"',
+]
 JUNK = [":", "[", "{", '"', "'", "\t", "-", "\\", "\x00", "é", "#", "&", "*", "!", "%", "|", ">"]
 
 
@@ -99,20 +114,41 @@ def write_case(path: Path, data: bytes) -> Path:
 
 def test_fuzzed_config_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     rng = random.Random(0)
-    errors = fuzz(100, lambda n: write_case(tmp_path / f"cfg{n}.yaml", mutate(base, rng)),
-                  lambda p: ["train", "--config", str(p), "--check"], capsys)  # fmt: skip
+    errors = fuzz(
+        100,
+        lambda n: write_case(tmp_path / f"cfg{n}.yaml", mutate(base, rng)),
+        lambda p: ["train", "--config", str(p), "--check"],
+        capsys,
+    )
     assert errors >= 50, f"only {errors} of 100 mutations were rejected: the fuzzer is too weak"
     assert not (tmp_path / "run").exists()  # --check writes nothing
 
 
 @pytest.mark.parametrize(
     "override",
-    ["max_steps=[1]", "tau=0", "tau=1.01", "w_drop=-0.1", "min_len=600", "topk=100000",
-     "lr=abc", "method=ful", "student=/nonexistent/model", "difficulty=100000",
-     "resume=/nonexistent/ckpt", "on_nonfinite=ignore", "keep_checkpoints=0", "out=",
-     "max_len=4000", "data=/nonexistent/data.jsonl", "data=README.md", "max_steps=1e999",
-     "max_steps=1.5e0", "seed=-1e400"],
-)  # fmt: skip
+    [
+        "max_steps=[1]",
+        "tau=0",
+        "tau=1.01",
+        "w_drop=-0.1",
+        "min_len=600",
+        "topk=100000",
+        "lr=abc",
+        "method=ful",
+        "student=/nonexistent/model",
+        "difficulty=100000",
+        "resume=/nonexistent/ckpt",
+        "on_nonfinite=ignore",
+        "keep_checkpoints=0",
+        "out=",
+        "max_len=4000",
+        "data=/nonexistent/data.jsonl",
+        "data=README.md",
+        "max_steps=1e999",
+        "max_steps=1.5e0",
+        "seed=-1e400",
+    ],
+)
 def test_bad_overrides_are_one_line(base, tmp_path, capsys, override):
     path = tmp_path / "cfg.yaml"
     path.write_text(base)
@@ -132,9 +168,18 @@ def mutate_jsonl(text: str, rng: random.Random) -> bytes:
         lines[i] = lines[i][:j] + rng.choice(JUNK) + lines[i][j:]
     elif kind == 2:  # a field of the wrong type or missing
         i = rng.randrange(len(lines))
-        lines[i] = rng.choice(['{"prompt": 3, "answer": "1"}', '{"prompt": "q"}', '[]', '"x"',
-                               '{"prompt": ["a"], "answer": "1"}', '{"prompt": "", "answer": "1"}',
-                               '{"prompt": "q", "answer": null}', "{}"])  # fmt: skip
+        lines[i] = rng.choice(
+            [
+                '{"prompt": 3, "answer": "1"}',
+                '{"prompt": "q"}',
+                "[]",
+                '"x"',
+                '{"prompt": ["a"], "answer": "1"}',
+                '{"prompt": "", "answer": "1"}',
+                '{"prompt": "q", "answer": null}',
+                "{}",
+            ]
+        )
     elif kind == 3:  # bytes that are not UTF-8
         i = rng.randrange(len(lines))
         return ("\n".join(lines[:i]) + "\n").encode() + b"\xff\xfe" + lines[i].encode()
@@ -148,9 +193,13 @@ def test_fuzzed_data_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(base)
     rng = random.Random(2)
-    errors = fuzz(40, lambda n: write_case(tmp_path / f"d{n}.jsonl", mutate_jsonl(good, rng)),
-                  lambda p: ["train", "--config", str(cfg), "--check", f"data={p}",
-                             "chat_template=false"], capsys, names_file=True)  # fmt: skip
+    errors = fuzz(
+        40,
+        lambda n: write_case(tmp_path / f"d{n}.jsonl", mutate_jsonl(good, rng)),
+        lambda p: ["train", "--config", str(cfg), "--check", f"data={p}", "chat_template=false"],
+        capsys,
+        names_file=True,
+    )
     assert errors >= 25, f"only {errors} of 40 corrupted data files were rejected"
 
 
@@ -158,12 +207,20 @@ def test_real_processes_exit_2_with_one_line(base, tmp_path, use_fast_zoo):
     """The same through a real process: exit status and stderr as a user sees them."""
     rng = random.Random(1)
     env = {**os.environ, "PRUNEOPD_ZOO": str(use_fast_zoo), "OMP_NUM_THREADS": "1"}
-    cases = [b"max_steps: [1, 2\n", bytes(rng.randrange(256) for _ in range(64)),
-             base.replace("tau: 0.5", "tau: high").encode()]  # fmt: skip
+    cases = [
+        b"max_steps: [1, 2\n",
+        bytes(rng.randrange(256) for _ in range(64)),
+        base.replace("tau: 0.5", "tau: high").encode(),
+    ]
     for n, data in enumerate(cases):
         path = tmp_path / f"bad{n}.yaml"
         path.write_bytes(data)
-        p = subprocess.run([sys.executable, "-m", "pruneopd.cli", "train", "--config", str(path)],
-                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "pruneopd.cli", "train", "--config", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert_clean(p.returncode, p.stderr, f"case {n}")
         assert p.returncode == 2

@@ -22,9 +22,11 @@ RECORD = json.loads(golden_runs.RECORD.read_text())
 )
 def test_golden_run(name, preset, extra, tmp_path, monkeypatch):
     if golden_runs.cpu_id() != RECORD["cpu"] or torch.__version__ != RECORD["torch"]:
-        pytest.skip(f"golden.json was recorded on another CPU or torch ({RECORD['cpu'][:40]}..., "
-                    f"{RECORD['torch']}); bit-exact floats only hold on the same")  # fmt: skip
-    import pruneopd.train as train_mod
+        pytest.skip(
+            f"golden.json was recorded on another CPU or torch ({RECORD['cpu'][:40]}..., "
+            f"{RECORD['torch']}); bit-exact floats only hold on the same"
+        )
+    import pruneopd.training.train as train_mod
 
     monkeypatch.delenv("PRUNEOPD_ZOO", raising=False)
     monkeypatch.setattr(train_mod, "set_threads", lambda: None)

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from pruneopd.budget import AdaptivePrefix
 from pruneopd.config import ConfigError, TrainConfig
-from pruneopd.hybrid import group_advantages, tail_mask
-from pruneopd.train import method_weights, response_cap, train
+from pruneopd.method.budget import AdaptivePrefix
+from pruneopd.method.hybrid import group_advantages, tail_mask
+from pruneopd.training.train import method_weights, response_cap, train
 
 
 def test_group_advantages_by_hand():
@@ -84,11 +84,27 @@ def _rows(out):
 
 
 def _tiny(tmp_path, name, **kw):
-    base = dict(student="student-cross", teacher="teacher", task="regs", difficulty=2, seed=0,
-                max_steps=2, prompts_per_step=2, responses_per_prompt=2, max_len=48,
-                init_len=32, min_len=16, budget_step=8, budget_margin=8, eval_problems=4,
-                eval_every=0, log_samples=1, tensorboard=False, progress=False,
-                out=str(tmp_path / name))  # fmt: skip
+    base = dict(
+        student="student-cross",
+        teacher="teacher",
+        task="regs",
+        difficulty=2,
+        seed=0,
+        max_steps=2,
+        prompts_per_step=2,
+        responses_per_prompt=2,
+        max_len=48,
+        init_len=32,
+        min_len=16,
+        budget_step=8,
+        budget_margin=8,
+        eval_problems=4,
+        eval_every=0,
+        log_samples=1,
+        tensorboard=False,
+        progress=False,
+        out=str(tmp_path / name),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -112,20 +128,30 @@ def test_hybrid_with_zero_gate_coef_and_no_tail_trains_like_prune_without_budget
 
 
 def test_adaptive_prefix_runs_two_steps(zoo, tmp_path):
-    train(_tiny(tmp_path, "pa", method="prefix", prefix_schedule="adaptive", prefix_len=16,
-                prefix_window=2, prefix_flat=10.0, prefix_step=8))  # fmt: skip
+    train(
+        _tiny(
+            tmp_path,
+            "pa",
+            method="prefix",
+            prefix_schedule="adaptive",
+            prefix_len=16,
+            prefix_window=2,
+            prefix_flat=10.0,
+            prefix_step=8,
+        )
+    )
     rows = _rows(tmp_path / "pa")
     # prefix_flat 10: "flattened" holds at once, so P grows after the second step
     assert [r["cap"] for r in rows] == [16, 16] and rows[-1]["next_cap"] == 24
 
 
 def test_tail_tokens_get_the_policy_gradient_loss(zoo):
+    from pruneopd.engines.rollout import sample
+    from pruneopd.engines.scoring import score_responses
     from pruneopd.models import load_model, load_tokenizer
-    from pruneopd.objective import token_losses
-    from pruneopd.rollout import sample
-    from pruneopd.scoring import score_responses
     from pruneopd.tasks import get_task
     from pruneopd.tokenizer import encode_prompt
+    from pruneopd.training.objective import token_losses
 
     tok, student, teacher = (
         load_tokenizer("teacher"),
@@ -134,19 +160,37 @@ def test_tail_tokens_get_the_policy_gradient_loss(zoo):
     )
     problems = get_task("regs").problems("train", 3, seed=0, difficulty=2)
     prompts = [encode_prompt(tok, p.prompt) for p in problems]
-    r = sample(student, prompts, max_new_tokens=12, eos_id=tok.eos_token_id,
-               pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0), topk=4)  # fmt: skip
+    r = sample(
+        student,
+        prompts,
+        max_new_tokens=12,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        topk=4,
+    )
     cand_BTK = r.student_topk_ids_BTK()
-    scores = score_responses(teacher, prompts, r.responses, k=4, candidate_ids=cand_BTK,
-                             pad_id=tok.pad_token_id)  # fmt: skip
+    scores = score_responses(
+        teacher, prompts, r.responses, k=4, candidate_ids=cand_BTK, pad_id=tok.pad_token_id
+    )
     mask_BT = r.response_mask_BT
     tail_BT = mask_BT.clone()
     tail_BT[:, :3] = False  # the first three tokens keep the distillation loss
     adv_BT = torch.tensor([2.0, -1.0, 0.0])[:, None].expand_as(mask_BT)
-    args = ("topk_rkl", student, teacher, r.to_padded(tok.pad_token_id)[0],
-            torch.tensor([len(p) for p in prompts]), r.response_tokens_BT(tok.pad_token_id), mask_BT)  # fmt: skip
-    kw = dict(candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-              teacher_token_logprobs_BT=scores.token_logprobs_BT)  # fmt: skip
+    args = (
+        "topk_rkl",
+        student,
+        teacher,
+        r.to_padded(tok.pad_token_id)[0],
+        torch.tensor([len(p) for p in prompts]),
+        r.response_tokens_BT(tok.pad_token_id),
+        mask_BT,
+    )
+    kw = dict(
+        candidate_ids_BTK=cand_BTK,
+        teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
+        teacher_token_logprobs_BT=scores.token_logprobs_BT,
+    )
     plain_BT, lp_BT = token_losses(*args, **kw)
     hybrid_BT, _ = token_losses(*args, **kw, tail_BT=tail_BT, advantage_BT=adv_BT)
     assert torch.allclose(hybrid_BT[tail_BT], (-adv_BT * lp_BT)[tail_BT])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pruneopd.cli import main
-from pruneopd.inspect import display_token, load_step, render_html, write_inspect
+from pruneopd.tools.inspect_page import display_token, load_step, render_html, write_inspect
 
 # sample 0 of step 2: events at 2, 4, 6; the weight reaches 0 at t=6; stopped by EOS, cap 16
 TOKENS = ["Ġthe", "Ġ<script>", "alert", "(1)", "</script>", "Ġ&", "Ġ&amp;", "Ġ\"q'", "Ċ", "Ġx>"]
@@ -29,26 +29,39 @@ ZERO_AT = 6
 
 def _row(step: int, index: int, tokens, events, weight, stopped_by="cap", cap=16) -> dict:
     n = len(tokens)
-    return {"step": step, "index": index, "cap": cap, "stopped_by": stopped_by, "tokens": tokens,
-            "overlap": [0.2 if e else 0.9 for e in events], "weight": weight, "events": events,
-            "teacher_top": [["Ġzebra", "<b>", "&", "Ċ", "x"]] * n,
-            "teacher_top_p": [[0.42, 0.2, 0.1, 0.05, 0.01]] * n}  # fmt: skip
+    return {
+        "step": step,
+        "index": index,
+        "cap": cap,
+        "stopped_by": stopped_by,
+        "tokens": tokens,
+        "overlap": [0.2 if e else 0.9 for e in events],
+        "weight": weight,
+        "events": events,
+        "teacher_top": [["Ġzebra", "<b>", "&", "Ċ", "x"]] * n,
+        "teacher_top_p": [[0.42, 0.2, 0.1, 0.05, 0.01]] * n,
+    }
 
 
 @pytest.fixture
 def run(tmp_path) -> Path:
     d = tmp_path / "run"
     d.mkdir()
-    rows = [_row(1, 0, ["Ġa", "Ġb"], [0, 0], [1.0, 1.0]),
-            _row(2, 0, TOKENS, EVENTS, WEIGHT, stopped_by="eos"),
-            _row(2, 1, ["Ġy"] * 16, [0] * 16, [1.0] * 16)]  # fmt: skip
+    rows = [
+        _row(1, 0, ["Ġa", "Ġb"], [0, 0], [1.0, 1.0]),
+        _row(2, 0, TOKENS, EVENTS, WEIGHT, stopped_by="eos"),
+        _row(2, 1, ["Ġy"] * 16, [0] * 16, [1.0] * 16),
+    ]
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = [{"step": 1, "cap": 16, "hit_ratio": 0.5, "overlap": 0.9, "drift_rate": 0.1},
-               {"step": 2, "cap": 16, "hit_ratio": 0.625, "overlap": 0.875, "drift_rate": 0.125},
-               {"step": 2, "eval/accuracy": 0.987, "eval/n": 4}]  # fmt: skip
+    metrics = [
+        {"step": 1, "cap": 16, "hit_ratio": 0.5, "overlap": 0.9, "drift_rate": 0.1},
+        {"step": 2, "cap": 16, "hit_ratio": 0.625, "overlap": 0.875, "drift_rate": 0.125},
+        {"step": 2, "eval/accuracy": 0.987, "eval/n": 4},
+    ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    (d / "config.yaml").write_text("method: prune\nloss: topk_rkl\ntau: 0.7\ntopk: 16\n"
-                                   "drift_k: 1\nw_drop: 0.333\n")  # fmt: skip
+    (d / "config.yaml").write_text(
+        "method: prune\nloss: topk_rkl\ntau: 0.7\ntopk: 16\ndrift_k: 1\nw_drop: 0.333\n"
+    )
     return d
 
 
@@ -157,19 +170,35 @@ def test_page_in_headless_chromium(run, tmp_path):
         pytest.skip("Chromium not installed")
     url = (run / "inspect-step-2.html").as_uri()
     write_inspect(run)
-    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"]  # fmt: skip
+    base = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+    ]
     png = tmp_path / "page.png"
     # the URL hash selects the weight colouring and pins the tooltip on sample 0, token 1
-    subprocess.run([*base, f"--screenshot={png}", url + "#by=weight&tok=0.1"],
-                   capture_output=True, timeout=120, check=False)  # fmt: skip
+    subprocess.run(
+        [*base, f"--screenshot={png}", url + "#by=weight&tok=0.1"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert png.is_file() and png.stat().st_size > 0
     import matplotlib.image
 
     img = matplotlib.image.imread(str(png))
     assert img.shape[:2] == (900, 1280) and img[..., :3].var() > 0
-    dom = subprocess.run([*base, "--dump-dom", url + "#by=weight&tok=0.1"], capture_output=True,
-                         text=True, timeout=120, check=False).stdout  # fmt: skip
+    dom = subprocess.run(
+        [*base, "--dump-dom", url + "#by=weight&tok=0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-js="ready"' in body and "by-w" in body  # the script ran; the toggle is wired
     tip = re.search(r'<div id="tip".*?</table>', dom, re.S).group(0)  # added by the script

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pruneopd.losses import (
+from pruneopd.method.losses import (
     chunked_token_loss,
     forward_kl,
     full_rkl,

@@ -24,9 +24,9 @@ SCRIPT = r"""
 import json, resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 from tiny import tiny_llama
-from pruneopd.drift import topk_overlap_from_ids
-from pruneopd.objective import token_losses
-from pruneopd.scoring import score_responses
+from pruneopd.method.drift import topk_overlap_from_ids
+from pruneopd.training.objective import token_losses
+from pruneopd.engines.scoring import score_responses
 
 torch.set_num_threads(1)
 V, B, P, T, K, CHUNK = 150_000, 2, 8, 512, 16, int(sys.argv[2])
@@ -67,8 +67,13 @@ def test_large_vocab_scoring_and_losses_stay_far_below_naive_memory(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
 
     def start(chunk: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent), str(chunk)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, str(script), str(Path(__file__).parent), str(chunk)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def result(p: subprocess.Popen) -> dict:
         out, err = p.communicate(timeout=600)

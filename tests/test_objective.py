@@ -2,7 +2,7 @@
 
 The reference runs each row unpadded through `model(input_ids).logits`, shifts by one,
 takes the `[B, T, V]` logits at the response positions and applies the pure functions of
-`pruneopd.losses`. Values and gradients w.r.t. every student parameter must agree.
+`pruneopd.method.losses`. Values and gradients w.r.t. every student parameter must agree.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from tiny import tiny_llama
 from transformers import LlamaForCausalLM
 
-from pruneopd import losses
-from pruneopd.objective import response_hidden, token_losses
+from pruneopd.method import losses
+from pruneopd.training.objective import response_hidden, token_losses
 
 V, PAD, K = 40, 0, 16
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
@@ -84,12 +84,19 @@ def run_token_losses(loss, student, teacher, cand_BTK, q_BTV, chunk):
     input_ids_BL, prompt_lens_B, tokens_BT, mask_BT = batch()
     q_lp = q_BTV.log_softmax(-1)
     return token_losses(
-        loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
+        loss,
+        student,
+        teacher,
+        input_ids_BL,
+        prompt_lens_B,
+        tokens_BT,
+        mask_BT,
         candidate_ids_BTK=cand_BTK,
         teacher_candidate_logprobs_BTK=q_lp.gather(-1, cand_BTK),
         teacher_token_logprobs_BT=q_lp.gather(-1, tokens_BT[..., None])[..., 0],
-        jsd_beta=JSD_BETA, chunk=chunk,
-    )  # fmt: skip
+        jsd_beta=JSD_BETA,
+        chunk=chunk,
+    )
 
 
 def grads(model, scalar):
@@ -191,7 +198,7 @@ def test_response_hidden_picks_the_predicting_positions(pair):
 def test_teacher_hidden_from_scoring_equals_a_second_teacher_forward(pair, loss):
     """The full-vocabulary losses reuse the scorer's teacher hidden states (one teacher forward
     per step instead of two) and get the same losses and gradients."""
-    from pruneopd.scoring import score_responses
+    from pruneopd.engines.scoring import score_responses
 
     student, teacher = pair
     input_ids_BL, prompt_lens_B, tokens_BT, mask_BT = batch()
@@ -199,12 +206,29 @@ def test_teacher_hidden_from_scoring_equals_a_second_teacher_forward(pair, loss)
     assert scores.hidden_NH.shape == (int(mask_BT.sum()), teacher.config.hidden_size)
     out = []
     for hidden in (None, scores.hidden_NH):
-        loss_BT, _ = token_losses(loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT,
-                                  mask_BT, teacher_hidden_NH=hidden, jsd_beta=JSD_BETA)  # fmt: skip
+        loss_BT, _ = token_losses(
+            loss,
+            student,
+            teacher,
+            input_ids_BL,
+            prompt_lens_B,
+            tokens_BT,
+            mask_BT,
+            teacher_hidden_NH=hidden,
+            jsd_beta=JSD_BETA,
+        )
         out.append((loss_BT.detach(), grads(student, loss_BT.sum())))
     torch.testing.assert_close(out[1][0], out[0][0], atol=1e-6, rtol=1e-5)
     for name, g in out[0][1].items():
         torch.testing.assert_close(out[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(ValueError, match="rows for"):
-        token_losses(loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
-                     teacher_hidden_NH=scores.hidden_NH[1:])  # fmt: skip
+        token_losses(
+            loss,
+            student,
+            teacher,
+            input_ids_BL,
+            prompt_lens_B,
+            tokens_BT,
+            mask_BT,
+            teacher_hidden_NH=scores.hidden_NH[1:],
+        )

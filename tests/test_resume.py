@@ -15,22 +15,39 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pruneopd.step as step_mod
-import pruneopd.train as train_mod
-from pruneopd.checkpoint import list_checkpoints
+import pruneopd.training.step as step_mod
+import pruneopd.training.train as train_mod
 from pruneopd.cli import _default_config
 from pruneopd.config import ConfigError, TrainConfig, load_config
-from pruneopd.train import TrainingStopped, train
+from pruneopd.training.checkpoint import list_checkpoints
+from pruneopd.training.train import TrainingStopped, train
 
 TIMING = {"t_sample", "t_teacher", "t_update", "train_seconds"}
 STEPS = 40
 ARGS = dict(
-    student="student-cross", teacher="teacher", task="regs", difficulty=2, seed=0,
-    max_steps=STEPS, prompts_per_step=2, responses_per_prompt=2, max_len=40, init_len=24,
-    min_len=8, budget_step=8, budget_margin=8, patience=2, lr=1e-2, eval_problems=4,
-    eval_every=7, log_samples=1, tensorboard=False, progress=False, save_every=1,
+    student="student-cross",
+    teacher="teacher",
+    task="regs",
+    difficulty=2,
+    seed=0,
+    max_steps=STEPS,
+    prompts_per_step=2,
+    responses_per_prompt=2,
+    max_len=40,
+    init_len=24,
+    min_len=8,
+    budget_step=8,
+    budget_margin=8,
+    patience=2,
+    lr=1e-2,
+    eval_problems=4,
+    eval_every=7,
+    log_samples=1,
+    tensorboard=False,
+    progress=False,
+    save_every=1,
     keep_checkpoints=2,
-)  # fmt: skip
+)
 
 
 def cfg_for(out, **kw) -> TrainConfig:

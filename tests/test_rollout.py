@@ -3,8 +3,8 @@ import torch
 from tiny import tiny_llama
 from transformers import LlamaForCausalLM
 
-from pruneopd.decode import LeanDecoder
-from pruneopd.rollout import Chunk, pick_tokens, repeat_prompts, sample, sample_uniforms
+from pruneopd.engines.decode import LeanDecoder
+from pruneopd.engines.rollout import Chunk, pick_tokens, repeat_prompts, sample, sample_uniforms
 
 V, EOS, PAD = 50, 2, 0
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
@@ -92,8 +92,9 @@ def test_eos_stops_sample_and_drops_it_from_the_batch(engine, monkeypatch):
 
     monkeypatch.setattr(LeanDecoder, "step", counted_step)
     prompts = repeat_prompts(PROMPTS, 4)
-    r = sample(model, prompts, max_new_tokens=20, eos_id=EOS, pad_id=PAD, generator=gen(0),
-               engine=engine)  # fmt: skip
+    r = sample(
+        model, prompts, max_new_tokens=20, eos_id=EOS, pad_id=PAD, generator=gen(0), engine=engine
+    )
     lengths = r.response_lengths
     for resp, why in zip(r.responses, r.stopped_by, strict=True):
         assert EOS not in resp[:-1]

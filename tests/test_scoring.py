@@ -3,9 +3,9 @@ import torch
 from tiny import tiny_llama
 from transformers import LlamaForCausalLM
 
-from pruneopd import fused
-from pruneopd.rollout import Chunk, repeat_prompts, sample
-from pruneopd.scoring import IncrementalScorer, score_responses
+from pruneopd.engines import fused
+from pruneopd.engines.rollout import Chunk, repeat_prompts, sample
+from pruneopd.engines.scoring import IncrementalScorer, score_responses
 
 V, EOS, PAD, K = 50, 2, 0, 6
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
@@ -90,8 +90,9 @@ def test_incremental_chunks_equal_whole_response_scoring(student, teacher, prune
         pytest.skip("the fused kernel cannot be built here")
     prompts = repeat_prompts(PROMPTS, 2)
     B, N = len(prompts), 10
-    scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=PAD, position_chunk=4,
-                               max_new_tokens=N, engine=engine)  # fmt: skip
+    scorer = IncrementalScorer(
+        teacher, prompts, k=K, pad_id=PAD, position_chunk=4, max_new_tokens=N, engine=engine
+    )
     assert scorer.engine == engine and (scorer.lean is not None) == (engine != "hf")
     token_lp_BN = torch.zeros(B, N)
     topk_lp_BNK = torch.zeros(B, N, K)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pruneopd.testbed import (
+from pruneopd.tools.testbed import (
     length_stats,
     pair_card,
     position_curves,
@@ -56,7 +56,7 @@ def test_reliability_run_out_by_hand():
 
 
 def test_monitor_sweep_by_hand():
-    from pruneopd.testbed import monitor_sweep
+    from pruneopd.tools.testbed import monitor_sweep
 
     # two samples, top-2 lists; sample 0 disagrees at top-1 on tokens 1 and 2
     s_BTK = torch.tensor([[[1, 2], [3, 4], [5, 6], [7, 8]], [[1, 2], [3, 4], [5, 6], [7, 8]]])
@@ -77,13 +77,22 @@ def _row(k, tau, w, p90, run_out=0.0):
 
 
 def test_choose_monitor_by_hand():
-    from pruneopd.testbed import choose_monitor
+    from pruneopd.tools.testbed import choose_monitor
 
-    same = [_row(16, 0.7, 0.01, 800, 0.04), _row(8, 0.7, 0.01, 730, 0.30),
-            _row(4, 0.5, 0.02, 700), _row(16, 0.9, 0.01, 720, 0.10),
-            _row(16, 0.5, 0.01, 760, 0.10)]  # fmt: skip
-    cross = [_row(16, 0.7, 0.01, 300), _row(8, 0.7, 0.01, 50), _row(4, 0.5, 0.02, 20),
-             _row(16, 0.9, 0.01, 100), _row(16, 0.5, 0.01, 60)]  # fmt: skip
+    same = [
+        _row(16, 0.7, 0.01, 800, 0.04),
+        _row(8, 0.7, 0.01, 730, 0.30),
+        _row(4, 0.5, 0.02, 700),
+        _row(16, 0.9, 0.01, 720, 0.10),
+        _row(16, 0.5, 0.01, 760, 0.10),
+    ]
+    cross = [
+        _row(16, 0.7, 0.01, 300),
+        _row(8, 0.7, 0.01, 50),
+        _row(4, 0.5, 0.02, 20),
+        _row(16, 0.9, 0.01, 100),
+        _row(16, 0.5, 0.01, 60),
+    ]
     # K4 separates best but the same pair's cap cannot grow with it; of the three that sink
     # the cross cap (p90 < 128), K16/tau .9 and K16/tau .5 take least from the same pair
     # (10% run out), and the smaller tau wins the tie
@@ -109,8 +118,18 @@ def test_pair_card_on_the_fast_long_zoo(fast_zoo, tmp_path):
     problems = task.problems("test", 6, seed=0, difficulty=2)
     cards = {}
     for name in ("student-same", "student-cross"):
-        card = pair_card(load_model(str(zoo / name)), teacher, tok, task, problems, k=4,
-                         tau=0.7, w_drop=0.1, max_new_tokens=40, bin_size=8)  # fmt: skip
+        card = pair_card(
+            load_model(str(zoo / name)),
+            teacher,
+            tok,
+            task,
+            problems,
+            k=4,
+            tau=0.7,
+            w_drop=0.1,
+            max_new_tokens=40,
+            bin_size=8,
+        )
         assert card["samples"] == 6 and 1 <= card["lengths"]["max"] <= 40
         assert 0 <= card["top1_agreement"] <= 1 and 0 <= card["event_rate"] <= 1
         total = round(card["lengths"]["mean"] * card["samples"])  # every response token, once

@@ -17,16 +17,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pruneopd.config import ConfigError, TrainConfig
-from pruneopd.drift import monitor, reliability_weights
-from pruneopd.losses import full_rkl, masked_token_mean
+from pruneopd.engines.online import OnlinePruner
+from pruneopd.engines.rollout import repeat_prompts, sample
+from pruneopd.engines.scoring import score_responses
+from pruneopd.method.drift import monitor, reliability_weights
+from pruneopd.method.losses import full_rkl, masked_token_mean
 from pruneopd.models import load_model, load_tokenizer
-from pruneopd.objective import token_losses
-from pruneopd.online import OnlinePruner
-from pruneopd.rollout import repeat_prompts, sample
-from pruneopd.scoring import score_responses
 from pruneopd.tasks import get_task
 from pruneopd.tokenizer import encode_prompt
-from pruneopd.train import method_weights, response_cap, train
+from pruneopd.training.objective import token_losses
+from pruneopd.training.train import method_weights, response_cap, train
 
 METRIC_KEYS = (
     "loss overlap drift_rate weight_mean eff_len_mean eff_len_median hit_ratio cap next_cap "
@@ -37,11 +37,26 @@ METRIC_KEYS = (
 
 def tiny(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(
-        student="student-cross", teacher="teacher", task="regs", difficulty=2, seed=0,
-        max_steps=1, prompts_per_step=2, responses_per_prompt=2, max_len=48, init_len=32,
-        min_len=16, budget_step=8, budget_margin=8, eval_problems=4, eval_every=0,
-        log_samples=1, tensorboard=False, progress=False, out=str(tmp_path / name),
-    )  # fmt: skip
+        student="student-cross",
+        teacher="teacher",
+        task="regs",
+        difficulty=2,
+        seed=0,
+        max_steps=1,
+        prompts_per_step=2,
+        responses_per_prompt=2,
+        max_len=48,
+        init_len=32,
+        min_len=16,
+        budget_step=8,
+        budget_margin=8,
+        eval_problems=4,
+        eval_every=0,
+        log_samples=1,
+        tensorboard=False,
+        progress=False,
+        out=str(tmp_path / name),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -93,8 +108,9 @@ def multipliers_and_loss(cfg, batch):
 def test_prune_wdrop0_wbase0_has_full_multipliers_and_loss(reliable_prefix_only):
     batch = fabricated_batch()
     full = TrainConfig(method="full")
-    prune = TrainConfig(method="prune", tau=0.5, w_base=0.0, w_drop=0.0,
-                        reliable_prefix_only=reliable_prefix_only)  # fmt: skip
+    prune = TrainConfig(
+        method="prune", tau=0.5, w_base=0.0, w_drop=0.0, reliable_prefix_only=reliable_prefix_only
+    )
     m_full, tm_full, loss_full = multipliers_and_loss(full, batch)
     m_prune, tm_prune, loss_prune = multipliers_and_loss(prune, batch)
     assert torch.equal(m_full, m_prune) and torch.equal(tm_full, tm_prune)
@@ -116,8 +132,17 @@ def test_prune_wdrop0_wbase0_trains_exactly_like_full(zoo, tmp_path):
     assert len(full) == len(prune) == 2
     for a, b in zip(full, prune, strict=True):
         # (weight_mean differs: full still logs the weights of its default w_drop)
-        for key in ("loss", "cap", "rkl", "overlap", "drift_rate", "multiplier_mean",
-                    "tokens_trained", "mean_len", "grad_norm"):  # fmt: skip
+        for key in (
+            "loss",
+            "cap",
+            "rkl",
+            "overlap",
+            "drift_rate",
+            "multiplier_mean",
+            "tokens_trained",
+            "mean_len",
+            "grad_norm",
+        ):
             assert a[key] == b[key], key
         assert b["weight_mean"] == 1.0 and b["multiplier_mean"] == 1.0
     wf = load_file(tmp_path / "full" / "final" / "model.safetensors")
@@ -134,11 +159,27 @@ def test_online_pruning_stops_exactly_the_samples_whose_weight_reaches_zero(mode
     student, teacher, tok = models
     prompts = prompts_for(tok, 6)
     C, N, TAU, W_DROP, K = 4, 24, 0.1, 0.1, 16  # about 44% of tokens are drift events here
-    pruner = OnlinePruner(teacher, prompts, k=K, pad_id=tok.pad_token_id,
-                          metric="topk_overlap", tau=TAU, w_drop=W_DROP, floor=0.0)  # fmt: skip
-    r = sample(student, prompts, max_new_tokens=N, eos_id=tok.eos_token_id,
-               pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0), topk=K,
-               chunk_size=C, on_chunk=pruner)  # fmt: skip
+    pruner = OnlinePruner(
+        teacher,
+        prompts,
+        k=K,
+        pad_id=tok.pad_token_id,
+        metric="topk_overlap",
+        tau=TAU,
+        w_drop=W_DROP,
+        floor=0.0,
+    )
+    r = sample(
+        student,
+        prompts,
+        max_new_tokens=N,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        topk=K,
+        chunk_size=C,
+        on_chunk=pruner,
+    )
     mask_BT = r.response_mask_BT
     B, T = mask_BT.shape
     tokens_BT = r.response_tokens_BT(tok.pad_token_id)
@@ -146,16 +187,25 @@ def test_online_pruning_stops_exactly_the_samples_whose_weight_reaches_zero(mode
     scores = pruner.assemble(B, T)
 
     # assembled chunk scores == one full teacher pass over the same responses
-    full = score_responses(teacher, prompts, r.responses, k=K, candidate_ids=cand_BTK,
-                           pad_id=tok.pad_token_id)  # fmt: skip
+    full = score_responses(
+        teacher, prompts, r.responses, k=K, candidate_ids=cand_BTK, pad_id=tok.pad_token_id
+    )
     for name in ("token_logprobs_BT", "topk_logprobs_BTK", "candidate_logprobs_BTK"):
-        torch.testing.assert_close(getattr(scores, name), getattr(full, name),
-                                   atol=1e-4, rtol=1e-4, msg=name)  # fmt: skip
+        torch.testing.assert_close(
+            getattr(scores, name), getattr(full, name), atol=1e-4, rtol=1e-4, msg=name
+        )
     assert torch.equal(scores.topk_ids_BTK, full.topk_ids_BTK)
 
     # offline weights, exactly as the trainer computes them after sampling
-    _, events_BT = monitor("topk_overlap", cand_BTK, scores.topk_ids_BTK,
-                           scores.topk_logprobs_BTK, tokens_BT, mask_BT, TAU)  # fmt: skip
+    _, events_BT = monitor(
+        "topk_overlap",
+        cand_BTK,
+        scores.topk_ids_BTK,
+        scores.topk_logprobs_BTK,
+        tokens_BT,
+        mask_BT,
+        TAU,
+    )
     weights_BT, _, _ = reliability_weights(events_BT, mask_BT, W_DROP, 0.0)
     zero_BT = weights_BT <= 1e-8
     lengths = r.response_lengths.tolist()
@@ -188,7 +238,7 @@ def test_two_steps_change_every_student_parameter(zoo, tmp_path):
 
 
 def test_logprob_mismatch_by_hand():
-    from pruneopd.step import logprob_mismatch_sums
+    from pruneopd.training.step import logprob_mismatch_sums
 
     rollout_BT = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
     train_BT = torch.tensor([[-1.5, -2.0], [-0.25, -9.0]])
@@ -201,7 +251,7 @@ def test_logprob_mismatch_sees_stale_sampling_weights(zoo, tmp_path, monkeypatch
     """3 steps at lr 1e-2: the sampler's log-probs match the update's forward (fp32 rounding)
     at every step; a sampler left on the initial weights (what a rollout engine without weight
     sync would do) shows up from the second step on."""
-    from pruneopd import step as step_mod
+    from pruneopd.training import step as step_mod
 
     if stale:
         real, frozen = step_mod.sample_responses, {}
@@ -235,14 +285,25 @@ def mean_full_rkl(student, teacher, input_ids_BL, prompt_lens_B, mask_BT) -> flo
 def test_training_lowers_teacher_student_kl_on_a_fixed_batch(models, loss):
     student0, teacher, tok = models
     prompts = prompts_for(tok, 3)
-    r = sample(student0, prompts, max_new_tokens=16, eos_id=tok.eos_token_id,
-               pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0), topk=16)  # fmt: skip
+    r = sample(
+        student0,
+        prompts,
+        max_new_tokens=16,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+        topk=16,
+    )
     input_ids_BL, _, _ = r.to_padded(tok.pad_token_id)
     prompt_lens_B = torch.tensor([len(p) for p in prompts])
-    tokens_BT, mask_BT, cand_BTK = (r.response_tokens_BT(tok.pad_token_id), r.response_mask_BT,
-                                    r.student_topk_ids_BTK())  # fmt: skip
-    sc = score_responses(teacher, prompts, r.responses, k=16, candidate_ids=cand_BTK,
-                         pad_id=tok.pad_token_id)  # fmt: skip
+    tokens_BT, mask_BT, cand_BTK = (
+        r.response_tokens_BT(tok.pad_token_id),
+        r.response_mask_BT,
+        r.student_topk_ids_BTK(),
+    )
+    sc = score_responses(
+        teacher, prompts, r.responses, k=16, candidate_ids=cand_BTK, pad_id=tok.pad_token_id
+    )
     student = copy.deepcopy(student0).train()
     kl0 = mean_full_rkl(student, teacher, input_ids_BL, prompt_lens_B, mask_BT)
     # (topk_rkl is a biased estimate of the KL gradient restricted to the student's top-K:
@@ -250,10 +311,17 @@ def test_training_lowers_teacher_student_kl_on_a_fixed_batch(models, loss):
     opt = torch.optim.Adam(student.parameters(), lr=1e-3)
     for _ in range(5):
         loss_BT, _ = token_losses(
-            loss, student, teacher, input_ids_BL, prompt_lens_B, tokens_BT, mask_BT,
-            candidate_ids_BTK=cand_BTK, teacher_candidate_logprobs_BTK=sc.candidate_logprobs_BTK,
+            loss,
+            student,
+            teacher,
+            input_ids_BL,
+            prompt_lens_B,
+            tokens_BT,
+            mask_BT,
+            candidate_ids_BTK=cand_BTK,
+            teacher_candidate_logprobs_BTK=sc.candidate_logprobs_BTK,
             teacher_token_logprobs_BT=sc.token_logprobs_BT,
-        )  # fmt: skip
+        )
         opt.zero_grad()
         masked_token_mean(loss_BT, None, mask_BT).backward()
         opt.step()
@@ -264,11 +332,14 @@ def test_training_lowers_teacher_student_kl_on_a_fixed_batch(models, loss):
 # ---- every method x loss runs and logs every metric -------------------------------------
 
 COMBOS = [
-    *[dict(method=m, loss=lo) for m in ("full", "prefix", "prune")
-      for lo in ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")],
+    *[
+        dict(method=m, loss=lo)
+        for m in ("full", "prefix", "prune")
+        for lo in ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
+    ],
     dict(method="prune", online_pruning=True, chunk_size=8, tau=0.1, w_drop=0.25),
     dict(method="prune", reliable_prefix_only=True, tau=0.1, w_drop=0.25),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "-".join(str(v) for v in c.values()))
@@ -346,7 +417,7 @@ def test_missing_cuda_is_a_config_error(zoo, tmp_path):
 def test_eval_cache_evaluates_a_student_once(zoo, tmp_path, monkeypatch):
     """Two runs of one student with eval_cache: the second takes its step-0 evaluation from the
     cache (evaluate is not called for it) and gets the same numbers; another student misses."""
-    import pruneopd.train as train_mod
+    import pruneopd.training.train as train_mod
 
     calls = []
     real = train_mod.evaluate

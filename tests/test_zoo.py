@@ -88,7 +88,7 @@ def test_eval_cli_json_with_samples(fast_zoo):
 
 def test_fast_build_is_deterministic(tmp_path):
     """Same spec and seed -> bit-identical weights (costs two fast builds, ~15 s)."""
-    from pruneopd.zoo import FAST, build_zoo
+    from pruneopd.tools.zoo import FAST, build_zoo
 
     reports = [build_zoo(tmp_path / d, FAST, seed=0, log=lambda s: None) for d in ("a", "b")]
     for name in ZOO_NAMES:
@@ -111,9 +111,9 @@ def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
 
     import torch
 
-    from pruneopd.evaluate import evaluate
     from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
     from pruneopd.tasks import SUITES, TASKS
+    from pruneopd.training.evaluate import evaluate
 
     TASKS = {name: TASKS[name] for name in SUITES["short"]}  # the long suite has its own zoo
     if not (PACKAGE_ZOO / "teacher" / "config.json").exists():
@@ -130,7 +130,7 @@ def test_shipped_zoo_teacher_reasons_and_students_are_weaker():
         acc = evaluate(load_model(str(PACKAGE_ZOO / name)), tok, task, problems)["accuracy"]
         assert 0.15 <= acc <= 0.65, (name, acc)
     # the teacher supervises its own style without a wrong token (teacher-forced references)
-    from pruneopd.compat import style_fidelity
+    from pruneopd.tools.compat import style_fidelity
 
     for name, task in TASKS.items():
         fid = style_fidelity(teacher, tok, task, task.problems("test", 16, seed=0))
@@ -151,9 +151,9 @@ def test_shipped_long_zoo_teacher_reasons():
     """The long suite's shipped teacher (pruneopd/zoo_weights/long/): >= 85% on 32 held-out
     `loop` problems of 5-9 rounds (its build stopped at 93% on 64), every response ended by
     itself."""
-    from pruneopd.evaluate import evaluate
     from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
     from pruneopd.tasks import TASKS
+    from pruneopd.training.evaluate import evaluate
 
     folder = PACKAGE_ZOO / "long" / "teacher"
     if not (folder / "config.json").exists():
@@ -171,10 +171,10 @@ def test_shipped_long_zoo_students():
     at >= 30% on 64 held-out problems), and the two pairs differ where the monitor looks: on
     their own samples, student-same's top-16 overlap with the teacher is far above
     student-cross's (the card measures it on 256 problems: docs/testbed.md)."""
-    from pruneopd.evaluate import evaluate
     from pruneopd.models import PACKAGE_ZOO, load_model, load_tokenizer
     from pruneopd.tasks import TASKS
-    from pruneopd.testbed import pair_card
+    from pruneopd.tools.testbed import pair_card
+    from pruneopd.training.evaluate import evaluate
 
     zoo = PACKAGE_ZOO / "long"
     if not (zoo / "student-cross" / "config.json").exists():
@@ -188,8 +188,17 @@ def test_shipped_long_zoo_students():
         student = load_model(str(zoo / name))
         res = evaluate(student, tok, task, task.problems("test", 32, seed=0))
         assert 0.1 <= res["accuracy"] <= 0.7, (name, res)
-        card = pair_card(student, teacher, tok, task, task.problems("test", 8, seed=1), k=16,
-                         tau=0.5, w_drop=0.1, max_new_tokens=192)  # fmt: skip
+        card = pair_card(
+            student,
+            teacher,
+            tok,
+            task,
+            task.problems("test", 8, seed=1),
+            k=16,
+            tau=0.5,
+            w_drop=0.1,
+            max_new_tokens=192,
+        )
         overlap[name] = card["overlap_mean"]
     # the card (256 samples to the cap): 0.86 and 0.62
     assert overlap["student-same"] >= overlap["student-cross"] + 0.15, overlap
@@ -198,9 +207,9 @@ def test_shipped_long_zoo_students():
 def test_eval_splits_accuracy_by_drift():
     """evaluate(drift=...): which greedy responses drift under the teacher's scores, and the
     accuracy on them and on the rest; the extremes, the split's identity, and shards combined."""
-    from pruneopd.evaluate import DriftCheck, combine, evaluate
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import TASKS
+    from pruneopd.training.evaluate import DriftCheck, combine, evaluate
 
     tok = load_tokenizer("student-same")
     student, teacher = load_model("student-same").eval(), load_model("teacher").eval()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pruneopd.models import ZOO_NAMES
-from pruneopd.zoo import PARTIAL, build_zoo
+from pruneopd.tools.zoo import PARTIAL, build_zoo
 
 # The long suite's fast spec with more steps and evaluations, so there is something to lose.
 SPEC = (
@@ -42,7 +42,7 @@ LIKELIHOOD_EVAL = textwrap.dedent("""
 def _spec():
     from dataclasses import replace  # noqa: F401  (used by eval)
 
-    from pruneopd.zoo import FAST_LONG  # noqa: F401
+    from pruneopd.tools.zoo import FAST_LONG  # noqa: F401
 
     return eval(SPEC)
 
@@ -53,8 +53,8 @@ def _build_killed(out, kill_at_eval: int) -> int:
     script = textwrap.dedent(f"""
         import os, signal, torch
         from dataclasses import replace
-        import pruneopd.zoo as zoo
-        from pruneopd.zoo import FAST_LONG, build_zoo
+        import pruneopd.tools.zoo as zoo
+        from pruneopd.tools.zoo import FAST_LONG, build_zoo
         torch.set_num_threads(1)
         exec({LIKELIHOOD_EVAL!r})
         calls = [0]
@@ -74,7 +74,7 @@ def _weights(folder):
 
 
 def test_killed_build_resumes_to_the_same_zoo(tmp_path, monkeypatch):
-    import pruneopd.zoo as zoo
+    import pruneopd.tools.zoo as zoo
 
     scope = {"torch": torch}
     exec(LIKELIHOOD_EVAL, scope)

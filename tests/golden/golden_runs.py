@@ -27,9 +27,18 @@ RECORD = HERE / "golden.json"
 
 # (name, preset, extra overrides): both suites, every method (their cross-pair presets), the
 # same pair for prune, and every loss on full OPD of the short suite
-_COMMON = ["max_steps=3", "prompts_per_step=2", "responses_per_prompt=2", "eval_problems=4",
-           "eval_every=0", "save_every=0", "log_samples=2", "tensorboard=false",
-           "progress=false", "seed=0"]  # fmt: skip
+_COMMON = [
+    "max_steps=3",
+    "prompts_per_step=2",
+    "responses_per_prompt=2",
+    "eval_problems=4",
+    "eval_every=0",
+    "save_every=0",
+    "log_samples=2",
+    "tensorboard=false",
+    "progress=false",
+    "seed=0",
+]
 _METHODS = ["full", "prefix", "prefix-sched", "prefix-adaptive", "prune", "prune-online", "hybrid"]
 _ADAPTIVE = ["prefix_window=2", "prefix_kl_threshold=10"]  # P moves within 3 steps
 
@@ -79,7 +88,7 @@ def _clean(row: dict) -> dict:
 def run_case(preset: str, extra: list[str], out: Path) -> dict:
     """Run one golden case in this process (one intra-op thread) and return its record."""
     from pruneopd.config import load_config
-    from pruneopd.train import train
+    from pruneopd.training.train import train
 
     cfg = load_config(ROOT / preset, [*_COMMON, *extra, f"out={out}", "overwrite=true"])
     torch.set_num_threads(1)
@@ -101,7 +110,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--tmp", default="/tmp/pruneopd-golden")
     args = ap.parse_args()
-    import pruneopd.train as train_mod
+    import pruneopd.training.train as train_mod
 
     train_mod.set_threads = lambda: None  # one thread, as the test runs it
     os_env_zoo = "PRUNEOPD_ZOO"

@@ -1,0 +1,100 @@
+"""What is distilled: the teacher/student pair (checked to share a vocabulary), the device
+and dtype they run in, and where the prompts come from (a built-in task or a data file).
+Everything here runs before any compute, so bad input fails fast."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pruneopd.config import ConfigError, TrainConfig
+from pruneopd.models import load_model, load_model_shell, load_tokenizer
+from pruneopd.tasks import get_task
+
+
+class PairError(ValueError):
+    """Teacher and student cannot be distilled together (e.g. different vocabularies)."""
+
+
+def load_tokenizers(cfg: TrainConfig):
+    """The student's tokenizer, after checking the teacher's maps every token to the same id."""
+    tok = load_tokenizer(cfg.student)
+    t_tok = load_tokenizer(cfg.teacher)
+    if tok.get_vocab() != t_tok.get_vocab():
+        raise PairError(
+            f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
+            f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
+        )
+    return tok
+
+
+def load_task(cfg: TrainConfig, tok):
+    """The prompts' source: a data file (`data=`) or a built-in task."""
+    if not cfg.data:
+        return get_task(cfg.task)
+    from pruneopd.tasks.data import DataTask, read_records
+
+    holdout = 0
+    if not cfg.eval_data:
+        holdout = max(1, min(cfg.eval_problems, len(read_records(cfg.data)[0]) // 4))
+    return DataTask(
+        cfg.data,
+        tok,
+        cfg.prompt_field,
+        cfg.answer_field,
+        cfg.chat_template,
+        eval_path=cfg.eval_data or None,
+        eval_holdout=holdout,
+    )
+
+
+def train_device(cfg: TrainConfig) -> torch.device:
+    """The device of `cfg.device`; a CUDA device that is not there is a config error."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' = {cfg.device!r}: no CUDA device is available")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    return torch.device(name)
+
+
+def load_student(path: str, cfg: TrainConfig):
+    student = load_model(path, getattr(torch, cfg.dtype)).to(train_device(cfg))
+    if cfg.gradient_checkpointing:
+        enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        (enable or student.gradient_checkpointing_enable)()
+        student.config.use_cache = False
+    return student
+
+
+def load_pair(cfg: TrainConfig):
+    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
+    tok = load_tokenizers(cfg)
+    student = load_student(cfg.student, cfg)
+    if cfg.teacher_engine == "vllm":  # its weights live in the vLLM engine or server
+        teacher = load_model_shell(cfg.teacher)
+    else:
+        teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
+    vs, vt = student.config.vocab_size, teacher.config.vocab_size
+    if vs != vt:
+        raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
+    if cfg.topk > vs:
+        raise PairError(f"config key 'topk' = {cfg.topk}: larger than the vocabulary ({vs})")
+    teacher.eval().requires_grad_(False)
+    return student, teacher, tok
+
+
+def check_context(cfg: TrainConfig, models: dict, prompt_len: int, eval_cap: int) -> None:
+    """Longest prompt + longest response must fit every model's context window."""
+    need = prompt_len + max(cfg.max_len, eval_cap)
+    for name, model in models.items():
+        window = getattr(model.config, "max_position_embeddings", None)
+        if window is not None and need > window:
+            raise ConfigError(
+                f"prompts of task '{cfg.task}' are up to {prompt_len} tokens; with responses "
+                f"of up to {max(cfg.max_len, eval_cap)} tokens that exceeds the {name}'s "
+                f"context window ({window} positions): lower difficulty or max_len"
+            )
