@@ -2,8 +2,8 @@
 
 - loading the built-in teacher/student pair (or another zoo folder given with --zoo),
 - the prompts of each step, from a built-in task's train split,
-- one OPD step of `pruneopd` written from the trainer's pieces (pruneopd/train.py), with the
-  wall time of each phase: sample, score, drift (monitor + weights + budget), update,
+- one OPD step of `pruneopd`: the trainer's own phases (pruneopd/training/step.py) on a `Run`
+  built in this process (`bench_run`), with the wall time of each phase,
 - tokens/s summaries, a plain-text table and the --json output.
 """
 
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pruneopd.engines.rollout import repeat_prompts, sample
-from pruneopd.engines.scoring import score_responses
-from pruneopd.method.drift import monitor, reliability_weights
-from pruneopd.method.losses import masked_token_mean
-from pruneopd.training.objective import token_losses
+from pruneopd.config import TrainConfig
+from pruneopd.engines.rollout import repeat_prompts
+from pruneopd.training.setup import local_run
+from pruneopd.training.step import metrics_phase, sample_phase, score_and_weigh, update_phase
 
 NEVER_EOS = -1  # an id `sample` can never emit: every response runs to max_new_tokens
 
@@ -77,101 +76,54 @@ def step_prompts(args, tok, n_steps: int) -> list[list[list[int]]]:
     ]
 
 
-def opd_step(
-    student,
-    teacher,
-    tok,
-    opt,
-    prompts,
-    *,
-    cap,
-    loss,
-    eos_id,
-    gen,
-    topk=16,
-    drift_k=1,
-    tau=0.5,
-    w_drop=0.2,
-    w_base=0.5,
-    metric="topk_overlap",
-    budget=None,
-    prune=False,
-    grad_clip=1.0,
-    loss_chunk=4096,
-) -> dict:
-    """One OPD step as pruneopd/train.py runs it (no logging, no eval); returns phase times (s),
-    the number of generated tokens and the tensors the drift monitor ran on.
+def bench_config(args, **overrides) -> TrainConfig:
+    """The trainer's config of a benchmark step: full OPD (unless overridden) on this
+    benchmark's pair, task, batch and seed, every response capped at --new-tokens."""
+    n = args.new_tokens
+    kw = dict(
+        student=args.student,
+        teacher=args.teacher,
+        task=args.task,
+        method="full",
+        max_len=n,
+        init_len=n,
+        min_len=min(64, n),
+        prompts_per_step=args.batch,
+        responses_per_prompt=args.responses_per_prompt,
+        seed=args.seed,
+        max_steps=max(1, args.warmup + args.steps),
+    )
+    kw.update(overrides)
+    return TrainConfig(**kw)
 
-    full OPD (prune=False): every response token weighted 1; Prune-OPD: weighted by m_t.
-    """
-    pad = tok.pad_token_id
+
+def bench_run(args, cfg: TrainConfig, student, teacher, tok, n_steps: int, *, eos_id: int):
+    """A `Run` of the trainer (pruneopd.training.setup.local_run) over these models, with the
+    train problems of `n_steps` steps (the prompts of `step_prompts`)."""
+    from pruneopd.tasks import get_task
+
+    task = get_task(args.task)
+    problems = task.problems("train", n_steps * args.batch, seed=args.seed)
+    return local_run(cfg, student, teacher, tok, task, problems, eos_id=eos_id)
+
+
+def opd_step(run, step: int) -> dict:
+    """Step `step` of the trainer's own phases (pruneopd/training/step.py: sample, score and
+    weigh, update, metrics); returns their wall times (s), the generated tokens, the loss and
+    the phases' records."""
     t0 = time.perf_counter()
-    student.eval()
-    rollout = sample(
-        student,
-        prompts,
-        max_new_tokens=cap,
-        eos_id=eos_id,
-        pad_id=pad,
-        temperature=1.0,
-        generator=gen,
-        topk=topk,
-    )
-    t1 = time.perf_counter()
-    mask_BT = rollout.response_mask_BT
-    tokens_BT = rollout.response_tokens_BT(pad)
-    cand_BTK = rollout.student_topk_ids_BTK()
-    scores = score_responses(
-        teacher, prompts, rollout.responses, k=topk, candidate_ids=cand_BTK, pad_id=pad
-    )
-    t2 = time.perf_counter()
-    drift_in = (
-        metric,
-        cand_BTK[..., :drift_k],
-        scores.topk_ids_BTK[..., :drift_k],
-        scores.topk_logprobs_BTK[..., :drift_k],
-        tokens_BT,
-        mask_BT,
-        tau,
-    )
-    _, events_BT = monitor(*drift_in)
-    _, mult_BT, eff_len_B = reliability_weights(events_BT, mask_BT, w_drop, w_base)
-    if budget is not None:
-        budget.update(eff_len_B)
-    t3 = time.perf_counter()
-    student.train()
-    input_ids_BL = rollout.to_padded(pad)[0]
-    prompt_lens_B = torch.tensor([len(p) for p in prompts])
-    loss_BT, _ = token_losses(
-        loss,
-        student,
-        teacher,
-        input_ids_BL,
-        prompt_lens_B,
-        tokens_BT,
-        mask_BT,
-        candidate_ids_BTK=cand_BTK,
-        teacher_candidate_logprobs_BTK=scores.candidate_logprobs_BTK,
-        teacher_token_logprobs_BT=scores.token_logprobs_BT,
-        teacher_hidden_NH=scores.hidden_NH,
-        chunk=loss_chunk,
-    )
-    value = masked_token_mean(loss_BT, mult_BT if prune else mask_BT.float(), mask_BT)
-    opt.zero_grad(set_to_none=True)
-    value.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-    opt.step()
-    t4 = time.perf_counter()
+    batch = sample_phase(run, step)
+    w = score_and_weigh(run, batch)
+    upd = update_phase(run, batch, w)
+    m = metrics_phase(run, step, batch, w, upd)
     return {
-        "t_sample": t1 - t0,
-        "t_score": t2 - t1,
-        "t_drift": t3 - t2,
-        "t_update": t4 - t3,
-        "t_step": t4 - t0,
-        "tokens": int(mask_BT.sum()),
-        "loss": value.item(),
-        "drift_in": drift_in,
-        "mask_BT": mask_BT,
+        "t_sample": batch.seconds,
+        "t_score": w.seconds,  # the teacher's scores, the monitor and the method's weights
+        "t_update": upd.seconds,
+        "t_step": time.perf_counter() - t0,
+        "tokens": int(w.mask_BT.sum()),
+        "loss": m["loss"],
+        "weighed": w,
     }
 
 

@@ -1,8 +1,8 @@
-"""The full-OPD step with the causal attention kernel (pruneopd/attention.py) against SDPA, in one
+"""The full-OPD step with the causal attention kernel (pruneopd/engines/attention.py) against SDPA, in one
 process, alternating.
 
-Each repeat runs the benchmark's full-OPD step (benchmarks/_common.py `opd_step`: sample, teacher
-scoring, full-vocabulary reverse KL, backward, AdamW) once with the kernel and once with
+Each repeat runs the trainer's full-OPD step (benchmarks/_common.py `opd_step`: the phases of
+pruneopd/training/step.py: sample, teacher scoring, full-vocabulary reverse KL, backward, AdamW) once with the kernel and once with
 `PRUNEOPD_ATTENTION=0` (Hugging Face's SDPA), the order rotating every repeat, on the same prompts
 and the same random draws, from the same student weights (restored before each step). Prints the
 median phase times of each side, their ratios, and how far apart the two sides' losses are.
@@ -21,7 +21,15 @@ import os
 import statistics
 
 import torch
-from _common import NEVER_EOS, add_common_args, load_models, opd_step, setup, step_prompts
+from _common import (
+    NEVER_EOS,
+    add_common_args,
+    bench_config,
+    bench_run,
+    load_models,
+    opd_step,
+    setup,
+)
 
 from pruneopd.engines import attention
 
@@ -37,29 +45,21 @@ def main() -> None:
         raise SystemExit("ab_attention: the causal attention kernel is not available here")
     student, teacher, tok = load_models(args)
     start = copy.deepcopy(student.state_dict())
-    prompts = step_prompts(args, tok, args.steps + 1)
+    n_steps = args.steps + 1
+    cfg = bench_config(args, loss="full_rkl", warmup_steps=0, max_steps=n_steps)
+    run = bench_run(args, cfg, student, teacher, tok, n_steps, eos_id=NEVER_EOS)
     sides = {"kernel": "1", "sdpa": "0"}
     times = {s: {k: [] for k in PHASES} for s in sides}
     gaps = []
-    for i, ps in enumerate(prompts):
+    for i in range(n_steps):
         order = list(sides) if i % 2 == 0 else list(sides)[::-1]
         losses = {}
         for side in order:
             os.environ["PRUNEOPD_ATTENTION"] = sides[side]
-            student.load_state_dict(start)
-            opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.0)
-            gen = torch.Generator().manual_seed(args.seed + i)
-            r = opd_step(
-                student,
-                teacher,
-                tok,
-                opt,
-                ps,
-                cap=args.new_tokens,
-                loss="full_rkl",
-                eos_id=NEVER_EOS,
-                gen=gen,
-            )
+            student.load_state_dict(start)  # both sides: the same weights, optimiser and draws
+            run.opt = torch.optim.AdamW(run.ps.parameters(), lr=1e-4, weight_decay=0.0)
+            run.gen = torch.Generator().manual_seed(args.seed + i)
+            r = opd_step(run, i)
             losses[side] = r["loss"]
             if i > 0:  # the first round warms both sides up
                 for k in PHASES:
@@ -70,7 +70,7 @@ def main() -> None:
     os.environ.pop("PRUNEOPD_ATTENTION", None)
     med = {s: {k: statistics.median(v) for k, v in times[s].items()} for s in sides}
     print(
-        f"\nfull-OPD step, {len(prompts[0])} sequences x {args.new_tokens} new tokens, "
+        f"\nfull-OPD step, {run.batch_size} sequences x {args.new_tokens} new tokens, "
         f"{args.threads} threads, median of {args.steps} repeats"
     )
     print(f"{'phase':9s} {'kernel s':>9s} {'sdpa s':>9s} {'sdpa / kernel':>14s}")

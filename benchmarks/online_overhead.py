@@ -45,7 +45,8 @@ from _common import (
 from pruneopd.engines import fused
 from pruneopd.engines.online import OnlinePruner
 from pruneopd.engines.rollout import sample, sample_uniforms
-from pruneopd.engines.scoring import score_responses
+from pruneopd.engines.scoring import IncrementalScorer, score_responses
+from pruneopd.method.weighing import DriftSettings
 from pruneopd.training.objective import token_losses
 
 
@@ -70,18 +71,15 @@ def main() -> None:
         return r, s
 
     def online(prompts, u, engine):
-        pruner = OnlinePruner(
+        scorer = IncrementalScorer(
             teacher,
             prompts,
             k=k,
             pad_id=pad,
-            metric="topk_overlap",
-            tau=0.5,
-            w_drop=0.0,
-            floor=0.0,
             max_new_tokens=None if engine == "hf" else n,
             engine=engine,
         )
+        pruner = OnlinePruner(scorer, DriftSettings("topk_overlap", k, 0.5, 0.0, 0.0), floor=0.0)
         r = sample(
             student,
             prompts,

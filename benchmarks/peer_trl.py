@@ -48,6 +48,8 @@ import torch
 from _common import (
     NEVER_EOS,
     add_common_args,
+    bench_config,
+    bench_run,
     environment,
     load_models,
     opd_step,
@@ -156,23 +158,16 @@ def main() -> None:
     ours_student, teacher, tok = load_models(args)
     trl_student, trl_teacher, _ = load_models(args)
     trainer, counted = make_trl(trl_student, trl_teacher, tok, args)
-    ours_opt = torch.optim.AdamW(ours_student.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
+    cfg = bench_config(args, loss="full_rkl", lr=args.lr, warmup_steps=0)
+    run = bench_run(
+        args, cfg, ours_student, teacher, tok, args.warmup + args.steps, eos_id=NEVER_EOS
+    )
     torch.manual_seed(args.seed)
     n, eos = args.new_tokens, tok.eos_token_id
+    step_of = iter(range(args.warmup + args.steps))
 
-    def ours(prompts):
-        r = opd_step(
-            ours_student,
-            teacher,
-            tok,
-            ours_opt,
-            prompts,
-            cap=n,
-            loss="full_rkl",
-            eos_id=NEVER_EOS,
-            gen=gen,
-        )
+    def ours(prompts):  # the same problems as `prompts`, step by step
+        r = opd_step(run, next(step_of))
         return r["t_step"], r["tokens"]
 
     def theirs(prompts):

@@ -52,7 +52,11 @@ class TrainConfig:
     seed: int = _f(0, "seed for prompts, sampling and initialisation")
     out: str = _f("runs/default", "run directory (logs, samples, final model)")
     # ---- method ------------------------------------------------------------------------
-    method: str = _f("prune", "full | prefix | prune | hybrid (prune + outcome reward on the tail)")
+    method: str = _f(
+        "prune",
+        "full | prefix | prefix-adaptive | prune | hybrid (prune + outcome reward on the tail); "
+        "the classes of pruneopd.method",
+    )
     loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
     jsd_beta: float = _f(0.5, "jsd: 0 = forward KL, 1 = reverse KL (TRL convention)")
     # ---- optimisation ------------------------------------------------------------------
@@ -158,7 +162,6 @@ class TrainConfig:
         return self.drift_k or self.topk
 
 
-METHODS = ("full", "prefix", "prune", "hybrid")
 PREFIX_SCHEDULES = ("auto", "fixed", "linear", "adaptive")
 LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
 DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
@@ -176,6 +179,8 @@ def _need(ok: bool, key: str, value, what: str):
 
 def validate(c: TrainConfig) -> None:
     """Check ranges and choices; raises ConfigError naming the first bad key."""
+    from pruneopd.method import METHODS  # the method classes' registration
+
     _need(c.method in METHODS, "method", c.method, f"must be one of {', '.join(METHODS)}")
     _need(c.loss in LOSSES, "loss", c.loss, f"must be one of {', '.join(LOSSES)}")
     _need(

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from pruneopd.config import ConfigError, TrainConfig
+from pruneopd.method import build_method
 from pruneopd.method.budget import AdaptivePrefix
 from pruneopd.method.hybrid import group_advantages, tail_mask
-from pruneopd.training.train import method_weights, response_cap, train
+from pruneopd.method.weighing import TokenWeights
+from pruneopd.training.train import train
 
 
 def test_group_advantages_by_hand():
@@ -40,12 +42,16 @@ def test_gate_switches_at_the_first_token_with_weight_at_or_below_the_floor():
         [False, False, True, True, False],  # the padding position is never in the tail
     ]
     assert not tail_mask(w_BT, mask_BT, 0.0).any()
-    cfg = TrainConfig(method="hybrid", gate_coef=2.0, w_base=0.5)
-    mult_BT, train_BT = method_weights(
-        cfg, w_BT, w_BT + 0.5, mask_BT, tail_mask(w_BT, mask_BT, 0.5)
+    cfg = TrainConfig(
+        method="hybrid", gate_coef=2.0, gate_floor=0.5, w_base=0.5, responses_per_prompt=2
     )
-    assert mult_BT[0].tolist() == pytest.approx([1.5, 1.3, 1.1, 2.0, 2.0])
-    assert torch.equal(train_BT, mask_BT)
+    none_BT = torch.zeros_like(mask_BT)
+    tw = TokenWeights(w_BT, none_BT, w_BT, w_BT + 0.5, mask_BT.sum(-1))
+    mw = build_method(cfg).weigh(tw, mask_BT, [1.0, 0.0])
+    assert mw.mult_BT[0].tolist() == pytest.approx([1.5, 1.3, 1.1, 2.0, 2.0])
+    assert torch.equal(mw.train_mask_BT, mask_BT)
+    assert torch.equal(mw.tail_BT, tail_mask(w_BT, mask_BT, 0.5))
+    assert mw.adv_BT[:, 0].tolist() == pytest.approx([1.0, -1.0], abs=1e-5)  # (r - 0.5) / 0.5
 
 
 def test_adaptive_prefix_on_a_synthetic_kl_sequence():
@@ -65,8 +71,11 @@ def test_adaptive_prefix_on_a_synthetic_kl_sequence():
     q = AdaptivePrefix(64, 160, 32, 4, 0.1, 0.1)
     q.load_state_dict(p.state_dict())
     assert (q.length, q.kls) == (p.length, p.kls)
-    cfg = TrainConfig(method="prefix", prefix_schedule="adaptive", prefix_len=64)
-    assert response_cap(cfg, 7, p) == 160
+    cfg = TrainConfig(method="prefix", prefix_schedule="adaptive", prefix_len=64, max_len=160)
+    method = build_method(cfg)
+    method.load_state_dict(p.state_dict())
+    assert method.cap(7) == 160
+    assert method.learn(7, torch.tensor([1]), {"rkl": 0.01}) == {"next_cap": 160}
 
 
 def test_config_checks():

@@ -7,7 +7,6 @@ Tiny ops run single-threaded: on a shared 2-core machine OpenMP threads only con
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 
@@ -19,14 +18,16 @@ from transformers import AutoModelForCausalLM
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.engines.online import OnlinePruner
 from pruneopd.engines.rollout import repeat_prompts, sample
-from pruneopd.engines.scoring import score_responses
+from pruneopd.engines.scoring import IncrementalScorer, score_responses
+from pruneopd.method import build_method
 from pruneopd.method.drift import monitor, reliability_weights
 from pruneopd.method.losses import full_rkl, masked_token_mean
+from pruneopd.method.weighing import DriftSettings, TokenWeights
 from pruneopd.models import load_model, load_tokenizer
 from pruneopd.tasks import get_task
 from pruneopd.tokenizer import encode_prompt
 from pruneopd.training.objective import token_losses
-from pruneopd.training.train import method_weights, response_cap, train
+from pruneopd.training.train import train
 
 METRIC_KEYS = (
     "loss overlap drift_rate weight_mean eff_len_mean eff_len_median hit_ratio cap next_cap "
@@ -98,9 +99,11 @@ def fabricated_batch(seed=0, B=4, T=7, K=4, V=20):
 
 def multipliers_and_loss(cfg, batch):
     s_ids, t_ids, t_lp, tokens, mask, loss_BT = batch
-    _, events = monitor(cfg.drift_metric, s_ids, t_ids, t_lp, tokens, mask, cfg.tau)
-    weights, mults, _ = reliability_weights(events, mask, cfg.w_drop, cfg.w_base)
-    mult, train_mask = method_weights(cfg, weights, mults, mask)
+    overlap, events = monitor(cfg.drift_metric, s_ids, t_ids, t_lp, tokens, mask, cfg.tau)
+    weights, mults, eff = reliability_weights(events, mask, cfg.w_drop, cfg.w_base)
+    tw = TokenWeights(overlap, events, weights, mults, eff)
+    mw = build_method(cfg).weigh(tw, mask, [0.0] * mask.shape[0])
+    mult, train_mask = mw.mult_BT, mw.train_mask_BT
     return mult, train_mask, masked_token_mean(loss_BT, mult, train_mask)
 
 
@@ -159,16 +162,8 @@ def test_online_pruning_stops_exactly_the_samples_whose_weight_reaches_zero(mode
     student, teacher, tok = models
     prompts = prompts_for(tok, 6)
     C, N, TAU, W_DROP, K = 4, 24, 0.1, 0.1, 16  # about 44% of tokens are drift events here
-    pruner = OnlinePruner(
-        teacher,
-        prompts,
-        k=K,
-        pad_id=tok.pad_token_id,
-        metric="topk_overlap",
-        tau=TAU,
-        w_drop=W_DROP,
-        floor=0.0,
-    )
+    scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=tok.pad_token_id)
+    pruner = OnlinePruner(scorer, DriftSettings("topk_overlap", K, TAU, W_DROP, 0.0), floor=0.0)
     r = sample(
         student,
         prompts,
@@ -251,16 +246,16 @@ def test_logprob_mismatch_sees_stale_sampling_weights(zoo, tmp_path, monkeypatch
     """3 steps at lr 1e-2: the sampler's log-probs match the update's forward (fp32 rounding)
     at every step; a sampler left on the initial weights (what a rollout engine without weight
     sync would do) shows up from the second step on."""
-    from pruneopd.training import step as step_mod
+    from pruneopd.engines.local import LocalSampler
 
-    if stale:
-        real, frozen = step_mod.sample_responses, {}
+    if stale:  # the sampler keeps a copy of the weights it was first given
+        real_init = LocalSampler.__init__
 
-        def stale_sampling(run, *args):
-            frozen.setdefault("model", copy.deepcopy(run.student))
-            return real(dataclasses.replace(run, student=frozen["model"]), *args)
+        def frozen_init(self, model, *args, **kw):
+            real_init(self, copy.deepcopy(model), *args, **kw)
 
-        monkeypatch.setattr(step_mod, "sample_responses", stale_sampling)
+        monkeypatch.setattr(LocalSampler, "__init__", frozen_init)
+        monkeypatch.setattr(LocalSampler, "push_weights", lambda self, model: None)
     train(tiny(tmp_path, max_steps=3, lr=1e-2, warmup_steps=0))
     mismatch = [r["logprob_mismatch"] for r in step_rows(tmp_path / "run")]
     if stale:
@@ -377,11 +372,11 @@ def test_logged_rkl_does_not_depend_on_reliable_prefix_only(zoo, tmp_path):
 
 def test_prefix_schedule_is_linear_from_start_to_end():
     cfg = TrainConfig(method="prefix", prefix_len=10, prefix_len_end=30, max_steps=5)
-    assert [response_cap(cfg, s, None) for s in range(5)] == [10, 15, 20, 25, 30]
+    assert [build_method(cfg).cap(s) for s in range(5)] == [10, 15, 20, 25, 30]
     fixed = TrainConfig(method="prefix", prefix_len=10, max_steps=5)
-    assert [response_cap(fixed, s, None) for s in range(5)] == [10] * 5
+    assert [build_method(fixed).cap(s) for s in range(5)] == [10] * 5
     full = TrainConfig(method="full", max_len=48, min_len=16, init_len=32)
-    assert response_cap(full, 3, None) == 48
+    assert build_method(full).cap(3) == 48
 
 
 def test_gradient_checkpointing_trains_exactly_the_same(zoo, tmp_path, monkeypatch):

@@ -21,8 +21,9 @@ vllm = pytest.importorskip("vllm")
 
 from pruneopd.engines.online import OnlinePruner  # noqa: E402
 from pruneopd.engines.rollout import repeat_prompts  # noqa: E402
-from pruneopd.engines.scoring import score_responses  # noqa: E402
+from pruneopd.engines.scoring import IncrementalScorer, score_responses  # noqa: E402
 from pruneopd.engines.vllm_engine import VLLMSampler, VLLMTeacher  # noqa: E402
+from pruneopd.method.weighing import DriftSettings  # noqa: E402
 from pruneopd.models import load_model, load_tokenizer  # noqa: E402
 from pruneopd.tasks import TASKS  # noqa: E402
 from pruneopd.tokenizer import prompt_ids  # noqa: E402
@@ -160,17 +161,8 @@ def test_online_pruner_with_vllm_rollouts_stops_the_drifted(pair, sampler):
     exactly when its weight has reached the floor at a chunk's end, and the teacher's scores
     it assembled equal a whole-response scoring."""
     tok, _, teacher, prompts = pair
-    pruner = OnlinePruner(
-        teacher,
-        prompts,
-        k=K,
-        pad_id=tok.pad_token_id,
-        metric="topk_overlap",
-        tau=0.9,
-        w_drop=0.2,
-        floor=0.0,
-        max_new_tokens=N,
-    )
+    scorer = IncrementalScorer(teacher, prompts, k=K, pad_id=tok.pad_token_id, max_new_tokens=N)
+    pruner = OnlinePruner(scorer, DriftSettings("topk_overlap", K, 0.9, 0.2, 0.0), floor=0.0)
     r = draw(sampler, tok, prompts, seeds=[31, 32, 33, 34, 35, 36], chunk_size=8, on_chunk=pruner)
     weight_B = (1 - 0.2 * pruner.events_B).clamp(0, 1)
     for i in range(len(prompts)):

@@ -207,6 +207,7 @@ def test_shipped_long_zoo_students():
 def test_eval_splits_accuracy_by_drift():
     """evaluate(drift=...): which greedy responses drift under the teacher's scores, and the
     accuracy on them and on the rest; the extremes, the split's identity, and shards combined."""
+    from pruneopd.method.weighing import DriftSettings
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import TASKS
     from pruneopd.training.evaluate import DriftCheck, combine, evaluate
@@ -216,18 +217,21 @@ def test_eval_splits_accuracy_by_drift():
     task = TASKS["regs"]
     problems = task.problems("test", 12, seed=0)
     kw = dict(batch_size=6)
-    never = DriftCheck(teacher, 8, 8, "topk_overlap", tau=0.7, w_drop=0.0, w_base=0.5)
+    never = DriftCheck(
+        teacher, 8, DriftSettings("topk_overlap", 8, tau=0.7, w_drop=0.0, w_base=0.5)
+    )
     res = evaluate(student, tok, task, problems, drift=never, **kw)
     assert res["n_drifted"] == 0 and res["accuracy_drifted"] is None
     assert res["accuracy_reliable"] == res["accuracy"]
     assert res["accuracy"] == evaluate(student, tok, task, problems, **kw)["accuracy"]
-    every = DriftCheck(teacher, 8, 8, "topk_overlap", tau=1.0, w_drop=1.0, w_base=0.5)
+    every = DriftCheck(
+        teacher, 8, DriftSettings("topk_overlap", 8, tau=1.0, w_drop=1.0, w_base=0.5)
+    )
     res = evaluate(student, tok, task, problems, drift=every, **kw)
     assert res["n_drifted"] == 12  # some token of every response has top-8 overlap < 1
     assert res["accuracy_drifted"] == res["accuracy"] and res["accuracy_reliable"] is None
-    some = DriftCheck(
-        teacher, 8, 1, "topk_overlap", tau=0.5, w_drop=0.5, w_base=0.5
-    )  # 2 top-1 misses
+    two_misses = DriftSettings("topk_overlap", 1, tau=0.5, w_drop=0.5, w_base=0.5)  # top-1 misses
+    some = DriftCheck(teacher, 8, two_misses)
     res = evaluate(student, tok, task, problems, drift=some, **kw)
     n_d = res["n_drifted"]
     assert 0 < n_d < 12, n_d

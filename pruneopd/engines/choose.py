@@ -1,9 +1,9 @@
 """Which engine samples and which scores (docs/scaling.md): the checks that run before any
 training (installed, reachable, able to serve the loss) and the engines' construction.
 
-`rollout_engine=lean` and `teacher_engine=hf` need nothing here (`None`: the trainer's own
-sampler and teacher forward); `vllm` builds the in-process engines of `vllm_engine`, and
-`teacher_url` the client of `teacher_server`.
+`rollout_engine=lean` and `teacher_engine=hf` are the built-in engines (`local`); `vllm`
+builds the in-process engines of `vllm_engine`, and `teacher_url` the client of
+`teacher_server`, each behind the `Sampler` / `Teacher` interface.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from pruneopd.config import ConfigError, TrainConfig
+from pruneopd.engines.interfaces import Sampler, SamplingSettings, Teacher
+from pruneopd.engines.local import LocalSampler, LocalTeacher, RemoteTeacher, VLLMRollouts
 
 
 def needs_local_vllm(cfg: TrainConfig) -> bool:
@@ -78,10 +80,11 @@ def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> 
 
 def build(
     cfg: TrainConfig, student, teacher, tok, *, device: torch.device, world: int, max_model_len: int
-):
-    """(rollout sampler or None, teacher scorer or None) for the configured engines."""
-    from pruneopd.engines import vllm_engine
-
+) -> tuple[Sampler, Teacher]:
+    """The run's `Sampler` and `Teacher`: the built-in ones (`rollout_engine=lean`: the fused,
+    lean or HF decode engine `rollout.pick_engine` picks; `teacher_engine=hf`: the teacher's
+    forward in this process), or vLLM in process, or the server at `teacher_url`."""
+    settings = SamplingSettings.from_config(cfg, tok)
     kw = dict(
         dtype=cfg.dtype,
         seed=cfg.seed,
@@ -91,13 +94,22 @@ def build(
         gpu_memory=cfg.vllm_gpu_memory,
         world=world,
     )
-    sampler = scorer = None
     if cfg.rollout_engine == "vllm":
-        sampler = vllm_engine.VLLMSampler(student, tok, **kw)
+        from pruneopd.engines import vllm_engine
+
+        sampler = VLLMRollouts(vllm_engine.VLLMSampler(student, tok, **kw), settings)
+    else:
+        sampler = LocalSampler(student, settings)
+    # a remote teacher's candidate log-probs cost a full-vocabulary answer: only for topk_rkl
+    candidates = cfg.loss == "topk_rkl"
     if cfg.teacher_url:
         from pruneopd.engines.teacher_server import ServerTeacher
 
-        scorer = ServerTeacher(cfg.teacher_url, vocab=teacher.config.vocab_size)
-    elif cfg.teacher_engine == "vllm":
-        scorer = vllm_engine.VLLMTeacher(cfg.teacher, tok, **kw)
-    return sampler, scorer
+        server = ServerTeacher(cfg.teacher_url, vocab=teacher.config.vocab_size)
+        return sampler, RemoteTeacher(server, candidates=candidates)
+    if cfg.teacher_engine == "vllm":
+        from pruneopd.engines import vllm_engine
+
+        engine = vllm_engine.VLLMTeacher(cfg.teacher, tok, **kw)
+        return sampler, RemoteTeacher(engine, candidates=candidates)
+    return sampler, LocalTeacher(teacher, tok.pad_token_id)

@@ -42,7 +42,24 @@ def supported(model) -> bool:
     if getattr(model, "training", False):
         return False
     dec = model.get_decoder()
-    return hasattr(dec, "layers") and hasattr(dec, "rotary_emb") and hasattr(dec, "norm")
+    if not (hasattr(dec, "layers") and hasattr(dec, "rotary_emb") and hasattr(dec, "norm")):
+        return False
+    return plain_projections(model)
+
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def plain_projections(model) -> bool:
+    """True when every projection the decoder reads (attention, MLP, the head) is a plain
+    `nn.Linear`, whose `.weight` is what it computes with. An adapter-wrapped model (a LoRA
+    layer around the linear, a subclass with a hook) is not: its own forward must sample it,
+    or its adapters would be left out."""
+    mods = [model.get_output_embeddings()]
+    for layer in model.get_decoder().layers:
+        mods += [getattr(layer.self_attn, n, None) for n in _PROJECTIONS[:4]]
+        mods += [getattr(layer.mlp, n, None) for n in _PROJECTIONS[4:]]
+    return all(type(m) is torch.nn.Linear for m in mods)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -2,8 +2,8 @@
 and a sample is stopped as soon as its reliability weight reaches the floor.
 
 `OnlinePruner` is the `on_chunk` callback of `rollout.sample`. It keeps the teacher's KV
-cache (via `IncrementalScorer`), counts drift events per sample exactly as the trainer
-does afterwards, and assembles the chunk scores into whole-response `TokenScores`, so the
+cache (via `IncrementalScorer`), counts drift events per sample with the trainer's own
+`weigh_tokens`, and assembles the chunk scores into whole-response `TokenScores`, so the
 trainer needs no second teacher pass.
 """
 
@@ -15,33 +15,16 @@ import torch
 
 from pruneopd.engines.rollout import Chunk
 from pruneopd.engines.scoring import IncrementalScorer, TokenScores
-from pruneopd.method.drift import monitor
+from pruneopd.method.weighing import DriftSettings, weigh_tokens
 
 
 class OnlinePruner:
-    def __init__(
-        self,
-        teacher,
-        prompts,
-        *,
-        k,
-        pad_id,
-        metric,
-        tau,
-        w_drop,
-        floor,
-        drift_k=None,
-        max_new_tokens=None,
-        engine="auto",
-    ):
-        """`max_new_tokens`: the rollout's cap, so the teacher's chunks run on a preallocated
-        cache; `engine`: the scorer's (`IncrementalScorer`)."""
-        self.scorer = IncrementalScorer(
-            teacher, prompts, k=k, pad_id=pad_id, max_new_tokens=max_new_tokens, engine=engine
-        )
-        self.metric, self.tau, self.w_drop, self.floor = metric, tau, w_drop, floor
-        self.drift_k = drift_k or k
-        self.events_B = torch.zeros(len(prompts), dtype=torch.float64)
+    def __init__(self, scorer: IncrementalScorer, drift: DriftSettings, floor: float):
+        """`scorer`: the teacher's chunk scorer over the rollout's prompts (e.g. a `Teacher`'s
+        `incremental`); `drift`: the run's monitor settings; `floor`: a sample stops once
+        its reliability weight w_t is at or below it."""
+        self.scorer, self.drift, self.floor = scorer, drift, floor
+        self.events_B = torch.zeros(scorer.sample_ids_A.numel(), dtype=torch.float64)
         self.pieces: list[tuple[torch.Tensor, int, TokenScores, torch.Tensor]] = []
         self.seconds = 0.0
 
@@ -51,19 +34,18 @@ class OnlinePruner:
         sc = self.scorer.score_chunk(
             ids_A, chunk.tokens_AC, chunk.mask_AC, candidate_ids_ACK=chunk.student_topk_ids_ACK
         )
-        dk = self.drift_k
-        _, events_AC = monitor(
-            self.metric,
-            chunk.student_topk_ids_ACK[..., :dk],
-            sc.topk_ids_BTK[..., :dk],
-            sc.topk_logprobs_BTK[..., :dk],
+        tw = weigh_tokens(
+            self.drift,
+            chunk.student_topk_ids_ACK,
+            sc.topk_ids_BTK,
+            sc.topk_logprobs_BTK,
             chunk.tokens_AC,
             chunk.mask_AC,
-            self.tau,
         )
-        self.events_B[ids_A] += events_AC.sum(1).double()
+        self.events_B[ids_A] += tw.events_BT.sum(1).double()
         self.pieces.append((ids_A, chunk.start, sc, chunk.mask_AC))
-        weight_A = (1.0 - self.w_drop * self.events_B[ids_A]).clamp(0, 1)
+        # the chunk's events continue each sample's count: w = clip(1 - w_drop * C, 0, 1)
+        weight_A = (1.0 - self.drift.w_drop * self.events_B[ids_A]).clamp(0, 1)
         self.seconds += time.perf_counter() - t0
         return weight_A <= self.floor + 1e-8  # w_t reached the floor: stop this sample
 

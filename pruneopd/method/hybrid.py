@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from pruneopd.config import ConfigError
+from pruneopd.method.base import Method, MethodWeights
+
 
 def group_advantages(
     rewards_B: torch.Tensor, group_size: int, norm: str = "std", eps: float = 1e-6
@@ -47,3 +50,30 @@ def tail_mask(weights_BT: torch.Tensor, mask_BT: torch.Tensor, floor: float) -> 
     """Valid tokens at or after the first whose reliability weight is <= `floor` (weights are
     non-increasing, so this is the tail from the gate on)."""
     return mask_BT.bool() & (weights_BT <= floor)
+
+
+class HybridOPD(Method):
+    """Method `hybrid`: Prune-OPD's multipliers on the reliable prefix, the group-relative
+    outcome advantage (weighted by `gate_coef`) on the tail where w_t <= `gate_floor`;
+    samples up to L_max so that every answer can be checked."""
+
+    name = "hybrid"
+
+    @classmethod
+    def check(cls, cfg, *, world: int) -> None:
+        if (cfg.prompts_per_step * cfg.responses_per_prompt // world) % cfg.responses_per_prompt:
+            raise ConfigError(
+                "method=hybrid: each process needs whole groups of "
+                f"responses_per_prompt = {cfg.responses_per_prompt} samples"
+            )
+
+    def weigh(self, tw, mask_BT, rewards) -> MethodWeights:
+        cfg = self.cfg
+        B, T = mask_BT.shape
+        tail_BT = tail_mask(tw.weights_BT, mask_BT, cfg.gate_floor)
+        rewards_B = torch.tensor(rewards, dtype=torch.float32)
+        adv_B = group_advantages(rewards_B, cfg.responses_per_prompt, cfg.gate_norm)
+        adv_BT = adv_B.to(mask_BT.device)[:, None].expand(B, T)
+        gate_BT = torch.full_like(tw.multipliers_BT, cfg.gate_coef)
+        mult_BT = torch.where(tail_BT, gate_BT, tw.multipliers_BT)
+        return MethodWeights(mult_BT, mask_BT, tail_BT, adv_BT)

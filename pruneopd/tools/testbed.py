@@ -22,6 +22,7 @@ import torch
 from pruneopd.engines.rollout import sample
 from pruneopd.engines.scoring import score_responses
 from pruneopd.method.drift import reliability_weights, topk_overlap_from_ids
+from pruneopd.method.weighing import DriftSettings, weigh_tokens
 from pruneopd.tokenizer import prompt_ids
 
 
@@ -220,7 +221,10 @@ def pair_card(
     s_BTK, t_BTK = s_BTK[..., :k], t_BTK[..., :k]
     top1_BT = (s_BTK[..., 0] == t_BTK[..., 0]).double()
     overlap_BT = topk_overlap_from_ids(s_BTK, t_BTK).double()
-    events_BT = (overlap_BT < tau) & mask_BT
+    tokens_BT = r.response_tokens_BT(tok.pad_token_id)
+    drift = DriftSettings("topk_overlap", k, tau, w_drop, 0.0)  # the run's monitor
+    tw = weigh_tokens(drift, s_BTK, t_BTK, scores.topk_logprobs_BTK, tokens_BT, mask_BT)
+    events_BT = tw.events_BT
     texts = [tok.decode(x, skip_special_tokens=True) for x in r.responses]
     return {
         "k": k,

@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pruneopd.engines.interfaces import Teacher
+from pruneopd.engines.local import LocalTeacher
 from pruneopd.engines.rollout import sample
-from pruneopd.engines.scoring import score_responses
-from pruneopd.method.drift import monitor, ran_out_B, reliability_weights
+from pruneopd.method.drift import ran_out_B
+from pruneopd.method.weighing import DriftSettings, weigh_tokens
 from pruneopd.tasks import Problem, Task
 from pruneopd.tokenizer import decode_response, prompt_ids
 
@@ -34,26 +36,24 @@ def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) 
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """What `evaluate` needs to tell which greedy responses drift: the teacher and the run's
-    monitor settings (docs/method.md). A response drifted when its reliability weight reached 0."""
+    """What `evaluate` needs to tell which greedy responses drift: the teacher (a `Teacher`,
+    or a model in this process), the top-K its scores keep and the run's monitor settings
+    (docs/method.md). A response drifted when its reliability weight reached 0."""
 
-    teacher: torch.nn.Module
+    teacher: Teacher | torch.nn.Module
     k: int  # top-K the student's and the teacher's lists keep
-    drift_k: int  # K the monitor compares
-    metric: str
-    tau: float
-    w_drop: float
-    w_base: float
+    drift: DriftSettings
 
     def settings(self) -> dict:
         """Everything but the teacher (its weights are the pair's), for `eval_key`."""
+        d = self.drift
         return {
             "k": self.k,
-            "drift_k": self.drift_k,
-            "metric": self.metric,
-            "tau": self.tau,
-            "w_drop": self.w_drop,
-            "w_base": self.w_base,
+            "drift_k": d.k,
+            "metric": d.metric,
+            "tau": d.tau,
+            "w_drop": d.w_drop,
+            "w_base": d.w_base,
         }
 
 
@@ -65,19 +65,14 @@ def drifted_responses(drift: DriftCheck, prompts, rollout, pad_id: int) -> list[
         return [False] * len(prompts)
     tokens_BT = rollout.response_tokens_BT(pad_id)
     cand_BTK = rollout.student_topk_ids_BTK()
-    s = score_responses(drift.teacher, prompts, rollout.responses, k=drift.k, pad_id=pad_id)
-    dk = drift.drift_k
-    _, events_BT = monitor(
-        drift.metric,
-        cand_BTK[..., :dk],
-        s.topk_ids_BTK[..., :dk],
-        s.topk_logprobs_BTK[..., :dk],
-        tokens_BT,
-        mask_BT,
-        drift.tau,
+    teacher = drift.teacher
+    if isinstance(teacher, torch.nn.Module):
+        teacher = LocalTeacher(teacher, pad_id)
+    s = teacher.score(prompts, rollout.responses, k=drift.k)
+    tw = weigh_tokens(
+        drift.drift, cand_BTK, s.topk_ids_BTK, s.topk_logprobs_BTK, tokens_BT, mask_BT
     )
-    weights_BT, _, _ = reliability_weights(events_BT, mask_BT, drift.w_drop, drift.w_base)
-    return ran_out_B(weights_BT, mask_BT).tolist()
+    return ran_out_B(tw.weights_BT, mask_BT).tolist()
 
 
 @torch.inference_mode()

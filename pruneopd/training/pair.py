@@ -70,9 +70,9 @@ def load_student(path: str, cfg: TrainConfig):
     return student
 
 
-def load_pair(cfg: TrainConfig):
-    """Student (trainable), teacher (frozen, eval mode) and their shared tokenizer."""
-    tok = load_tokenizers(cfg)
+def load_pair(cfg: TrainConfig, tok):
+    """Student (trainable) and teacher (frozen, eval mode) for the tokenizer `tok` they share
+    (`load_tokenizers`)."""
     student = load_student(cfg.student, cfg)
     if cfg.teacher_engine == "vllm":  # its weights live in the vLLM engine or server
         teacher = load_model_shell(cfg.teacher)
@@ -84,7 +84,7 @@ def load_pair(cfg: TrainConfig):
     if cfg.topk > vs:
         raise PairError(f"config key 'topk' = {cfg.topk}: larger than the vocabulary ({vs})")
     teacher.eval().requires_grad_(False)
-    return student, teacher, tok
+    return student, teacher
 
 
 def check_context(cfg: TrainConfig, models: dict, prompt_len: int, eval_cap: int) -> None:
