@@ -62,10 +62,14 @@ def test_results_have_every_field_for_every_run(bench):
         assert 0 <= r["evals"][-1]["drifted_rate"] <= 1  # the held-out split by drift
         assert all(len(r["steps"][k]) == 2 for k in STEP_KEYS)
         assert r["config"]["max_steps"] == 2 and r["config"]["eval_problems"] == 4
-    assert res["versions"]["torch"] and res["overlap_samples"]["cross"]
+    assert res["versions"]["torch"] and "overlap_samples" not in res  # no per-token samples
+    for pair in PAIRS:  # the overlaps of full OPD's samples, binned
+        h = res["overlap_histogram"][pair]
+        assert len(h["counts"]) == 20 and sum(h["counts"]) == h["tokens"] > 0
+        assert 0 <= h["mean"] <= 1
 
 
-def test_report_and_plots_are_written_and_rerendered(bench, capsys):
+def test_report_and_plots_are_written_and_rerendered(bench, tmp_path):
     report = (bench / "report.md").read_text()
     for pair in ("same-family", "cross-family"):
         assert pair in report
@@ -78,6 +82,12 @@ def test_report_and_plots_are_written_and_rerendered(bench, capsys):
     (bench / "report.md").unlink()
     main(["report", str(bench)])
     assert all((bench / p).exists() for p in PLOTS) and (bench / "report.md").read_text() == report
+    # results.json alone renders the same report: the runs' folders are not needed
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "results.json").write_text((bench / "results.json").read_text())
+    main(["report", str(alone)])
+    assert all((alone / p).exists() for p in PLOTS) and (alone / "report.md").read_text() == report
 
 
 def test_report_shows_the_hybrid_gate_rate(bench):

@@ -7,7 +7,11 @@ from the preset `configs/{method}-{pair}.yaml`, with the preset's steps, prompts
 and evaluation overridden identically for every run. Runs go to `OUT/runs/{pair}/{method}/
 seed{k}/`; a run that already has its `summary.json` is not run again, so an interrupted
 benchmark continues where it stopped. Then everything is gathered into `OUT/results.json`
-and rendered into `OUT/report.md` and plots (`pruneopd.tools.report`).
+and rendered into `OUT/report.md` and plots (`pruneopd.tools.report`). results.json keeps
+per-step series and binned curves, never per-token samples (the overlaps of full OPD's samples
+as a histogram, `overlap_histogram`; along the response in bins of 32 positions,
+`overlap_by_position`): the report renders from it alone, so a bench's output to keep is
+results.json, report.md, the plots and the logs, not `OUT/runs/` or `OUT/eval_cache/`.
 
 Runs execute as separate `pruneopd train` processes, `jobs` at a time, each with
 `threads` intra-op threads (default: 2 jobs x 1 thread on a 2-core machine), so each run's
@@ -17,7 +21,9 @@ wall-clock is measured under the same load as every other's.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,11 +248,18 @@ def run_bench(
     # the bench's wall time, when this invocation ran every run from its start
     results["wall_seconds"] = time.time() - t0 if not skipped else None
     results["jobs"] = jobs
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_results(out / "results.json", results)
     from pruneopd.tools.report import render_report
 
     render_report(out, results)
     return results
+
+
+def write_results(path: Path, results: dict) -> None:
+    """results.json: indented, each list of numbers on one line (a per-step series, a curve)."""
+    text = json.dumps(results, indent=1)
+    flat = re.compile(r"\[\n\s*([^\[\]{}\"]*?)\n\s*\]")  # a list of numbers, nulls, booleans
+    path.write_text(flat.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -258,7 +271,7 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int, methods
     from pruneopd.training.runlog import versions
 
     runs = []
-    overlap: dict[str, list[float]] = {p: [] for p in PAIRS}
+    overlap: dict[str, list[float]] = {p: [] for p in PAIRS}  # per token, binned below
     by_position: dict[str, dict] = {}
     for pair, method, seed in plan(preset, seeds, methods):
         rd = run_dir(out, pair, method, seed)
@@ -325,8 +338,28 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int, methods
         "versions": versions(),
         "cpu_count": os.cpu_count(),
         "runs": runs,
-        "overlap_samples": overlap,
+        "overlap_histogram": {pair: overlap_histogram(xs) for pair, xs in overlap.items()},
         "overlap_by_position": by_position,
+    }
+
+
+OVERLAP_BINS = 20  # the histogram of per-token overlaps: 20 bins of 0.05 over [0, 1]
+
+
+def overlap_histogram(values: list[float], bins: int = OVERLAP_BINS) -> dict:
+    """Per-token overlaps (in [0, 1]) binned: {"edges": [bins + 1 edges over [0, 1]],
+    "counts": [tokens in each bin], "tokens": every token, "mean": their mean (None if none)}.
+
+    The bins are numpy.histogram's (half-open, the last one closed; what `plt.hist` draws),
+    so the report's histogram drawn from the counts is the one drawn from the tokens."""
+    import numpy as np
+
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins, range=(0, 1))
+    return {
+        "edges": [float(e) for e in edges],
+        "counts": [int(c) for c in counts],
+        "tokens": len(values),
+        "mean": math.fsum(values) / len(values) if values else None,
     }
 
 

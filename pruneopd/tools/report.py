@@ -1,21 +1,38 @@
 """Benchmark report: `results.json` -> `report.md` tables and PNG plots.
 
-`pruneopd report DIR` re-renders everything from `DIR/results.json` alone, so a report can
-be rebuilt (or restyled) without rerunning a single step.
+`pruneopd report DIR` re-renders everything from `DIR/results.json` alone (not the runs'
+folders), so a report can be rebuilt (or restyled) without rerunning a single step. A
+results.json written before results kept binned curves only (with `overlap_samples`, every
+per-token overlap of full OPD's samples) is converted in place first (`binned`): same tables.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from pruneopd.tools.bench import METHODS, PAIRS
+from pruneopd.tools.bench import METHODS, PAIRS, overlap_histogram, write_results
 
 PAIR_TITLES = {
     "same": "same-family pair (student-same)",
     "cross": "cross-family pair (student-cross)",
 }
+
+
+def binned(results: dict) -> dict:
+    """`results` in today's format: an older file's raw per-token overlaps (`overlap_samples`,
+    pair -> every token's overlap) become their histogram (`overlap_histogram`, in its place);
+    anything else is returned as it is."""
+    if "overlap_samples" not in results:
+        return results
+    return {
+        ("overlap_histogram" if k == "overlap_samples" else k): (
+            {pair: overlap_histogram(xs) for pair, xs in v.items()} if k == "overlap_samples" else v
+        )
+        for k, v in results.items()
+    }
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -411,15 +428,15 @@ def _plots(out: Path, results: dict) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     k = results["runs"][0]["config"].get("drift_k") or results["runs"][0]["config"]["topk"]
     for pair in PAIRS:
-        xs = results["overlap_samples"].get(pair, [])
-        if xs:
+        h = results["overlap_histogram"].get(pair)
+        if h and h["tokens"]:  # the bins, each weighted by its tokens
             ax.hist(
-                xs,
-                bins=20,
-                range=(0, 1),
+                h["edges"][:-1],
+                bins=h["edges"],
+                weights=h["counts"],
                 alpha=0.6,
                 density=True,
-                label=f"{pair} ({len(xs)} tokens)",
+                label=f"{pair} ({h['tokens']} tokens)",
             )
     ax.set(
         xlabel=f"top-{k} overlap per token (monitor K)",
@@ -455,16 +472,24 @@ def _plots(out: Path, results: dict) -> list[Path]:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
+    """The figure as a 256-colour PNG (a third of the RGBA file's size, the same look)."""
+    import io
 
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(256).save(path, optimize=True)
     return path
 
 
 def render_report(out: str | Path, results: dict | None = None) -> Path:
-    """Write `report.md` and the plots into `out` (from `out/results.json` if not given)."""
+    """Write `report.md` and the plots into `out` (from `out/results.json` if not given; an
+    older results.json with raw per-token samples is first rewritten binned, `binned`)."""
     out = Path(out)
     if results is None:
         path = out / "results.json"
@@ -474,6 +499,10 @@ def render_report(out: str | Path, results: dict | None = None) -> Path:
             results = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        if "overlap_samples" in results:
+            results = binned(results)
+            write_results(path, results)
+            print(f"{path}: per-token overlaps replaced by their histogram", file=sys.stderr)
     table = summarize(results)
     _plots(out, results)
     report = out / "report.md"
