@@ -71,7 +71,9 @@ def test_adaptive_prefix_on_a_synthetic_kl_sequence():
     q = AdaptivePrefix(64, 160, 32, 4, 0.1, 0.1)
     q.load_state_dict(p.state_dict())
     assert (q.length, q.kls) == (p.length, p.kls)
-    cfg = TrainConfig(method="prefix", prefix_schedule="adaptive", prefix_len=64, max_len=160)
+    cfg = TrainConfig(
+        method="prefix", prefix_schedule="adaptive", prefix_len=64, prefix_len_end=160
+    )
     method = build_method(cfg)
     method.load_state_dict(p.state_dict())
     assert method.cap(7) == 160

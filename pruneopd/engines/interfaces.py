@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from pruneopd.engines.rollout import Chunk, Rollout
+from pruneopd.engines.records import Chunk, Rollout
 from pruneopd.engines.scoring import IncrementalScorer, TokenScores
 
 

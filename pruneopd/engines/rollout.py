@@ -12,175 +12,29 @@ V = vocabulary, C = chunk length, K = student top-k, T = longest response.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
 from pruneopd.engines import decode, fused
+from pruneopd.engines.records import (  # noqa: F401  (Chunk, Rollout, ...: this module's interface)
+    Chunk,
+    Rollout,
+    left_pad,
+    make_chunk,
+    pad_right,
+    repeat_prompts,
+)
+from pruneopd.engines.token_pick import (  # noqa: F401  (also this module's interface)
+    pick_tokens,
+    sample_uniforms,
+    top_p_filter,
+)
 from pruneopd.models import cache_kwarg
 
 _CAP, _EOS, _PRUNED = 0, 1, 2
 _STOP_NAMES = {_CAP: "cap", _EOS: "eos", _PRUNED: "pruned"}
 BLOCK = 32  # tokens per call into the extension when sampling on the fused engine, unchunked
-
-
-@dataclass
-class Chunk:
-    """Up to `chunk_size` freshly sampled tokens, handed to `on_chunk` while sampling goes on.
-
-    sample_ids_A: [A] long, ids (into the original batch) of the samples active at chunk start.
-    start: response position of the chunk's first token.
-    tokens_AC: [A, C] long, sampled tokens (pad_id where mask_AC is False).
-    mask_AC: [A, C] bool, False after a sample's EOS inside the chunk.
-    student_logprobs_AC: [A, C] float32, log-prob of each token at temperature 1 (0 where masked).
-    student_topk_ids_ACK: [A, C, K] long, student's top-k ids at temperature 1, or None if topk=0.
-    """
-
-    sample_ids_A: torch.Tensor
-    start: int
-    tokens_AC: torch.Tensor
-    mask_AC: torch.Tensor
-    student_logprobs_AC: torch.Tensor
-    student_topk_ids_ACK: torch.Tensor | None
-
-
-@dataclass
-class Rollout:
-    """Sampled responses. All tensors live on the CPU and are ordinary (non-inference) tensors.
-
-    responses[i] holds the response token ids of prompts[i] (EOS included when it stopped on EOS).
-    stopped_by[i] is "eos", "cap" (hit max_new_tokens) or "pruned" (stopped by on_chunk).
-    student_logprobs[i]: [T_i] float32; student_topk_ids[i]: [T_i, K] long (None if topk=0).
-    """
-
-    prompts: list[list[int]]
-    responses: list[list[int]]
-    stopped_by: list[str]
-    student_logprobs: list[torch.Tensor]
-    student_topk_ids: list[torch.Tensor] | None = None
-
-    @property
-    def response_lengths(self) -> torch.Tensor:
-        """[B] long."""
-        return torch.tensor([len(r) for r in self.responses], dtype=torch.long)
-
-    @property
-    def response_mask_BT(self) -> torch.Tensor:
-        """[B, T] bool, True on response tokens."""
-        lengths_B = self.response_lengths
-        T = int(lengths_B.max()) if len(lengths_B) else 0
-        return torch.arange(T) < lengths_B[:, None]
-
-    def response_tokens_BT(self, pad_id: int) -> torch.Tensor:
-        """[B, T] long, responses right-padded with pad_id."""
-        return _pad_right([torch.tensor(r, dtype=torch.long) for r in self.responses], pad_id)
-
-    def student_logprobs_BT(self) -> torch.Tensor:
-        """[B, T] float32, zero on padding."""
-        return _pad_right(self.student_logprobs, 0.0)
-
-    def student_topk_ids_BTK(self) -> torch.Tensor | None:
-        """[B, T, K] long, zero on padding; None if sampled with topk=0."""
-        return None if self.student_topk_ids is None else _pad_right(self.student_topk_ids, 0)
-
-    def to_padded(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt + response per row, right-padded, for a full-sequence forward.
-
-        Returns input_ids_BL (long), attention_mask_BL (long, 1 on real tokens) and
-        response_mask_BL (bool, True on response tokens). Example, pad_id=0:
-        prompts [[5, 6], [7]], responses [[8], [9, 2]] ->
-        input_ids [[5, 6, 8], [7, 9, 2]], attention_mask [[1, 1, 1], [1, 1, 1]],
-        response_mask [[F, F, T], [F, T, T]].
-        """
-        seqs = [
-            torch.tensor(p + r, dtype=torch.long)
-            for p, r in zip(self.prompts, self.responses, strict=True)
-        ]
-        input_ids_BL = _pad_right(seqs, pad_id)
-        prompt_lens_B = torch.tensor([len(p) for p in self.prompts], dtype=torch.long)
-        total_lens_B = prompt_lens_B + self.response_lengths
-        pos_L = torch.arange(input_ids_BL.shape[1])
-        attention_mask_BL = (pos_L < total_lens_B[:, None]).long()
-        response_mask_BL = (pos_L >= prompt_lens_B[:, None]) & (pos_L < total_lens_B[:, None])
-        return input_ids_BL, attention_mask_BL, response_mask_BL
-
-
-def repeat_prompts(prompts: list[list[int]], n: int) -> list[list[int]]:
-    """Each prompt n times in a row: [a, b], n=2 -> [a, a, b, b]."""
-    return [list(p) for p in prompts for _ in range(n)]
-
-
-def left_pad(
-    prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad prompts. Returns input_ids_BP, attention_mask_BP (long) and position_ids_BP.
-
-    Position ids count real tokens only (0 at each prompt's first token; pads get 0).
-    """
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    P = max(len(p) for p in prompts)
-    input_ids_BP = torch.tensor([[pad_id] * (P - len(p)) + list(p) for p in prompts], device=device)
-    attention_mask_BP = torch.tensor(
-        [[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device
-    )
-    position_ids_BP = (attention_mask_BP.cumsum(-1) - 1).clamp(min=0)
-    return input_ids_BP, attention_mask_BP, position_ids_BP
-
-
-def top_p_filter(probs_AV: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the probabilities outside the nucleus: the smallest set of most likely tokens whose
-    mass reaches top_p (the most likely token is always kept). Not renormalised."""
-    sorted_AV, order_AV = probs_AV.sort(-1, descending=True)
-    mass_before_AV = sorted_AV.cumsum(-1) - sorted_AV
-    sorted_AV = sorted_AV.masked_fill(mass_before_AV >= top_p, 0.0)
-    return torch.zeros_like(probs_AV).scatter_(-1, order_AV, sorted_AV)
-
-
-def pick_tokens(
-    logits_AV: torch.Tensor,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None = None,
-    uniform_A: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[A] next tokens: argmax if temperature == 0, else a draw from softmax(logits / temperature)
-    restricted to the top_p nucleus.
-
-    The draw is by inverse CDF: sample a takes the first token whose cumulative probability
-    exceeds uniform_A[a] (in [0, 1)) times the nucleus mass. Without `uniform_A` the uniforms
-    come from `generator`. Example: probs [0.2, 0.5, 0.3], u = 0.6 -> cumulative [0.2, 0.7, 1.0]
-    -> token 1.
-    """
-    if temperature == 0:
-        return logits_AV.argmax(-1)
-    probs_AV = torch.softmax(logits_AV.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        probs_AV = top_p_filter(probs_AV, top_p)
-    if uniform_A is None:
-        uniform_A = torch.rand(
-            probs_AV.shape[0], generator=generator, device=_rng_device(generator)
-        )
-    cdf_AV = probs_AV.cumsum(-1)
-    target_A1 = uniform_A.to(cdf_AV.device, torch.float32)[:, None] * cdf_AV[:, -1:]
-    tok_A = torch.searchsorted(cdf_AV, target_A1, right=True)[:, 0]
-    return tok_A.clamp_(max=probs_AV.shape[-1] - 1)
-
-
-def _rng_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def sample_uniforms(n_samples: int, n_tokens: int, generator: torch.Generator | None):
-    """[n_samples, n_tokens] uniforms in [0, 1): the randomness of one sampling call.
-
-    Sample i's token t uses entry [i, t], so a sample's tokens depend only on its own row, not on
-    the rest of the batch. Drawing the rows of a global batch once and giving each process its
-    slice makes a multi-process rollout equal to the one-process one.
-    """
-    return torch.rand((n_samples, n_tokens), generator=generator, device=_rng_device(generator))
 
 
 def sample(
@@ -362,7 +216,7 @@ def _sample_loop(
         if on_chunk is not None and (chunk_full or last_step or not keep_A.any()):
             # Leave inference mode so on_chunk gets (and makes) ordinary tensors.
             with torch.inference_mode(False):
-                chunk = _make_chunk(
+                chunk = make_chunk(
                     chunk_ids_A,
                     chunk_start,
                     t + 1,
@@ -457,7 +311,7 @@ def _sample_blocks(
         keep_A = torch.zeros_like(eos_A) if last else ~eos_A
         if on_chunk is not None:
             with torch.inference_mode(False):
-                chunk = _make_chunk(
+                chunk = make_chunk(
                     active_A,
                     t,
                     t + int(len_A.max()),
@@ -482,25 +336,3 @@ def _sample_blocks(
             logits_AV = logits_AV[keep_idx_A]
         next_pos_A = next_pos_A + n
         t += n
-
-
-def _make_chunk(ids_A, start, end, tokens_BN, logprobs_BN, topk_BNK, lengths_B) -> Chunk:
-    """Copy response positions [start, end) of the samples ids_A out of the output buffers.
-
-    Called outside inference mode: advanced indexing and clone() give ordinary tensors.
-    """
-    mask_AC = torch.arange(start, end, device=ids_A.device) < lengths_B[ids_A, None]
-    topk_ACK = None if topk_BNK is None else topk_BNK[ids_A, start:end].long()
-    return Chunk(
-        sample_ids_A=ids_A.clone(),
-        start=start,
-        tokens_AC=tokens_BN[ids_A, start:end],
-        mask_AC=mask_AC,
-        student_logprobs_AC=logprobs_BN[ids_A, start:end],
-        student_topk_ids_ACK=topk_ACK,
-    )
-
-
-def _pad_right(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
-    """Stack [T_i, ...] tensors into [B, T, ...], padding dim 0 on the right with value."""
-    return pad_sequence(seqs, batch_first=True, padding_value=value)

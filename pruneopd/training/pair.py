@@ -61,8 +61,8 @@ def train_device(cfg: TrainConfig) -> torch.device:
     return torch.device(name)
 
 
-def load_student(path: str, cfg: TrainConfig):
-    student = load_model(path, getattr(torch, cfg.dtype)).to(train_device(cfg))
+def load_student(path: str, cfg: TrainConfig, device: torch.device):
+    student = load_model(path, getattr(torch, cfg.dtype)).to(device)
     if cfg.gradient_checkpointing:
         enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
         (enable or student.gradient_checkpointing_enable)()
@@ -70,14 +70,14 @@ def load_student(path: str, cfg: TrainConfig):
     return student
 
 
-def load_pair(cfg: TrainConfig, tok):
-    """Student (trainable) and teacher (frozen, eval mode) for the tokenizer `tok` they share
-    (`load_tokenizers`)."""
-    student = load_student(cfg.student, cfg)
+def load_pair(cfg: TrainConfig, tok, device: torch.device):
+    """Student (trainable) and teacher (frozen, eval mode) on `device` (`train_device`), for the
+    tokenizer `tok` they share (`load_tokenizers`)."""
+    student = load_student(cfg.student, cfg, device)
     if cfg.teacher_engine == "vllm":  # its weights live in the vLLM engine or server
         teacher = load_model_shell(cfg.teacher)
     else:
-        teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(train_device(cfg))
+        teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(device)
     vs, vt = student.config.vocab_size, teacher.config.vocab_size
     if vs != vt:
         raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
