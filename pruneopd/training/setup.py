@@ -103,9 +103,9 @@ def check_run(cfg: TrainConfig) -> Checked:
     _seed_everything(cfg.seed)
     tok = load_tokenizers(cfg)
     task = load_task(cfg, tok)  # data errors surface before models load
-    student, teacher = load_pair(cfg, tok)
+    student, teacher = load_pair(cfg, tok, device)
     if saved is not None:
-        student = load_student(str(resume_from / "student"), cfg)
+        student = load_student(str(resume_from / "student"), cfg, device)
     difficulty = cfg.difficulty or task.default_difficulty
     n_prompts = cfg.max_steps * cfg.prompts_per_step
     train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
