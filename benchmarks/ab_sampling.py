@@ -1,7 +1,7 @@
 """Sampling speed of the working tree's `pruneopd.engines.decode` against a committed one, in one process.
 
 The machines are noisy, so a change to the decode step is measured against the code before it
-in the same process, alternating: the module `pruneopd/decode.py` as of git revision --ref is
+in the same process, alternating: the module `pruneopd/engines/decode.py` as of git revision --ref is
 loaded beside the working tree's, and `pruneopd.engines.rollout.sample` runs with one, then the other
 (the order rotates every repeat), on the same prompts and uniforms. It also checks that both
 give the same tokens, and prints how far apart their log-probs are (float rounding).
@@ -31,13 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_ref_decode(ref: str):
-    """`pruneopd/decode.py` at git revision `ref`, as a module of its own."""
-    src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:pruneopd/decode.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """The lean decoder at git revision `ref` (`pruneopd/engines/decode.py`, or
+    `pruneopd/decode.py` before the package's layers), as a module of its own."""
+    for path in ("pruneopd/engines/decode.py", "pruneopd/decode.py"):
+        got = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True
+        )
+        if got.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"ab_sampling: no decode.py at revision {ref}")
+    src = got.stdout
     path = Path(tempfile.mkdtemp()) / "decode_ref.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("decode_ref", path)

@@ -5,7 +5,7 @@ built-in zoo pair by default) on the same prompts, batch, responses per prompt a
 length, with the same loss and optimizer, in one process, alternating step by step (the side
 that goes first swaps every step, so load from other processes hits both alike):
 
-- pruneopd: one step of the trainer's full OPD (pruneopd/train.py, method=full,
+- pruneopd: one step of the trainer's full OPD (pruneopd/training/step.py phases, method=full,
   loss=full_rkl): `sample` (student, KV cache, temperature 1, eos id -1 so that every response
   runs to --new-tokens), `score_responses` (teacher top-16 + candidates, as the trainer does for
   its drift monitor and metrics), drift monitor + reliability weights, `token_losses`

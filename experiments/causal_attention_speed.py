@@ -1,4 +1,4 @@
-"""Experiment (session 13): the causal attention kernel (pruneopd/attention.py) against PyTorch's
+"""Experiment (session 13): the causal attention kernel (pruneopd/engines/attention.py) against PyTorch's
 SDPA at the OPD step's shape, one process, alternating.
 
 q, k, v [32, 4, 562, 32] (the long zoo's student: 32 sequences of a 50-token prompt + 512

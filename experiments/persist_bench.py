@@ -1,7 +1,9 @@
 """Keep a long bench's finished runs across sessions (a session ends whatever runs): copy the
-finished runs of a bench (summary.json present) into docs/bench-long-full/runs,
-without checkpoints, final weights or TensorBoard files; samples.jsonl kept only for full OPD
-runs and only the fields `gather` reads (step, overlap).
+finished runs of a bench (summary.json present) into DST/runs, without checkpoints, final
+weights or TensorBoard files; samples.jsonl kept only for full OPD runs and only the fields
+`gather` reads (step, overlap). DST should lie outside git: bench run folders are not
+committed (.gitignore ignores runs/*/*/seed*/ and eval_cache/); a finished bench keeps
+results.json, report.md, plots and logs.
 
     python experiments/persist_bench.py bench-long-full docs/bench-long-full
 
