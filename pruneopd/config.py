@@ -16,9 +16,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message says which and what to do."""
+from pruneopd.errors import ConfigError  # noqa: F401  (this module's interface)
 
 
 def _f(default, help: str):
@@ -123,6 +121,20 @@ class TrainConfig:
         "",
         "teacher_engine=vllm: http://HOST:PORT of a `vllm serve TEACHER` "
         "(OpenAI-compatible) that scores instead of an in-process engine",
+    )
+    teacher_timeout: float = _f(
+        600.0,
+        "teacher_url: seconds one request may take in all (connect, send, wait, read) before it "
+        "counts as failed and is retried",
+    )
+    teacher_retries: int = _f(
+        5,
+        "teacher_url: retries of a request after a connection error, a 5xx answer or a timeout; "
+        "then a checkpoint of the last good step and exit status 3",
+    )
+    teacher_backoff: float = _f(
+        2.0,
+        "teacher_url: seconds before the first retry, doubled before each next one (at most 60)",
     )
     vllm_kv_cache_mb: int = _f(512, "vLLM on CPU: KV-cache memory of each engine, MiB")
     vllm_gpu_memory: float = _f(
@@ -319,6 +331,14 @@ def validate(c: TrainConfig) -> None:
             "online pruning scores chunks with the hf teacher's KV cache; use teacher_engine=hf "
             "(rollout_engine=vllm works with it)",
         )
+    _need(
+        0 < c.teacher_timeout < float("inf"),
+        "teacher_timeout",
+        c.teacher_timeout,
+        "must be a number of seconds > 0",
+    )
+    _need(c.teacher_retries >= 0, "teacher_retries", c.teacher_retries, "must be >= 0")
+    _need(c.teacher_backoff >= 0, "teacher_backoff", c.teacher_backoff, "must be >= 0 seconds")
     _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
     _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
     if c.online_pruning or c.reliable_prefix_only:

@@ -124,3 +124,45 @@ def test_an_adapter_wrapped_student_is_sampled_through_its_own_forward():
             assert torch.allclose(lp, want, atol=1e-5)
             base = plain(input_ids=ids).logits[0, len(p) - 1 : -1].log_softmax(-1)
             assert not torch.allclose(lp, base.gather(-1, torch.tensor(y)[:, None])[:, 0])
+
+
+def test_no_import_circle_in_the_package():
+    """The layers import downwards only: no module reaches itself through pruneopd imports
+    (function-level imports included; imports under TYPE_CHECKING are types only)."""
+    import ast
+    from pathlib import Path
+
+    import pruneopd
+
+    root = Path(pruneopd.__file__).parent
+    mods = {}
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+
+    class Imports(ast.NodeVisitor):
+        def __init__(self, m):
+            self.m = m
+
+        def visit_If(self, node):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                self.generic_visit(node)
+
+        def visit_ImportFrom(self, node):
+            if node.module and node.module.startswith("pruneopd"):
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    graph[self.m].add(full if full in mods else node.module)
+
+    for m, p in mods.items():
+        Imports(m).visit(ast.parse(p.read_text()))
+
+    def reaches(start, node, seen):
+        for n in graph.get(node, ()):
+            if n == start or (n not in seen and (seen.add(n) or reaches(start, n, seen))):
+                return True
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not circles, f"modules on an import circle: {circles}"

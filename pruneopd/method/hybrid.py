@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from pruneopd.config import ConfigError
+from pruneopd.errors import ConfigError
 from pruneopd.method.base import Method, MethodWeights
 
 

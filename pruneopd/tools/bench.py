@@ -21,9 +21,7 @@ wall-clock is measured under the same load as every other's.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,29 +29,19 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pruneopd.training.checkpoint import GracefulStop
-
-PAIRS = ("same", "cross")
-METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online", "hybrid", "prefix-adaptive")
-CORE_METHODS = METHODS[:5]  # the released method and its baselines; the last two are ours
-CONFIGS = Path(__file__).parents[1] / "configs"
-SUITE_CONFIGS = {"short": CONFIGS, "long": CONFIGS / "long"}
-STEP_KEYS = (
-    "cap",
-    "eff_len_mean",
-    "hit_ratio",
-    "overlap",
-    "drift_rate",
-    "mean_len",
-    "eos_rate",
-    "pruned_rate",
-    "reward",
-    "rkl",
-    "loss",
-    "drifted_rate",
-    "reward_drifted",
-    "gate_rate",
+from pruneopd.tools.bench_results import (  # noqa: F401  (this module's interface too)
+    CONFIGS,
+    CORE_METHODS,
+    METHODS,
+    OVERLAP_BINS,
+    PAIRS,
+    STEP_KEYS,
+    SUITE_CONFIGS,
+    overlap_by_position,
+    overlap_histogram,
+    write_results,
 )
+from pruneopd.training.checkpoint import GracefulStop
 
 
 @dataclass(frozen=True)
@@ -255,13 +243,6 @@ def run_bench(
     return results
 
 
-def write_results(path: Path, results: dict) -> None:
-    """results.json: indented, each list of numbers on one line (a per-step series, a curve)."""
-    text = json.dumps(results, indent=1)
-    flat = re.compile(r"\[\n\s*([^\[\]{}\"]*?)\n\s*\]")  # a list of numbers, nulls, booleans
-    path.write_text(flat.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text))
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
@@ -341,41 +322,3 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int, methods
         "overlap_histogram": {pair: overlap_histogram(xs) for pair, xs in overlap.items()},
         "overlap_by_position": by_position,
     }
-
-
-OVERLAP_BINS = 20  # the histogram of per-token overlaps: 20 bins of 0.05 over [0, 1]
-
-
-def overlap_histogram(values: list[float], bins: int = OVERLAP_BINS) -> dict:
-    """Per-token overlaps (in [0, 1]) binned: {"edges": [bins + 1 edges over [0, 1]],
-    "counts": [tokens in each bin], "tokens": every token, "mean": their mean (None if none)}.
-
-    The bins are numpy.histogram's (half-open, the last one closed; what `plt.hist` draws),
-    so the report's histogram drawn from the counts is the one drawn from the tokens."""
-    import numpy as np
-
-    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins, range=(0, 1))
-    return {
-        "edges": [float(e) for e in edges],
-        "counts": [int(c) for c in counts],
-        "tokens": len(values),
-        "mean": math.fsum(values) / len(values) if values else None,
-    }
-
-
-def overlap_by_position(samples: list[list[float]], bin_size: int = 32) -> dict:
-    """Mean per-token overlap in bins of response positions over `samples` (lists of a
-    response's per-token overlaps): {"start": [...], "mean": [...], "tokens": [...]}."""
-    import torch
-
-    from pruneopd.tools.testbed import position_curves
-
-    if not samples:
-        return {"start": [], "mean": [], "tokens": []}
-    T = max(map(len, samples))
-    values_BT = torch.zeros(len(samples), T, dtype=torch.float64)
-    mask_BT = torch.zeros(len(samples), T, dtype=torch.bool)
-    for i, o in enumerate(samples):
-        values_BT[i, : len(o)] = torch.tensor(o, dtype=torch.float64)
-        mask_BT[i, : len(o)] = True
-    return position_curves(values_BT, mask_BT, bin_size)

@@ -24,6 +24,7 @@ from pruneopd.engines.scoring import score_responses
 from pruneopd.method.drift import reliability_weights, topk_overlap_from_ids
 from pruneopd.method.weighing import DriftSettings, weigh_tokens
 from pruneopd.tokenizer import prompt_ids
+from pruneopd.tools.bench_results import position_curves  # noqa: F401  (also this module's)
 
 
 def length_stats(lengths: list[int]) -> dict:
@@ -49,29 +50,6 @@ def length_stats(lengths: list[int]) -> dict:
         "max": hi,
         "histogram": hist,
         "bin_width": width,
-    }
-
-
-def position_curves(values_BT: torch.Tensor, mask_BT: torch.Tensor, bin_size: int) -> dict:
-    """Mean of a per-token statistic in bins of `bin_size` response positions.
-
-    Returns {"start": [first position of each bin], "mean": [...], "tokens": [valid tokens in
-    the bin]}; bins without a valid token are left out (so late bins, which only the longest
-    responses reach, are averaged over fewer samples: "tokens" says how many).
-    """
-    if bin_size < 1:
-        raise ValueError(f"bin_size must be >= 1, got {bin_size}")
-    B, T = values_BT.shape
-    nbins = -(-T // bin_size)
-    pad = nbins * bin_size - T
-    v = torch.nn.functional.pad(values_BT.double() * mask_BT, (0, pad)).view(B, nbins, bin_size)
-    m = torch.nn.functional.pad(mask_BT.double(), (0, pad)).view(B, nbins, bin_size)
-    sums, counts = v.sum((0, 2)), m.sum((0, 2))
-    keep = counts > 0
-    return {
-        "start": [i * bin_size for i in range(nbins) if keep[i]],
-        "mean": [float(x) for x in (sums[keep] / counts[keep])],
-        "tokens": [int(x) for x in counts[keep]],
     }
 
 
@@ -297,7 +275,7 @@ def zoo_card(
     from pruneopd.config import load_config
     from pruneopd.models import load_model, load_tokenizer
     from pruneopd.tasks import get_task
-    from pruneopd.tools.bench import SUITE_CONFIGS
+    from pruneopd.tools.bench_results import SUITE_CONFIGS
 
     cfg = load_config(SUITE_CONFIGS[suite] / "prune-cross.yaml", [])
     zoo = Path(zoo)
