@@ -105,7 +105,13 @@ def build(
     if cfg.teacher_url:
         from pruneopd.engines.teacher_server import ServerTeacher
 
-        server = ServerTeacher(cfg.teacher_url, vocab=teacher.config.vocab_size)
+        server = ServerTeacher(
+            cfg.teacher_url,
+            vocab=teacher.config.vocab_size,
+            timeout=cfg.teacher_timeout,
+            retries=cfg.teacher_retries,
+            backoff=cfg.teacher_backoff,
+        )
         return sampler, RemoteTeacher(server, candidates=candidates)
     if cfg.teacher_engine == "vllm":
         from pruneopd.engines import vllm_engine

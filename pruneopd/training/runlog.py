@@ -74,6 +74,9 @@ RESUMABLE_CHANGES = {
     "rollout_engine",
     "teacher_engine",
     "teacher_url",
+    "teacher_timeout",
+    "teacher_retries",
+    "teacher_backoff",
     "vllm_kv_cache_mb",
     "vllm_gpu_memory",
 }
