@@ -327,12 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from pruneopd.config import ConfigError
+    from pruneopd.engines.faults import EngineFailure
     from pruneopd.training.train import PairError, TrainingStopped
 
     try:
         args.fn(args)
-    except TrainingStopped as e:  # a checkpoint was written; the message says where
-        print(f"pruneopd: {e}", file=sys.stderr)
+    except (TrainingStopped, EngineFailure) as e:  # stopped cleanly: the message says where
+        if os.environ.get("PRUNEOPD_DEBUG") and e.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(e.__cause__)
+        print(f"pruneopd: {_one_line(e)}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except (ConfigError, PairError, OSError) as e:  # bad input: files, paths, permissions
         _die(_one_line(e))

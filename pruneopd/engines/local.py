@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from pruneopd.engines.faults import EngineFailure, crashed
 from pruneopd.engines.interfaces import SamplingSettings
 from pruneopd.engines.rollout import Rollout, sample, sample_uniforms
 from pruneopd.engines.scoring import IncrementalScorer, TokenScores, score_responses
@@ -76,18 +77,23 @@ class VLLMRollouts:
 
     def sample(self, prompts, cap: int, draws: torch.Tensor, *, on_chunk=None) -> Rollout:
         s = self.settings
-        return self.engine.sample(
-            prompts,
-            max_new_tokens=cap,
-            eos_id=s.eos_id,
-            pad_id=s.pad_id,
-            seeds=draws.tolist(),
-            temperature=s.temperature,
-            top_p=s.top_p,
-            topk=s.topk,
-            chunk_size=s.chunk_size if on_chunk else 0,
-            on_chunk=on_chunk,
-        )
+        try:
+            return self.engine.sample(
+                prompts,
+                max_new_tokens=cap,
+                eos_id=s.eos_id,
+                pad_id=s.pad_id,
+                seeds=draws.tolist(),
+                temperature=s.temperature,
+                top_p=s.top_p,
+                topk=s.topk,
+                chunk_size=s.chunk_size if on_chunk else 0,
+                on_chunk=on_chunk,
+            )
+        except EngineFailure:
+            raise
+        except Exception as e:  # the engine's error: a checkpoint and a clean stop (faults.py)
+            raise crashed(f"sampling ({type(self.engine).__name__}.sample)", e) from e
 
     def before_update(self) -> None:
         self.engine.sleep()
@@ -108,7 +114,12 @@ class RemoteTeacher:
 
     def score(self, prompts, responses, *, k: int, candidate_ids_BTK=None) -> TokenScores:
         cand = candidate_ids_BTK if self.candidates else None
-        return self.engine.score(prompts, responses, k=k, candidate_ids_BTK=cand)
+        try:
+            return self.engine.score(prompts, responses, k=k, candidate_ids_BTK=cand)
+        except EngineFailure:  # the server client's own faults, with their own messages
+            raise
+        except Exception as e:  # the engine's error: a checkpoint and a clean stop (faults.py)
+            raise crashed(f"teacher scoring ({type(self.engine).__name__}.score)", e) from e
 
     def incremental(self, prompts, *, k: int, max_new_tokens: int) -> IncrementalScorer:
         raise NotImplementedError("online pruning scores chunks with a teacher in this process")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pruneopd.config import TrainConfig
+from pruneopd.engines.faults import EngineFailure
 from pruneopd.engines.interfaces import Sampler, Teacher
 from pruneopd.engines.online import OnlinePruner
 from pruneopd.engines.rollout import Rollout, repeat_prompts
@@ -53,6 +54,24 @@ class Run:
     device: torch.device
 
 
+def on_every_rank(d: Dist, call):
+    """`call()` (an engine's sampling or scoring); when an engine fails (`EngineFailure`) on any
+    rank, every rank raises it, so that none waits in a collective for a rank that stopped and
+    every rank saves the same checkpoint. One process: just `call()`."""
+    if d.world == 1:
+        return call()
+    failure, out = None, None
+    try:
+        out = call()
+    except EngineFailure as e:
+        failure = e
+    if d.any(failure is not None):
+        mine = None if failure is None else (type(failure), str(failure))
+        kind, message = next(f for f in d.gather_objects(mine) if f is not None)
+        raise failure or kind(f"another process stopped: {message}")
+    return out
+
+
 @dataclass
 class Batch:
     """Phase 1's output: this rank's prompts and the student's responses to them."""
@@ -80,7 +99,7 @@ def sample_phase(run: Run, step: int) -> Batch:
     if run.method.online:  # the teacher scores every chunk; drifted samples stop early
         scorer = run.teacher.incremental(prompts, k=cfg.topk, max_new_tokens=cap)
         pruner = OnlinePruner(scorer, run.drift, cfg.prune_floor)
-    rollout = run.sampler.sample(prompts, cap, draws, on_chunk=pruner)
+    rollout = on_every_rank(run.d, lambda: run.sampler.sample(prompts, cap, draws, on_chunk=pruner))
     seconds = time.perf_counter() - t0 - (pruner.seconds if pruner else 0.0)
     return Batch(problems, prompts, cap, rollout, pruner, seconds)
 
@@ -113,8 +132,11 @@ def score_and_weigh(run: Run, batch: Batch) -> Weighed:
     if batch.pruner is not None:
         scores = batch.pruner.assemble(B, T)
     else:
-        scores = run.teacher.score(
-            batch.prompts, r.responses, k=cfg.topk, candidate_ids_BTK=cand_BTK
+        scores = on_every_rank(
+            run.d,
+            lambda: run.teacher.score(
+                batch.prompts, r.responses, k=cfg.topk, candidate_ids_BTK=cand_BTK
+            ),
         )
     tw = weigh_tokens(
         run.drift, cand_BTK, scores.topk_ids_BTK, scores.topk_logprobs_BTK, tokens_BT, mask_BT

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pruneopd.engines.faults import EngineFailure
 from pruneopd.models import set_threads
 from pruneopd.training import distributed
 from pruneopd.training.checkpoint import GracefulStop, rng_state, set_rng_state
@@ -28,7 +29,8 @@ from pruneopd.training.step import metrics_phase, sample_phase, score_and_weigh,
 
 
 class TrainingStopped(RuntimeError):
-    """The run stopped early (signal or non-finite values) after writing a checkpoint."""
+    """The run stopped early (signal, non-finite values, a failed engine: `engines.faults`)
+    after writing a checkpoint; `exit_code` is the status `pruneopd train` ends with."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -165,8 +167,18 @@ def _loop(cfg, p: Prepared) -> dict:
             cpu0 = (
                 time.process_time()
             )  # CPU time: a cost other load on the machine does not inflate
-            batch = sample_phase(run, step)  # 1. the student samples its own responses
-            w = score_and_weigh(run, batch)  # 2-3. the teacher scores, the monitor weighs
+            try:
+                batch = sample_phase(run, step)  # 1. the student samples its own responses
+                w = score_and_weigh(run, batch)  # 2-3. the teacher scores, the monitor weighs
+            except EngineFailure as e:  # keep the last good state, as for a non-finite loss
+                state = trainer_state(step, rng_at_start, offsets_at_start)
+                path = distributed.save_once(d, out, step, student, state, cfg.keep_checkpoints)
+                log.close()
+                raise TrainingStopped(
+                    f"step {step + 1} of {cfg.max_steps} stopped: {e}; last good step saved in "
+                    f"{path}; {e.remedy}",
+                    exit_code=e.exit_code,
+                ) from e
             upd = update_phase(run, batch, w)  # 4. the update
             if not upd.finite and cfg.on_nonfinite == "skip":
                 totals["skipped_steps"] += 1
