@@ -7,7 +7,8 @@ with the wrong shape or non-finite log-probs. Retried faults leave the run's met
 without them; a dead server ends in a checkpoint of the last good step and exit status 3, and
 the run resumed once the server is back ends bit-identical to an uninterrupted one; a bad
 answer is refused (exit status 4); an in-process engine raising while sampling or scoring ends
-the same way (exit status 5). Timeouts here are 0.5 s and waits 0.05 s."""
+the same way (exit status 5); under torchrun both ranks stop when one rank's scoring fails.
+Timeouts here are 0.5 s and waits 0.05 s; the file takes about 20 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -425,3 +426,27 @@ def test_every_rank_stops_when_one_engine_fails():
     fine = SimpleNamespace(world=2, any=lambda flag: flag, gather_objects=None)
     assert on_every_rank(fine, lambda: "scores") == "scores"
     assert issubclass(TeacherUnavailable, EngineFailure)
+
+
+def test_two_processes_stop_together_when_one_gets_a_bad_answer(fast_zoo, serve, tmp_path):
+    """torchrun, 2 processes scoring through one stand-in: step 2's first answer is NaN, so one
+    rank's scoring fails while the other's succeeds; both stop at once (no rank left waiting in
+    a collective), with the step-1 checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    srv = serve({5: "nan"})  # POSTs 1-2: each rank's check; 3-4: step 1; 5-6: step 2
+    out = tmp_path / "run"
+    args = [f"{k}={v}" for k, v in {**ARGS, "out": out, "teacher_url": srv.url}.items()]
+    env = {**os.environ, "PRUNEOPD_ZOO": str(fast_zoo), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(29500 + (os.getpid() + 500) % 1000), "-m", "pruneopd"]
+    r = subprocess.run([*cmd, "train", *args], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.startswith("pruneopd: step 2 of 5 stopped: ")]
+    assert len(lines) == 2, r.stderr[-4000:]
+    assert sum("another process stopped: teacher server" in x for x in lines) == 1, lines
+    assert all("non-finite log-probs (NaN" in x and "step-00000001" in x for x in lines), lines
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000001"]
+    assert trained_steps(out) == 1
