@@ -61,6 +61,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def ensure_padding(tok) -> str | None:
+    """A tokenizer without a pad token (most Llama and Mistral ones) pads with its EOS token,
+    else its unk token: padded positions are masked everywhere (attention and loss masks), so
+    any id serves. Returns the start-up line naming that token, or None when the tokenizer has
+    a pad token. Raises ValueError when it has none of the three."""
+    if tok.pad_token_id is not None:
+        return None
+    for kind in ("eos", "unk"):
+        token = getattr(tok, f"{kind}_token", None)
+        if token is not None:
+            tok.pad_token = token
+            return (
+                f"pruneopd: note: the tokenizer has no pad token; padding with its {kind.upper()} "
+                f"token {token!r} (id {tok.pad_token_id}); padded positions are masked"
+            )
+    raise ValueError("the tokenizer has no pad token, and no EOS or unk token to pad with")
+
+
 def encode_prompt(tok, text: str) -> list[int]:
     """Token ids a model is prompted with: BOS (if the tokenizer has one) + the prompt text."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []

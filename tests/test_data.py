@@ -236,3 +236,48 @@ def test_missing_model_path_is_one_line(tmp_path, capsys):
         capsys,
     )
     assert code == 2 and cap.err.count("\n") == 1 and "nope" in cap.err
+
+
+def padless_copy(src: Path, dst: Path) -> Path:
+    """A copy of a model folder whose tokenizer has no pad token (as most Llama and Mistral
+    tokenizers)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, dst)
+    t = AutoTokenizer.from_pretrained(dst)
+    t.pad_token = None
+    t.save_pretrained(dst)
+    assert AutoTokenizer.from_pretrained(dst).pad_token_id is None
+    return dst
+
+
+def test_padless_tokenizer_pads_with_eos_and_says_so(qwen_pair, tmp_path, capsys, monkeypatch):
+    """Without a pad token a run pads with EOS (one stderr line naming it); `--check` too."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    student = padless_copy(qwen_pair[0], tmp_path / "student")
+    teacher = padless_copy(qwen_pair[1], tmp_path / "teacher")
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        f"student={student}",
+        f"teacher={teacher}",
+        f"data={FIX / 'math_plain.jsonl'}",
+        "max_steps=1",
+        f"out={out}",
+        "progress=false",
+        "max_len=16",
+        "init_len=16",
+        "min_len=8",
+        "eval_problems=2",
+    ]
+    note = "the tokenizer has no pad token; padding with its EOS token '</s>' (id 2)"
+    code, cap = run_main([*argv[:1], "--check", *argv[1:]], capsys)
+    assert code == 0 and note in cap.err, cap.err
+    code, cap = run_main(argv, capsys)
+    assert code == 0, cap.err
+    assert [x for x in cap.err.splitlines() if "pad" in x] == [
+        f"pruneopd: note: {note}; padded positions are masked"
+    ]
+    assert (out / "final" / "model.safetensors").exists()

@@ -11,6 +11,7 @@ import torch
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.models import load_model, load_model_shell, load_tokenizer
 from pruneopd.tasks import get_task
+from pruneopd.tokenizer import ensure_padding
 
 
 class PairError(ValueError):
@@ -18,7 +19,9 @@ class PairError(ValueError):
 
 
 def load_tokenizers(cfg: TrainConfig):
-    """The student's tokenizer, after checking the teacher's maps every token to the same id."""
+    """The student's tokenizer, after checking the teacher's maps every token to the same id.
+    One without a pad token pads with its EOS (else unk) token: `tok.padding_note` is then
+    the start-up line saying so (`ensure_padding`), else None."""
     tok = load_tokenizer(cfg.student)
     t_tok = load_tokenizer(cfg.teacher)
     if tok.get_vocab() != t_tok.get_vocab():
@@ -26,6 +29,10 @@ def load_tokenizers(cfg: TrainConfig):
             f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
             f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
         )
+    try:
+        tok.padding_note = ensure_padding(tok)
+    except ValueError as e:
+        raise PairError(f"student {cfg.student!r}: {e}") from None
     return tok
 
 

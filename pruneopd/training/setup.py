@@ -18,6 +18,7 @@ import torch
 
 from pruneopd.config import ConfigError, TrainConfig, config_to_yaml
 from pruneopd.engines import choose as engines
+from pruneopd.engines.records import left_pad
 from pruneopd.method import build_method, method_class
 from pruneopd.method.weighing import DriftSettings
 from pruneopd.models import note_busy_cores
@@ -61,6 +62,7 @@ class Checked:
     test_problems: list[Problem]
     eval_cap: int
     longest_prompt: int
+    notes: list[str]  # start-up lines (main process, after every check): padding, engines
 
 
 @dataclass
@@ -112,6 +114,8 @@ def check_run(cfg: TrainConfig) -> Checked:
     test_problems = task.problems("test", cfg.eval_problems, seed=0, difficulty=difficulty)
     eval_cap = reference_cap(task, tok, test_problems) or cfg.max_len
     longest_prompt = max(len(prompt_ids(tok, p)) for p in train_problems + test_problems)
+    # the padding the sampler and scorer use (a pad-less tokenizer pads with EOS or unk)
+    left_pad([prompt_ids(tok, p) for p in (train_problems + test_problems)[:2]], tok.pad_token_id)
     check_context(cfg, {"student": student, "teacher": teacher}, longest_prompt, eval_cap)
     engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
     return Checked(
@@ -128,6 +132,7 @@ def check_run(cfg: TrainConfig) -> Checked:
         test_problems,
         eval_cap,
         longest_prompt,
+        [n for n in (getattr(tok, "padding_note", None),) if n],
     )
 
 

@@ -11,6 +11,7 @@ models, optimiser, method, engines, resume) and runs the steps; each step is the
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,6 +70,9 @@ def train(cfg, dry_run: bool = False) -> dict:
     """
     set_threads()
     checked = check_run(cfg)
+    if checked.d.main:
+        for note in checked.notes:
+            print(note, file=sys.stderr)
     if dry_run:
         resume_from = checked.resume_from
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
