@@ -284,13 +284,14 @@ def validate(c: TrainConfig) -> None:
         c.overwrite,
         "cannot be combined with resume (resume continues a run, overwrite deletes it)",
     )
-    _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
-    _need(
-        c.min_len <= c.init_len <= c.max_len,
-        "init_len",
-        c.init_len,
-        f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]",
-    )
+    if c.method == "prune":  # the budget's keys: only prune's cap moves (other methods ignore them)
+        _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
+        _need(
+            c.min_len <= c.init_len <= c.max_len,
+            "init_len",
+            c.init_len,
+            f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]",
+        )
     _need(
         c.rollout_engine in ROLLOUT_ENGINES,
         "rollout_engine",

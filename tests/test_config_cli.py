@@ -93,6 +93,19 @@ def test_bad_values_name_the_key(override, key):
         load_config(None, [override])
 
 
+def test_budget_keys_are_checked_for_prune_only():
+    """init_len / min_len are the budget's (method=prune): other methods never read them."""
+    for method in ("full", "prefix", "hybrid"):
+        cfg = load_config(None, [f"method={method}", "max_len=64", "init_len=128", "min_len=96"])
+        assert cfg.init_len == 128
+    with pytest.raises(ConfigError, match="'min_len'"):
+        load_config(None, ["method=prune", "max_len=64", "init_len=128", "min_len=96"])
+    with pytest.raises(ConfigError, match="'init_len'"):
+        load_config(None, ["method=prune", "max_len=64", "init_len=128", "min_len=16"])
+    with pytest.raises(ConfigError, match="'max_len'"):  # every method's own keys still checked
+        load_config(None, ["method=full", "max_len=0"])
+
+
 def test_bad_values_in_the_file_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="'tau'"):
         load_config(write(tmp_path, "tau: 1.5\n"))
