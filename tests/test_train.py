@@ -220,9 +220,15 @@ def test_online_pruning_stops_exactly_the_samples_whose_weight_reaches_zero(mode
 # ---- real updates ------------------------------------------------------------------------
 
 
-def test_two_steps_change_every_student_parameter(zoo, tmp_path):
+def test_two_steps_change_every_student_parameter(zoo, tmp_path, capsys):
     cfg = tiny(tmp_path, max_steps=2, lr=1e-2, warmup_steps=0)
     train(cfg)
+    from pruneopd.engines import fused
+
+    decoder = "fused (compiled CPU kernel)" if fused.available() else "lean"
+    err = capsys.readouterr().err  # one line names the engines
+    assert f"pruneopd: sampling: {decoder}" in err, err
+    assert err.count("; scoring: hf forward (teacher in this process)\n") == 1, err
     before = dict(load_model("student-cross").named_parameters())
     after = dict(
         AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").named_parameters()
@@ -393,8 +399,11 @@ def test_gradient_checkpointing_trains_exactly_the_same(zoo, tmp_path, monkeypat
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
-def test_bfloat16_weights_train(zoo, tmp_path):
+def test_bfloat16_weights_train(zoo, tmp_path, capsys):
     s = train(tiny(tmp_path, "bf16", dtype="bfloat16", max_steps=2, lr=1e-2))
+    assert "pruneopd: sampling: lean (KV-cache decode in PyTorch); scoring: hf" in (
+        capsys.readouterr().err
+    )
     rows = step_rows(tmp_path / "bf16")
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     w = load_file(tmp_path / "bf16" / "final" / "model.safetensors")

@@ -119,3 +119,28 @@ def build(
         engine = vllm_engine.VLLMTeacher(cfg.teacher, tok, **kw)
         return sampler, RemoteTeacher(engine, candidates=candidates)
     return sampler, LocalTeacher(teacher, tok.pad_token_id)
+
+
+_DECODERS = {
+    "fused": "fused (compiled CPU kernel)",
+    "lean": "lean (KV-cache decode in PyTorch)",
+    "hf": "hf (transformers forward per token)",
+}
+
+
+def describe(cfg: TrainConfig, sampler: Sampler) -> str:
+    """The start-up line naming the engines `build` made, e.g. "pruneopd: sampling: fused
+    (compiled CPU kernel); scoring: hf forward (teacher in this process)"."""
+    if isinstance(sampler, LocalSampler):
+        from pruneopd.engines.rollout import pick_engine
+
+        sampling = _DECODERS[pick_engine(sampler.model, sampler.engine)]
+    else:
+        sampling = "vllm (in-process engine)"
+    if cfg.teacher_url:
+        scoring = f"vllm server at {cfg.teacher_url}"
+    elif cfg.teacher_engine == "vllm":
+        scoring = "vllm (in-process engine)"
+    else:
+        scoring = "hf forward (teacher in this process)"
+    return f"pruneopd: sampling: {sampling}; scoring: {scoring}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def setup_run(c: Checked) -> Prepared:
         world=d.world,
         max_model_len=c.longest_prompt + longest_response + 1,
     )
+    if d.main:
+        print(engines.describe(cfg, sampler), file=sys.stderr)
     eval_drift = DriftCheck(teacher, cfg.topk, drift) if teacher.model is not None else None
     run = Run(
         cfg=cfg,
