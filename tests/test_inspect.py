@@ -25,6 +25,7 @@ TOKENS = ["Ġthe", "Ġ<script>", "alert", "(1)", "</script>", "Ġ&", "Ġ&amp;", 
 EVENTS = [0, 0, 1, 0, 1, 0, 1, 0, 0, 0]
 WEIGHT = [1.0, 1.0, 0.667, 0.667, 0.333, 0.333, 0.0, 0.0, 0.0, 0.0]
 ZERO_AT = 6
+PROMPT = "<|im_start|>user\nIs 2 < 3 & 4 > 1?<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _row(step: int, index: int, tokens, events, weight, stopped_by="cap", cap=16) -> dict:
@@ -49,7 +50,7 @@ def run(tmp_path) -> Path:
     d.mkdir()
     rows = [
         _row(1, 0, ["Ġa", "Ġb"], [0, 0], [1.0, 1.0]),
-        _row(2, 0, TOKENS, EVENTS, WEIGHT, stopped_by="eos"),
+        {**_row(2, 0, TOKENS, EVENTS, WEIGHT, stopped_by="eos"), "prompt": PROMPT},
         _row(2, 1, ["Ġy"] * 16, [0] * 16, [1.0] * 16),
     ]
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -96,6 +97,13 @@ def test_page_escapes_every_token_and_is_self_contained(run):
     assert not re.search(r"https?://", page) and "<link" not in page and " src=" not in page
     data = json.loads(re.search(r'id="data">(.*?)</script>', page, re.S).group(1))
     assert data[0]["raw"] == TOKENS and data[0]["top"][0][0] == " zebra"
+
+
+def test_page_shows_the_prompt_with_its_chat_template(run):
+    page = _page(run)
+    assert f'<pre class="prompt">{html.escape(PROMPT)}</pre>' in page
+    assert page.index(html.escape(PROMPT)) < page.index('data-s="0"')  # above its response
+    assert page.count('<pre class="prompt">') == 1  # sample 1 logged no prompt
 
 
 def test_page_marks_events_zero_weight_and_cap(run):

@@ -229,6 +229,9 @@ def test_two_steps_change_every_student_parameter(zoo, tmp_path, capsys):
     err = capsys.readouterr().err  # one line names the engines
     assert f"pruneopd: sampling: {decoder}" in err, err
     assert err.count("; scoring: hf forward (teacher in this process)\n") == 1, err
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    first = get_task("regs").problems("train", 1, seed=0, difficulty=2)[0].prompt
+    assert rows[0]["prompt"] == "<s>" + first  # the prompt's text, special tokens shown
     before = dict(load_model("student-cross").named_parameters())
     after = dict(
         AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").named_parameters()

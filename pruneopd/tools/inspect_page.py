@@ -231,8 +231,11 @@ def _sample_html(s: int, r: dict) -> tuple[str, dict]:
         "top": [[display_token(x) for x in c] for c in r["teacher_top"]],
         "p": r["teacher_top_p"],
     }
+    prompt = r.get("prompt")  # runs before the prompt was logged have none
+    shown = f'<pre class="prompt">{html.escape(prompt)}</pre>' if prompt is not None else ""
     return (
-        f'<section class="sample"><h2>{head}</h2><div class="toks">{"".join(parts)}</div></section>',
+        f'<section class="sample"><h2>{head}</h2>{shown}'
+        f'<div class="toks">{"".join(parts)}</div></section>',
         data,
     )
 
@@ -243,6 +246,8 @@ table.meta{border-collapse:collapse;margin:.4em 0}table.meta td{padding:1px 10px
 table.meta td:nth-child(odd){color:#666}.legend{display:flex;gap:1.4em;align-items:center;flex-wrap:wrap;margin:.6em 0}
 .bar{display:inline-block;width:160px;height:12px;vertical-align:middle;border:1px solid #aaa;
 background:linear-gradient(90deg,hsl(0,70%,78%),hsl(60,70%,78%),hsl(120,70%,78%))}
+.prompt{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;margin:0 0 .3em;
+padding:.4em .5em;background:#f4f4f4;border-left:3px solid #bbb;color:#444}
 .toks{font:13px/2.1 ui-monospace,Menlo,Consolas,monospace;border:1px solid #ddd;padding:.5em;border-radius:4px}
 .tok{white-space:pre;background:var(--o);padding:1px 0;margin-right:1px;border-radius:2px;position:relative;cursor:default}
 body.by-w .tok{background:var(--w)}.tok:hover,.tok.pin{outline:2px solid #333}

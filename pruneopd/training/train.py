@@ -39,7 +39,8 @@ class TrainingStopped(RuntimeError):
 
 
 def _sample_rows(tok, rollout, tw, scores, cap, n) -> list[dict]:
-    """A few responses token by token, for `pruneopd inspect`."""
+    """A few responses token by token, for `pruneopd inspect`; each with its prompt's text,
+    special tokens kept (a chat template shows)."""
     rows = []
     for i in range(min(n, len(rollout.responses))):
         T = len(rollout.responses[i])
@@ -48,6 +49,7 @@ def _sample_rows(tok, rollout, tw, scores, cap, n) -> list[dict]:
         rows.append(
             {
                 "index": i,
+                "prompt": tok.decode(rollout.prompts[i], skip_special_tokens=False),
                 "cap": cap,
                 "stopped_by": rollout.stopped_by[i],
                 "tokens": tok.convert_ids_to_tokens(rollout.responses[i]),
