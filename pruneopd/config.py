@@ -432,7 +432,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 
 
 def config_to_yaml(c: TrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(c), sort_keys=False)
+    """The run's config.yaml: every key, except the built-in `task` when `data` replaces it
+    (loading the file back gives the same config: the task default is never read then)."""
+    d = dataclasses.asdict(c)
+    if c.data:
+        d.pop("task")
+    return yaml.safe_dump(d, sort_keys=False)
 
 
 def describe() -> str:

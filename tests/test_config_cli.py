@@ -93,6 +93,16 @@ def test_bad_values_name_the_key(override, key):
         load_config(None, [override])
 
 
+def test_config_yaml_of_a_data_run_names_no_task(tmp_path):
+    from pruneopd.config import config_to_yaml
+
+    cfg = load_config(None, ["data=mine.jsonl", "method=full"])
+    text = config_to_yaml(cfg)
+    assert "task:" not in text and "data: mine.jsonl" in text
+    assert load_config(write(tmp_path, text)) == cfg  # reads back as the same config
+    assert "task: regs" in config_to_yaml(load_config(None, []))  # a built-in task is kept
+
+
 def test_budget_keys_are_checked_for_prune_only():
     """init_len / min_len are the budget's (method=prune): other methods never read them."""
     for method in ("full", "prefix", "hybrid"):
