@@ -144,13 +144,22 @@ class TrainConfig:
     eval_every: int = _f(25, "evaluate on the test split every N steps (0 = only ends)")
     eval_problems: int = _f(256, "held-out problems per evaluation")
     eval_samples: int = _f(0, "also report sampled avg@n with n samples per problem")
+    eval_max_len: int = _f(
+        0,
+        "cap of the evaluation's responses (0 = the task's reference cap: its longest "
+        "reference x 1.5; max_len for data files)",
+    )
     eval_cache: str = _f(
         "",
         "folder of step-0 evaluations kept by a hash of the student's "
         "weights and the evaluation: runs of one student (every method and "
         "seed of a bench) evaluate it once (one process only; '' = off)",
     )
-    log_samples: int = _f(4, "responses per step kept in samples.jsonl for `inspect`")
+    log_samples: int = _f(
+        4,
+        "responses per step kept in samples.jsonl for `inspect`, and greedy responses to the "
+        "first held-out problems per evaluation in eval_samples.jsonl",
+    )
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: bool = _f(True, "show a progress bar")
     wandb: bool = _f(False, "also log to Weights & Biases (skipped if not installed)")
@@ -242,6 +251,7 @@ def validate(c: TrainConfig) -> None:
         "warmup_steps",
         "eval_every",
         "eval_samples",
+        "eval_max_len",
         "log_samples",
         "budget_step",
         "budget_margin",

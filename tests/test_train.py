@@ -438,3 +438,18 @@ def test_eval_cache_evaluates_a_student_once(zoo, tmp_path, monkeypatch):
     assert len(list(cache.glob("*.json"))) == 1
     train(tiny(tmp_path, "c", eval_cache=str(cache), student="student-same"))
     assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_eval_max_len_caps_evaluation_and_its_responses_are_logged(zoo, tmp_path):
+    """`eval_max_len` replaces the reference cap; each evaluation's greedy responses to the
+    first `log_samples` held-out problems land in eval_samples.jsonl."""
+    s = train(tiny(tmp_path, eval_max_len=6, log_samples=2, eval_problems=3))
+    assert [e["max_new_tokens"] for e in s["evals"]] == [6, 6]
+    assert all(e["cut_rate"] == 1.0 and e["mean_length"] == 6 for e in s["evals"])
+    assert "responses" not in s["evals"][0]
+    lines = (tmp_path / "run" / "eval_samples.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    assert [(r["step"], r["index"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    first = get_task("regs").problems("test", 3, seed=0, difficulty=2)[0].prompt
+    assert rows[0]["prompt"] == "<s>" + first and rows[0]["stopped_by"] == "cap"
+    assert all(isinstance(r["response"], str) and r["correct"] is False for r in rows)

@@ -88,6 +88,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     drift: DriftCheck | None = None,
+    keep: int = 0,
 ) -> dict:
     """Score `model` on `problems`.
 
@@ -97,7 +98,8 @@ def evaluate(
     temperature-1 samples per problem). With `drift`, also `drifted_rate` (share of greedy
     responses whose reliability ran out under the teacher's scores), `n_drifted`, and the
     accuracy on those problems and on the rest (`accuracy_drifted`, `accuracy_reliable`, None
-    when there are none).
+    when there are none). With `keep > 0`, `responses`: the greedy responses to the first
+    `keep` problems (index, prompt text with special tokens, response text, correct).
     """
     was_training = model.training
     model.eval()
@@ -105,6 +107,7 @@ def evaluate(
     prompts = [prompt_ids(tok, p) for p in problems]
     gen = torch.Generator().manual_seed(seed)
     correct, credit, lengths, cut, sampled_ok, drifted = [], [], [], [], [], []
+    kept = []
     bar = tqdm(total=len(problems), desc=f"eval {task.name}", disable=not progress, leave=False)
     for i in range(0, len(problems), batch_size):
         chunk_p, chunk_ids = problems[i : i + batch_size], prompts[i : i + batch_size]
@@ -122,6 +125,16 @@ def evaluate(
         for p, resp, why in zip(chunk_p, r.responses, r.stopped_by, strict=True):
             text = decode_response(tok, resp)
             correct.append(task.check(p, text))
+            if len(kept) < keep:
+                kept.append(
+                    {
+                        "index": len(kept),
+                        "prompt": tok.decode(prompts[len(kept)], skip_special_tokens=False),
+                        "response": text,
+                        "correct": bool(correct[-1]),
+                        "stopped_by": why,
+                    }
+                )
             credit.append(task.partial_credit(p, text))
             lengths.append(len(resp))
             cut.append(why == "cap")
@@ -150,6 +163,8 @@ def evaluate(
         "cut_rate": sum(cut) / len(cut),
         "max_new_tokens": cap,
     }
+    if keep > 0:
+        out["responses"] = kept
     if samples > 0:
         out["avg_at_n"] = sum(sampled_ok) / len(sampled_ok)
         out["samples"] = samples

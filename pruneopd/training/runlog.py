@@ -165,6 +165,7 @@ class RunLog:
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_f = self._open("metrics.jsonl", resume)
         self.samples_f = self._open("samples.jsonl", resume)
+        self.eval_samples_f = self._open("eval_samples.jsonl", resume)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -185,7 +186,11 @@ class RunLog:
         return f
 
     def offsets(self) -> dict:
-        return {"metrics.jsonl": self.metrics_f.tell(), "samples.jsonl": self.samples_f.tell()}
+        return {
+            "metrics.jsonl": self.metrics_f.tell(),
+            "samples.jsonl": self.samples_f.tell(),
+            "eval_samples.jsonl": self.eval_samples_f.tell(),
+        }
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
@@ -207,9 +212,16 @@ class RunLog:
             self.samples_f.write(json.dumps({"step": step, **r}) + "\n")
         self.samples_f.flush()
 
+    def eval_samples(self, step: int, rows: list[dict]) -> None:
+        """Greedy responses of one evaluation (`evaluate(keep=...)`), one line each."""
+        for r in rows:
+            self.eval_samples_f.write(json.dumps({"step": step, **r}) + "\n")
+        self.eval_samples_f.flush()
+
     def close(self) -> None:
         self.metrics_f.close()
         self.samples_f.close()
+        self.eval_samples_f.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
@@ -253,6 +265,9 @@ class NullLog:
         pass
 
     def samples(self, step, rows):
+        pass
+
+    def eval_samples(self, step, rows):
         pass
 
     def offsets(self):

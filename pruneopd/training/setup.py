@@ -113,7 +113,7 @@ def check_run(cfg: TrainConfig) -> Checked:
     n_prompts = cfg.max_steps * cfg.prompts_per_step
     train_problems = task.problems("train", n_prompts, seed=cfg.seed, difficulty=difficulty)
     test_problems = task.problems("test", cfg.eval_problems, seed=0, difficulty=difficulty)
-    eval_cap = reference_cap(task, tok, test_problems) or cfg.max_len
+    eval_cap = cfg.eval_max_len or reference_cap(task, tok, test_problems) or cfg.max_len
     longest_prompt = max(len(prompt_ids(tok, p)) for p in train_problems + test_problems)
     # the padding the sampler and scorer use (a pad-less tokenizer pads with EOS or unk)
     left_pad([prompt_ids(tok, p) for p in (train_problems + test_problems)[:2]], tok.pad_token_id)

@@ -101,8 +101,9 @@ def _loop(cfg, p: Prepared) -> dict:
                     samples=cfg.eval_samples,
                     seed=cfg.seed,
                     drift=p.eval_drift,
+                    keep=cfg.log_samples,
                 )
-            return combine(d.gather_objects(res))
+            return combine(d.gather_objects(res))  # the first shard's responses: rank 0's
 
         if step == 0 and cfg.eval_cache and d.world == 1:  # the same weights, the same result
             key = eval_key(
@@ -118,6 +119,8 @@ def _loop(cfg, p: Prepared) -> dict:
             res, _ = cached(cfg.eval_cache, key, compute)
         else:
             res = compute()
+        res = dict(res)
+        log.eval_samples(step, res.pop("responses", []))  # eval_samples.jsonl
         log.log(step, {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         return res
 
