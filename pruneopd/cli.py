@@ -94,14 +94,34 @@ def cmd_zoo_card(args) -> None:
 def cmd_eval(args) -> None:
     from pruneopd.models import load_model, load_tokenizer, set_threads
     from pruneopd.tasks import get_task
+    from pruneopd.tokenizer import ensure_padding
     from pruneopd.training.evaluate import evaluate
 
+    if bool(args.task) == bool(args.data):
+        _die("eval needs exactly one of --task NAME (a built-in task) and --data FILE")
     set_threads()
-    task = get_task(args.task)
-    model, tok = load_model(args.model), load_tokenizer(args.model)
+    tok = load_tokenizer(args.model)
+    note = ensure_padding(tok)  # a pad-less tokenizer pads with EOS (or unk)
+    if args.data:  # every record of the file is a test problem, as train's data= reads it
+        from pruneopd.tasks.data import DataTask
+
+        task = DataTask(args.data, tok, args.prompt_field, args.answer_field)
+        task.test = task.train
+    else:
+        task = get_task(args.task)
     problems = task.problems("test", args.n, seed=args.seed, difficulty=args.difficulty or None)
+    model = load_model(args.model)
+    if note:
+        print(note, file=sys.stderr)
     res = evaluate(
-        model, tok, task, problems, samples=args.samples, seed=args.seed, progress=not args.json
+        model,
+        tok,
+        task,
+        problems,
+        samples=args.samples,
+        seed=args.seed,
+        progress=not args.json,
+        max_new_tokens=args.max_len or None,
     )
     res["model"] = args.model
     if args.json:
@@ -247,8 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy accuracy, avg@n, partial credit on a test split")
     e.add_argument("--model", required=True, help="zoo name or local model folder")
-    e.add_argument("--task", required=True, help="built-in task name (regs, add)")
-    e.add_argument("--n", type=int, default=256, help="number of test problems")
+    e.add_argument("--task", help="built-in task name (regs, add)")
+    e.add_argument(
+        "--data", help="JSONL/Parquet file of prompts with answers, read as train's data="
+    )
+    e.add_argument("--prompt-field", default="auto", help="with --data: the prompt's field")
+    e.add_argument("--answer-field", default="auto", help="with --data: the answer's field")
+    e.add_argument(
+        "--max-len",
+        type=int,
+        default=0,
+        help="response cap (0 = the task's reference cap; 512 for --data)",
+    )
+    e.add_argument("--n", type=int, default=256, help="number of test problems (the first N)")
     e.add_argument("--samples", type=int, default=0, help="samples per problem for avg@n")
     e.add_argument("--difficulty", type=int, default=0, help="0 = task default")
     e.add_argument("--seed", type=int, default=0)

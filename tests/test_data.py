@@ -281,3 +281,17 @@ def test_padless_tokenizer_pads_with_eos_and_says_so(qwen_pair, tmp_path, capsys
         f"pruneopd: note: {note}; padded positions are masked"
     ]
     assert (out / "final" / "model.safetensors").exists()
+
+
+def test_eval_scores_a_model_on_a_data_file(qwen_pair, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    student = qwen_pair[0]
+    args = ["eval", "--model", str(student), "--n", "3", "--max-len", "8", "--json"]
+    code, cap = run_main([*args, "--data", str(FIX / "math_plain.jsonl")], capsys)
+    assert code == 0, cap.err
+    res = json.loads(cap.out)
+    assert res["task"] == "data:math_plain.jsonl" and res["n"] == 3
+    assert res["max_new_tokens"] == 8 and 0 <= res["accuracy"] <= 1
+    for extra in ([], ["--task", "regs", "--data", str(FIX / "math_plain.jsonl")]):
+        code, cap = run_main([*args, *extra], capsys)
+        assert code == 2 and cap.err.count("\n") == 1 and "exactly one of --task" in cap.err
