@@ -153,6 +153,64 @@ def test_real_build_refuses_a_teacher_from_another_gguf(pair, tmp_path, capsys):
     assert "was imported from SmolLM2-135M-Instruct.Q4_1.gguf, not Other.gguf" in err
 
 
+def padless(src: Path, dst: Path) -> Path:
+    """`src` with a tokenizer that has no pad token (as most Llama and Mistral tokenizers):
+    the weights and configs linked, the tokenizer saved again without its pad token."""
+    from transformers import AutoTokenizer
+
+    dst.mkdir()
+    for f in src.iterdir():
+        if (
+            f.name.endswith(".json")
+            and not f.name.startswith("tokenizer")
+            or f.suffix == ".safetensors"
+        ):
+            (dst / f.name).symlink_to(f.resolve())
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.pad_token = None
+    tok.save_pretrained(dst)
+    assert AutoTokenizer.from_pretrained(dst).pad_token_id is None
+    return dst
+
+
+def test_two_training_steps_of_the_real_pair_with_a_padless_tokenizer(
+    pair, tmp_path, capsys, monkeypatch
+):
+    """The issue-29 smoke test: 2 steps (2 prompts x 2 responses, cap 16, 2 held-out
+    problems) of the real pair from a data file through its chat template, the tokenizer
+    without a pad token; the saved student reloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    res = pair["res"]
+    student = padless(Path(res["student"]), tmp_path / "student")
+    teacher = padless(Path(res["teacher"]), tmp_path / "teacher")
+    out = tmp_path / "run"
+    data = Path(__file__).parent / "fixtures" / "math_plain.jsonl"
+    argv = ["train", f"student={student}", f"teacher={teacher}", f"data={data}"]
+    argv += [f"out={out}", "max_steps=2", "prompts_per_step=2", "responses_per_prompt=2"]
+    argv += ["max_len=16", "init_len=16", "min_len=8", "eval_problems=2", "progress=false"]
+    argv += ["tensorboard=false", "log_samples=1"]
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "padding with its EOS token '<|im_end|>' (id 2)" in err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in rows) == 2
+    sample = json.loads((out / "samples.jsonl").read_text().splitlines()[-1])
+    assert sample["prompt"].startswith("<|im_start|>system")  # the chat template applied
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.config.num_hidden_layers == 15
+    assert AutoTokenizer.from_pretrained(out / "final").pad_token == "<|im_end|>"
+    ids = check_prompt_ids(AutoTokenizer.from_pretrained(out / "final"))
+    with torch.no_grad():
+        assert torch.isfinite(final(input_ids=ids).logits).all()
+
+
 # ---- bad input: one line on stderr naming the file, exit 2 --------------------------------
 
 
