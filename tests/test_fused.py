@@ -214,3 +214,22 @@ def test_fused_chunks_and_pruning_match_lean(top_p):
         assert torch.equal(x.tokens_AC, y.tokens_AC) and torch.equal(x.mask_AC, y.mask_AC)
         assert torch.equal(x.student_topk_ids_ACK, y.student_topk_ids_ACK)
         torch.testing.assert_close(x.student_logprobs_AC, y.student_logprobs_AC, atol=1e-5, rtol=0)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
+    """A build killed mid-way leaves torch's lock file, and the next build would wait for it
+    forever: one older than STALE_LOCK_S goes (with a line), a fresh one stays."""
+    import os
+    import time
+
+    old = tmp_path / "ext_a" / "lock"
+    new = tmp_path / "py311_cpu" / "ext_b" / "lock"
+    for lock in (old, new):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    t = time.time() - fused.STALE_LOCK_S - 5
+    os.utime(old, (t, t))
+    fused._clear_stale_lock(tmp_path, "ext_a")
+    fused._clear_stale_lock(tmp_path, "ext_b")
+    assert not old.exists() and new.exists()
+    assert "removed a stale build lock" in capsys.readouterr().err

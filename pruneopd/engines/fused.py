@@ -37,6 +37,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -102,6 +103,7 @@ def load(verbose: bool = False):
                 file=sys.stderr,
                 flush=True,
             )
+        _clear_stale_lock(root, name)
         _EXT = cpp_load(
             name=name,
             sources=[str(s) for s in _SOURCES],
@@ -114,6 +116,25 @@ def load(verbose: bool = False):
         _ERROR = f"the fused decode kernel could not be built: {first}"
         raise RuntimeError(_ERROR) from None
     return _EXT
+
+
+STALE_LOCK_S = 600  # a build takes about a minute; a lock this old was left by a killed build
+
+
+def _clear_stale_lock(root: Path, name: str) -> None:
+    """torch's build lock (`<build dir>/lock`) outlives a build that was killed, and the next
+    build then waits for it forever: remove one older than STALE_LOCK_S, saying so."""
+    for lock in [root / name / "lock", *root.glob(f"*/{name}/lock")]:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except OSError:
+            continue
+        if age > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+            print(
+                f"pruneopd: removed a stale build lock ({lock}, {age / 60:.0f} min old)",
+                file=sys.stderr,
+            )
 
 
 def available() -> bool:

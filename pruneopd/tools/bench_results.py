@@ -93,6 +93,7 @@ def overlap_histogram(values: list[float], bins: int = OVERLAP_BINS) -> dict:
 def overlap_by_position(samples: list[list[float]], bin_size: int = 32) -> dict:
     """Mean per-token overlap in bins of response positions over `samples` (lists of a
     response's per-token overlaps): {"start": [...], "mean": [...], "tokens": [...]}."""
+    import torch
 
     if not samples:
         return {"start": [], "mean": [], "tokens": []}
