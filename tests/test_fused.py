@@ -233,3 +233,33 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
     fused._clear_stale_lock(tmp_path, "ext_b")
     assert not old.exists() and new.exists()
     assert "removed a stale build lock" in capsys.readouterr().err
+
+
+def test_several_stop_ids_stop_every_engine_alike():
+    """eos_id=(EOS, END): a chat template's end-of-turn token stops a sample as EOS does, the
+    same token for token through fused, lean and hf (the kernel takes a list of stop ids)."""
+    model = MODELS["llama-d32"]()
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    kw = dict(max_new_tokens=40, pad_id=PAD, topk=4, temperature=1.0)
+    one = sample(model, prompts, eos_id=EOS, generator=torch.Generator().manual_seed(1), **kw)
+    # the end-of-turn token: a token some sample draws before its EOS
+    end = next(r[len(r) // 2] for r in one.responses if len(r) > 4 and r[len(r) // 2] != EOS)
+    runs = [
+        sample(
+            model,
+            prompts,
+            eos_id=(EOS, end),
+            engine=engine,
+            generator=torch.Generator().manual_seed(1),
+            **kw,
+        )
+        for engine in ("fused", "lean", "hf")
+    ]
+    for r in runs[1:]:
+        assert r.responses == runs[0].responses and r.stopped_by == runs[0].stopped_by
+    ends = [
+        r[-1] for r, why in zip(runs[0].responses, runs[0].stopped_by, strict=True) if why == "eos"
+    ]
+    assert end in ends  # stopped at the end-of-turn token
+    assert all(end not in r[:-1] and EOS not in r[:-1] for r in runs[0].responses)
+    assert runs[0].responses != one.responses

@@ -200,7 +200,7 @@ std::vector<torch::Tensor> sample_steps(
     torch::Tensor embed, torch::Tensor K, torch::Tensor V, torch::Tensor pos_A,
     torch::Tensor cos_SD, torch::Tensor sin_SD, torch::Tensor attend_AS,
     torch::Tensor uniforms_An, int64_t slot, int64_t n, double temperature, double top_p,
-    int64_t k, int64_t eos_id, bool decode_last, int64_t group, int64_t n_heads, int64_t n_kv,
+    int64_t k, const std::vector<int64_t>& eos_ids, bool decode_last, int64_t group, int64_t n_heads, int64_t n_kv,
     double eps, double scale) {
   for (const auto* t : {&logits_AV, &head_VH, &embed, &K, &V, &cos_SD, &sin_SD})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
@@ -268,7 +268,7 @@ std::vector<torch::Tensor> sample_steps(
           ln[a] = step + 1;
           cur[r] = t;
           cpos[r] = pp[a] + step;
-          if (t == eos_id) {
+          if (std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end()) {
             done[r] = 1;
             --live;
           }

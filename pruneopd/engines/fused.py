@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from pruneopd.engines import decode
+from pruneopd.engines.records import stop_id_list
 
 _CSRC = Path(__file__).parents[1] / "csrc"
 _SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp", _CSRC / "sample_loop.cpp"]
@@ -251,7 +252,7 @@ class FusedDecoder(decode.LeanDecoder):
         temperature: float,
         top_p: float = 1.0,
         topk: int,
-        eos_id: int,
+        eos_id: int | tuple[int, ...],
         decode_last: bool,
         group: int | None = None,
     ):
@@ -282,7 +283,7 @@ class FusedDecoder(decode.LeanDecoder):
             float(temperature),
             float(top_p),
             topk,
-            eos_id,
+            stop_id_list(eos_id),
             decode_last,
             group or SAMPLE_GROUP,
             self.n_heads,

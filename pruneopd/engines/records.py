@@ -99,6 +99,14 @@ def repeat_prompts(prompts: list[list[int]], n: int) -> list[list[int]]:
     return [list(p) for p in prompts for _ in range(n)]
 
 
+def stop_id_list(eos_id) -> list[int]:
+    """The ids a sample stops at, from `sample`'s `eos_id`: one id, or a sequence of them
+    (EOS and a chat template's end-of-turn token: `tokenizer.stop_ids`)."""
+    if isinstance(eos_id, (list, tuple)):
+        return [int(i) for i in eos_id]
+    return [int(eos_id)]
+
+
 def left_pad(
     prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

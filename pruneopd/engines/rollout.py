@@ -24,6 +24,7 @@ from pruneopd.engines.records import (  # noqa: F401  (Chunk, Rollout, ...: this
     make_chunk,
     pad_right,
     repeat_prompts,
+    stop_id_list,
 )
 from pruneopd.engines.token_pick import (  # noqa: F401  (also this module's interface)
     pick_tokens,
@@ -42,7 +43,7 @@ def sample(
     prompts: list[list[int]],
     *,
     max_new_tokens: int,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -55,7 +56,8 @@ def sample(
 ) -> Rollout:
     """Sample one response per prompt (use `repeat_prompts` for several).
 
-    A sample stops on EOS (kept in the response), at max_new_tokens, or when `on_chunk` returns a
+    A sample stops on EOS (kept in the response; `eos_id` may be several stop ids, e.g. EOS and
+    a chat template's end-of-turn token: any of them ends it, as "eos"), at max_new_tokens, or when `on_chunk` returns a
     [A] bool `stop_A` marking it: then it keeps the whole chunk and is dropped at once. Samples
     that already ended (EOS, cap) keep their reason. Student log-probs and top-k ids always refer to
     the temperature-1 distribution, whatever temperature is used to sample.
@@ -151,6 +153,7 @@ def _sample_loop(
     device = next(model.parameters()).device
     B = len(prompts)
     input_ids_BP, attention_mask_BP, position_ids_BP = left_pad(prompts, pad_id, device)
+    stop_N = torch.tensor(stop_id_list(eos_id), dtype=torch.long, device=device)
     P = input_ids_BP.shape[1]
     tokens_BN = torch.full((B, N), pad_id, dtype=torch.long, device=device)
     logprobs_BN = torch.zeros((B, N), dtype=torch.float32, device=device)
@@ -207,7 +210,7 @@ def _sample_loop(
         if topk:
             topk_BNK[active_A, t] = logp_AV.topk(topk, dim=-1).indices.int()
         lengths_B[active_A] = t + 1
-        eos_A = tok_A == eos_id
+        eos_A = torch.isin(tok_A, stop_N)
         stop_code_B[active_A] = torch.where(eos_A, _EOS, stop_code_B[active_A])
         last_step = t + 1 == N
         keep_A = torch.zeros_like(eos_A) if last_step else ~eos_A
@@ -305,7 +308,8 @@ def _sample_blocks(
         if topk:
             topk_BNK[active_A, t : t + n] = topk_Ank * valid_An[..., None]
         lengths_B[active_A] = t + len_A
-        eos_A = tok_An.gather(1, (len_A - 1)[:, None])[:, 0] == eos_id
+        last_A = tok_An.gather(1, (len_A - 1)[:, None])[:, 0]
+        eos_A = torch.isin(last_A, torch.tensor(stop_id_list(eos_id), device=last_A.device))
         stop_code_B[active_A[eos_A]] = _EOS
         last = t + n == N
         keep_A = torch.zeros_like(eos_A) if last else ~eos_A
