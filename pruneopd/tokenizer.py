@@ -79,6 +79,23 @@ def ensure_padding(tok) -> str | None:
     raise ValueError("the tokenizer has no pad token, and no EOS or unk token to pad with")
 
 
+# end-of-turn tokens of common chat templates (ChatML / SmolLM / Qwen, Llama 3, Gemma, Phi-3)
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def stop_ids(tok) -> int | tuple[int, ...]:
+    """The ids sampling stops at: EOS, and the end-of-turn token of the tokenizer's chat
+    template when it is another token (Llama 3 ends a turn with <|eot_id|>, its EOS is
+    <|end_of_text|>). Example: SmolLM2 (EOS <|im_end|>) -> 2; a tokenizer without a chat
+    template -> its EOS id."""
+    template = getattr(tok, "chat_template", None)
+    ids = [tok.eos_token_id]
+    if isinstance(template, str):
+        vocab = tok.get_vocab()
+        ids += [vocab[t] for t in END_OF_TURN if t in template and vocab.get(t) not in (None, *ids)]
+    return ids[0] if len(ids) == 1 else tuple(ids)
+
+
 def encode_prompt(tok, text: str) -> list[int]:
     """Token ids a model is prompted with: BOS (if the tokenizer has one) + the prompt text."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []

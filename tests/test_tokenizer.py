@@ -145,3 +145,21 @@ def test_digits_are_single_tokens(tok):
             c.isdigit() for c in text
         )
         assert all(sum(c.isdigit() for c in piece) <= 1 for piece in pieces)
+
+
+def test_stop_ids_add_the_chat_templates_end_of_turn_token():
+    """Sampling stops at EOS and at the chat template's end-of-turn token (as Llama 3's
+    <|eot_id|> beside its EOS); one id when they are the same token or there is no template."""
+    from pruneopd.config import TrainConfig
+    from pruneopd.engines.interfaces import SamplingSettings
+    from pruneopd.tokenizer import stop_ids
+
+    t = build_tokenizer(vocab_size=300)
+    assert stop_ids(t) == t.eos_token_id
+    t.add_special_tokens({"additional_special_tokens": ["<|eot_id|>"]})
+    eot = t.convert_tokens_to_ids("<|eot_id|>")
+    t.chat_template = "{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+    assert stop_ids(t) == (t.eos_token_id, eot)
+    assert SamplingSettings.from_config(TrainConfig(), t).eos_id == (t.eos_token_id, eot)
+    t.eos_token = "<|eot_id|>"  # EOS is the end-of-turn token (SmolLM2's <|im_end|>)
+    assert stop_ids(t) == eot

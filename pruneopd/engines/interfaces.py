@@ -19,7 +19,7 @@ from pruneopd.engines.scoring import IncrementalScorer, TokenScores
 class SamplingSettings:
     """How the student samples (config keys: temperature, top_p, topk, chunk_size)."""
 
-    eos_id: int
+    eos_id: int | tuple[int, ...]  # EOS, and a chat template's end-of-turn token (stop_ids)
     pad_id: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -28,8 +28,10 @@ class SamplingSettings:
 
     @classmethod
     def from_config(cls, cfg, tok) -> SamplingSettings:
+        from pruneopd.tokenizer import stop_ids
+
         return cls(
-            tok.eos_token_id, tok.pad_token_id, cfg.temperature, cfg.top_p, cfg.topk, cfg.chunk_size
+            stop_ids(tok), tok.pad_token_id, cfg.temperature, cfg.top_p, cfg.topk, cfg.chunk_size
         )
 
 

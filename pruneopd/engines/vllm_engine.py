@@ -28,7 +28,7 @@ from pruneopd.engines.prompt_logprobs import (
     scores_of_batch,
     stack_scores,
 )
-from pruneopd.engines.rollout import Chunk, Rollout
+from pruneopd.engines.rollout import Chunk, Rollout, stop_id_list
 from pruneopd.engines.scoring import TokenScores
 
 # prompt_logprobs=-1 (every id at every position) only for vocabularies this small
@@ -167,7 +167,7 @@ class VLLMSampler:
             max_tokens=n,
             seed=seed,
             logprobs=max(topk, 0),
-            stop_token_ids=[eos_id],
+            stop_token_ids=stop_id_list(eos_id),
             ignore_eos=False,
             detokenize=False,
             flat_logprobs=True,
@@ -232,7 +232,7 @@ class VLLMSampler:
                 tokens[i] += ids
                 logprobs[i].append(lp_T)
                 topks[i].append(top_TK)
-                if ids and ids[-1] == eos_id:
+                if ids and ids[-1] in stop_id_list(eos_id):
                     stopped[i] = "eos"
                 elif len(tokens[i]) >= N:
                     stopped[i] = "cap"

@@ -18,7 +18,7 @@ from pruneopd.engines.rollout import sample
 from pruneopd.method.drift import ran_out_B
 from pruneopd.method.weighing import DriftSettings, weigh_tokens
 from pruneopd.tasks import Problem, Task
-from pruneopd.tokenizer import decode_response, prompt_ids
+from pruneopd.tokenizer import decode_response, prompt_ids, stop_ids
 
 
 def reference_cap(task: Task, tok, problems: list[Problem], slack: float = 1.5) -> int | None:
@@ -105,6 +105,7 @@ def evaluate(
     model.eval()
     cap = max_new_tokens or reference_cap(task, tok, problems) or 512
     prompts = [prompt_ids(tok, p) for p in problems]
+    stops = stop_ids(tok)  # EOS and the chat template's end-of-turn token
     gen = torch.Generator().manual_seed(seed)
     correct, credit, lengths, cut, sampled_ok, drifted = [], [], [], [], [], []
     kept = []
@@ -115,7 +116,7 @@ def evaluate(
             model,
             chunk_ids,
             max_new_tokens=cap,
-            eos_id=tok.eos_token_id,
+            eos_id=stops,
             pad_id=tok.pad_token_id,
             temperature=0.0,
             topk=drift.k if drift else 0,
@@ -144,7 +145,7 @@ def evaluate(
                 model,
                 rep,
                 max_new_tokens=cap,
-                eos_id=tok.eos_token_id,
+                eos_id=stops,
                 pad_id=tok.pad_token_id,
                 temperature=1.0,
                 generator=gen,
