@@ -147,10 +147,12 @@ def cmd_train(args) -> None:
         return
     from pruneopd.training.distributed import shutdown
 
+    finished = False
     try:
         s = train(cfg)
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished)
     if not s:  # a rank other than 0 under torchrun: rank 0 reports
         return
     print(

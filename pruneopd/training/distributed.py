@@ -20,6 +20,7 @@ Backend: gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -135,10 +136,22 @@ def save_once(d: Dist, out, step: int, student, state: dict, keep: int):
 _OURS = False  # whether init() made the process group (an in-process vLLM engine makes its own)
 
 
-def shutdown() -> None:
-    """Leave the process group this module joined (one made by vLLM is vLLM's to destroy)."""
-    if _OURS and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group this module joined (one made by vLLM is vLLM's to destroy).
+
+    `finished`: this rank's run ended normally, so every rank reaches here; they meet at a
+    barrier first and tear the group down together. Without it a rank that finished early (every
+    rank but 0 returns while rank 0 still writes final/ and the summary) destroyed its gloo
+    group while rank 0's was alive, and now and then aborted at exit ("terminate called without
+    an active exception", issue 33). After an error no barrier: another rank may be gone."""
+    if not (_OURS and dist.is_initialized()):
+        return
+    if finished:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=600))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 class ParallelStudent:
