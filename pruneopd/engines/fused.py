@@ -57,7 +57,8 @@ _NOTED = False  # whether available() has said why
 
 def _cpu_tag() -> str:
     """A short hash of this CPU's instruction-set flags (the build targets this CPU), torch's
-    version, the build flags and the C++ sources (headers included, which torch's own rebuild check skips)."""
+    version, the build flags, the C++ sources (headers included, which torch's own rebuild check
+    skips) and their folder."""
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,7 +69,9 @@ def _cpu_tag() -> str:
         pass
     sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
     build = f"{' '.join(_flags())} {torch.__version__} {hashlib.sha1(sources).hexdigest()}"
-    key = f"{platform.machine()} {flags} {build}"
+    # the checkout's own folder too: torch's build file names the sources by path, so two
+    # checkouts sharing one build folder would rebuild it in turn, each time the other loads
+    key = f"{platform.machine()} {flags} {build} {_CSRC.resolve()}"
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
