@@ -18,6 +18,10 @@ import yaml
 
 from pruneopd.errors import ConfigError  # noqa: F401  (this module's interface)
 
+# the attention projections of Llama / Qwen / Mistral models (the zoo's and the real pair's)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_SAVE = ("merged", "adapter")
+
 
 def _f(default, help: str):
     return field(default=default, metadata={"help": help})
@@ -135,6 +139,22 @@ class TrainConfig:
     teacher_backoff: float = _f(
         2.0,
         "teacher_url: seconds before the first retry, doubled before each next one (at most 60)",
+    )
+    # ---- LoRA students (training/lora.py; the [lora] extra: peft) --------------------
+    lora_r: int = _f(0, "LoRA rank of the student's adapters (0 = off: every weight trains)")
+    lora_alpha: float = _f(16.0, "LoRA scale: the adapters add (lora_alpha / lora_r) B A")
+    lora_dropout: float = _f(0.0, "dropout on the adapters' input while training")
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGETS),
+        metadata={
+            "help": "modules that get adapters: names (or name suffixes) of the student's "
+            "linear layers, a YAML list or q_proj,v_proj; all-linear = every one but the head"
+        },
+    )
+    lora_save: str = _f(
+        "merged",
+        "final/ of a LoRA run: merged (a plain model, adapters folded into the weights) | "
+        "adapter (peft's adapter folder over the student)",
     )
     vllm_kv_cache_mb: int = _f(512, "vLLM on CPU: KV-cache memory of each engine, MiB")
     vllm_gpu_memory: float = _f(
@@ -352,6 +372,9 @@ def validate(c: TrainConfig) -> None:
     _need(c.teacher_backoff >= 0, "teacher_backoff", c.teacher_backoff, "must be >= 0 seconds")
     _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
     _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
+    _need(c.lora_r >= 0, "lora_r", c.lora_r, "must be >= 0 (0 = off: every weight trains)")
+    if c.lora_r:
+        _lora(c)
     if c.online_pruning or c.reliable_prefix_only:
         _need(
             c.method == "prune",
@@ -359,6 +382,30 @@ def validate(c: TrainConfig) -> None:
             c.method,
             "online_pruning / reliable_prefix_only are options of method=prune",
         )
+
+
+def _lora(c: TrainConfig) -> None:
+    """The LoRA keys (read only when lora_r > 0)."""
+    _need(c.lora_alpha > 0, "lora_alpha", c.lora_alpha, "must be > 0")
+    _need(0 <= c.lora_dropout < 1, "lora_dropout", c.lora_dropout, "must be in [0, 1)")
+    _need(
+        c.lora_save in LORA_SAVE, "lora_save", c.lora_save, f"must be one of {', '.join(LORA_SAVE)}"
+    )
+    targets = c.lora_target_modules
+    _need(
+        isinstance(targets, (list, tuple))
+        and bool(targets)
+        and all(isinstance(t, str) and t.strip() for t in targets),
+        "lora_target_modules",
+        targets,
+        "must name at least one module of the student (e.g. q_proj,v_proj)",
+    )
+    _need(
+        c.parallel != "fsdp",
+        "parallel",
+        c.parallel,
+        "LoRA students train with parallel=ddp (only the adapters train and are replicated)",
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -396,9 +443,14 @@ def _convert(key: str, value, where: str):
             if isinstance(value, (dict, list)) or value is None:
                 raise ValueError
             return str(value)
+        if typing.get_origin(tp) is list:  # a YAML list, or "a,b,c"
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+                raise ValueError
+            return [x.strip() for x in items if x.strip()]
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(
-            f"{where}config key '{key}' = {value!r}: expected {tp.__name__}"
+            f"{where}config key '{key}' = {value!r}: expected {getattr(tp, '__name__', tp)}"
         ) from None
     return value
 
@@ -454,5 +506,6 @@ def describe() -> str:
     """Every key with its default and help text (for `pruneopd train --help-config`)."""
     lines = []
     for f in dataclasses.fields(TrainConfig):
-        lines.append(f"  {f.name} = {f.default!r}\n      {f.metadata['help']}")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} = {default!r}\n      {f.metadata['help']}")
     return "\n".join(lines)

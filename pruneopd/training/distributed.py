@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from pruneopd.config import ConfigError
+from pruneopd.training import lora
 from pruneopd.training.checkpoint import save_checkpoint
 from pruneopd.training.objective import StudentLoss
 
@@ -166,6 +167,11 @@ class ParallelStudent:
     def __init__(self, student, mode: str, d: Dist):
         self.mode = mode if d.world > 1 else "none"
         self.dist = d
+        self.adapter = None  # a LoRA student's peft model (training/lora.py), else None
+        if lora.is_adapted(student):
+            if self.mode == "fsdp":
+                raise ValueError("a LoRA student trains with parallel=ddp")
+            self.adapter, student = student, student.get_base_model()
         self.model = student
         if self.mode == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -185,9 +191,17 @@ class ParallelStudent:
             self.loss_module = StudentLoss(student)
         else:
             raise ValueError(f"unknown parallel mode {mode!r}")
+        if self.adapter is not None:  # sampling, evaluation, a merged final/: the merged copy
+            self.model = lora.merged_copy(student)
+
+    @property
+    def saved(self):
+        """What a checkpoint's `student/` holds: the full weights, or a LoRA student's adapters."""
+        return self.model if self.adapter is None else self.adapter
 
     def parameters(self):
-        return self.loss_module.parameters()
+        """What the optimizer steps: every weight, or a LoRA student's adapters only."""
+        return [p for p in self.loss_module.parameters() if p.requires_grad]
 
     def train(self, on: bool = True) -> None:
         self.loss_module.train(on)
@@ -198,7 +212,10 @@ class ParallelStudent:
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def after_update(self) -> None:
-        """Refresh the full-weight copy from the shards (FSDP2; a no-op otherwise)."""
+        """Refresh the full-weight copy from the shards (FSDP2) or the merged copy from the
+        adapters (LoRA); a no-op otherwise."""
+        if self.adapter is not None:
+            lora.refresh(self.model, self.adapter.get_base_model())
         if self.mode != "fsdp":
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

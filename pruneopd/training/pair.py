@@ -69,11 +69,17 @@ def train_device(cfg: TrainConfig) -> torch.device:
 
 
 def load_student(path: str, cfg: TrainConfig, device: torch.device):
+    """The student at `path` on `device`; with `lora_r > 0` a peft model whose LoRA adapters
+    (on `lora_target_modules`, checked to exist) are the only trainable weights."""
     student = load_model(path, getattr(torch, cfg.dtype)).to(device)
     if cfg.gradient_checkpointing:
         enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
         (enable or student.gradient_checkpointing_enable)()
         student.config.use_cache = False
+    if cfg.lora_r:
+        from pruneopd.training import lora
+
+        student = lora.adapt(student, cfg)
     return student
 
 

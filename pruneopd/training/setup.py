@@ -25,7 +25,7 @@ from pruneopd.method.weighing import DriftSettings
 from pruneopd.models import note_busy_cores
 from pruneopd.tasks import Problem, Task
 from pruneopd.tokenizer import prompt_ids
-from pruneopd.training import distributed
+from pruneopd.training import distributed, lora
 from pruneopd.training.checkpoint import load_trainer_state
 from pruneopd.training.evaluate import DriftCheck, reference_cap
 from pruneopd.training.pair import (
@@ -98,6 +98,8 @@ def check_run(cfg: TrainConfig) -> Checked:
             f"cannot be split evenly over {world} processes"
         )
     method_class(cfg).check(cfg, world=world)
+    if cfg.lora_r:
+        lora.require_peft(cfg)
     d = distributed.init(device)
     resume_from = distributed.on_main(d, lambda: prepare_run_dir(cfg, dry_run=True))
     saved = load_trainer_state(resume_from) if resume_from is not None else None
@@ -107,7 +109,9 @@ def check_run(cfg: TrainConfig) -> Checked:
     tok = load_tokenizers(cfg)
     task = load_task(cfg, tok)  # data errors surface before models load
     student, teacher = load_pair(cfg, tok, device)
-    if saved is not None:
+    if saved is not None and cfg.lora_r:  # the frozen weights are cfg.student's
+        lora.load_adapters(student, resume_from / "student")
+    elif saved is not None:
         student = load_student(str(resume_from / "student"), cfg, device)
     difficulty = cfg.difficulty or task.default_difficulty
     n_prompts = cfg.max_steps * cfg.prompts_per_step

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pruneopd.engines.faults import EngineFailure
 from pruneopd.models import set_threads
-from pruneopd.training import distributed
+from pruneopd.training import distributed, lora
 from pruneopd.training.checkpoint import GracefulStop, rng_state, set_rng_state
 from pruneopd.training.evaluate import cached, combine, eval_key, evaluate
 from pruneopd.training.pair import PairError  # noqa: F401  (part of this module's interface)
@@ -181,7 +181,9 @@ def _loop(cfg, p: Prepared) -> dict:
                 w = score_and_weigh(run, batch)  # 2-3. the teacher scores, the monitor weighs
             except EngineFailure as e:  # keep the last good state, as for a non-finite loss
                 state = trainer_state(step, rng_at_start, offsets_at_start)
-                path = distributed.save_once(d, out, step, student, state, cfg.keep_checkpoints)
+                path = distributed.save_once(
+                    d, out, step, run.ps.saved, state, cfg.keep_checkpoints
+                )
                 log.close()
                 raise TrainingStopped(
                     f"step {step + 1} of {cfg.max_steps} stopped: {e}; last good step saved in "
@@ -193,7 +195,9 @@ def _loop(cfg, p: Prepared) -> dict:
                 totals["skipped_steps"] += 1
             elif not upd.finite:  # keep the last good state: weights, optimizer, RNG at step start
                 state = trainer_state(step, rng_at_start, offsets_at_start)
-                path = distributed.save_once(d, out, step, student, state, cfg.keep_checkpoints)
+                path = distributed.save_once(
+                    d, out, step, run.ps.saved, state, cfg.keep_checkpoints
+                )
                 log.close()
                 bad = "loss" if not torch.isfinite(upd.loss) else "gradients"
                 raise TrainingStopped(
@@ -227,7 +231,9 @@ def _loop(cfg, p: Prepared) -> dict:
             stopping = d.any(stop.requested)  # a signal to any rank stops every rank
             if last or stopping or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 state = trainer_state(step + 1, rng_state(run.gen), log.offsets())
-                path = distributed.save_once(d, out, step + 1, student, state, cfg.keep_checkpoints)
+                path = distributed.save_once(
+                    d, out, step + 1, run.ps.saved, state, cfg.keep_checkpoints
+                )
             if stopping and not last:
                 log.close()
                 raise TrainingStopped(
@@ -241,7 +247,7 @@ def _loop(cfg, p: Prepared) -> dict:
     history["eval"].append({"step": cfg.max_steps, "train_seconds": _train_s(totals), **after})
     if not d.main:
         return {}
-    student.save_pretrained(out / "final")
+    lora.save_final(cfg, run.ps, out / "final")  # the student, merged or its LoRA adapters
     tok.save_pretrained(out / "final")
     summary = {
         "config": asdict(cfg),
