@@ -338,6 +338,48 @@ def test_weight_sync_keeps_the_logprob_mismatch_tiny(tmp_path):
     assert rows[-1]["grad_norm"] > 0
 
 
+def test_lora_student_pushed_merged_is_what_vllm_samples(pair, sampler):
+    """A LoRA student (nonzero adapters) reaches vLLM as its merged copy: the rollouts'
+    log-probs equal the adapted model's forward, not the plain student's."""
+    pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[lora]')")
+    from pruneopd.config import TrainConfig
+    from pruneopd.training import distributed, lora
+
+    tok, student, _, prompts = pair
+    adapted = lora.adapt(load_model("long/student-same").eval(), TrainConfig(lora_r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(adapted.get_base_model()):
+            layer.lora_B["default"].weight.normal_(0, 0.2)
+    ps = distributed.ParallelStudent(adapted, "ddp", distributed.Dist())
+    try:
+        sampler.push_weights(ps.model)
+        r = draw(sampler, tok, prompts[:2], seeds=[3, 4])
+        for p, resp, lp_T in zip(prompts, r.responses, r.student_logprobs, strict=False):
+            want = hf_logprobs(adapted, p, resp).gather(1, torch.tensor(resp)[:, None])[:, 0]
+            plain = hf_logprobs(student, p, resp).gather(1, torch.tensor(resp)[:, None])[:, 0]
+            assert torch.allclose(lp_T, want, atol=1e-4), (lp_T - want).abs().max()
+            assert (lp_T - plain).abs().max() > 1e-3  # the adapters are seen
+    finally:
+        sampler.push_weights(student)
+
+
+def test_lora_training_with_vllm_rollouts_keeps_the_logprob_mismatch_tiny(tmp_path):
+    pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[lora]')")
+    res, rows = _train(
+        tmp_path,
+        "max_steps=3",
+        "lr=5e-2",
+        "warmup_steps=0",
+        "rollout_engine=vllm",
+        "method=full",
+        "lora_r=4",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(r["logprob_mismatch"] < 1e-3 for r in rows), [r["logprob_mismatch"] for r in rows]
+    assert rows[-1]["grad_norm"] > 0
+
+
 def test_train_end_to_end_with_both_engines(tmp_path):
     res, rows = _train(tmp_path, "max_steps=2", "rollout_engine=vllm", "teacher_engine=vllm")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -79,6 +79,7 @@ RESUMABLE_CHANGES = {
     "teacher_backoff",
     "vllm_kv_cache_mb",
     "vllm_gpu_memory",
+    "lora_save",
 }
 
 
