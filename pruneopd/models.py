@@ -76,13 +76,29 @@ def tokenizer_path(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """A model folder (or zoo name); a LoRA adapter folder (a run's `final/` with
+    `lora_save=adapter`) loads as its base model with the adapters merged in."""
     path = resolve(name_or_path)
+    if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+        return _load_merged_adapter(path, dtype)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def _load_merged_adapter(path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    try:
+        from peft import AutoPeftModelForCausalLM
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path} holds a LoRA adapter, not a whole model: pip install -e '.[lora]' (peft) "
+            "to load it"
+        ) from None
+    model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.merge_and_unload()
 
 
 def load_model_shell(name_or_path: str) -> torch.nn.Module:

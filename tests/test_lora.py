@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from pruneopd.config import LORA_TARGETS, TrainConfig  # noqa: E402
 from pruneopd.engines import fused  # noqa: E402
 from pruneopd.engines.rollout import sample  # noqa: E402
-from pruneopd.models import resolve  # noqa: E402
+from pruneopd.models import load_model, resolve  # noqa: E402
 from pruneopd.training import distributed, lora  # noqa: E402
 from pruneopd.training.train import train  # noqa: E402
 from tests.test_config_cli import assert_one_line_error, run_cli  # noqa: E402
@@ -158,6 +158,14 @@ def test_final_saved_as_adapter(zoo, tmp_path):
     mine = load_file(out / "final" / "adapter_model.safetensors")
     assert mine.keys() == want.keys() and all(torch.equal(mine[k], want[k]) for k in want)
     assert got.peft_config["default"].r == 4
+    # pruneopd's own loader (eval --model, student=) takes it too: the base with it merged
+    merged = load_model(str(out / "final")).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(str(resolve("student-cross"))).state_dict()
+    want = got.merge_and_unload().state_dict()
+    assert merged.keys() == start.keys()
+    for k, v in merged.items():
+        assert torch.equal(v, want[k]), k
+        assert torch.equal(v, start[k]) != any(f"{t}.weight" in k for t in LORA_TARGETS), k
 
 
 @pytest.mark.parametrize(
