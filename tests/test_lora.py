@@ -204,3 +204,20 @@ def test_without_peft_a_lora_run_says_what_to_install(zoo, capsys, tmp_path, mon
     monkeypatch.setattr(builtins, "__import__", no_peft)
     code, _, err = run_cli(["train", "--check", f"out={tmp_path / 'run'}", "lora_r=4"], capsys)
     assert_one_line_error(code, err, "'lora_r' = 4", "peft", "pip install -e '.[lora]'")
+
+
+def test_target_modules_from_yaml_and_the_command_line(tmp_path):
+    from pruneopd.config import ConfigError, config_to_yaml, load_config
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text("lora_r: 8\nlora_target_modules: [q_proj, v_proj]\n")
+    a = load_config(f)
+    b = load_config(None, ["lora_r=8", "lora_target_modules=q_proj, v_proj"])
+    c = load_config(None, ["lora_r=8", "lora_target_modules=[q_proj,v_proj]"])
+    assert a.lora_target_modules == b.lora_target_modules == c.lora_target_modules
+    assert a.lora_target_modules == ["q_proj", "v_proj"]
+    (tmp_path / "back.yaml").write_text(config_to_yaml(a))  # a run's config.yaml reads back
+    assert load_config(tmp_path / "back.yaml") == a
+    f.write_text("lora_r: 8\nlora_target_modules: {q_proj: 1}\n")
+    with pytest.raises(ConfigError, match="'lora_target_modules'"):
+        load_config(f)
