@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ def _rss_mib() -> float:
 def run_side(args) -> dict:
     """One side in this process: load, (wrap), step; its numbers."""
     setup(args)
+    load_at_start = os.getloadavg()[0]  # the machine is shared: what else ran beside the side
     student, teacher, tok = load_models(args)
     loaded = _rss_mib()
     lora = {}
@@ -74,6 +76,7 @@ def run_side(args) -> dict:
         "t_update": statistics.median(s["t_update"] for s in steps),
         "tokens": steps[0]["tokens"],
         "loss_last": steps[-1]["loss"],
+        "load_average": [load_at_start, os.getloadavg()[0]],
     }
 
 
@@ -100,6 +103,7 @@ def main():
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     for r in rows:
         r["trainable_m"] = r["trainable_params"] / 1e6
+        r["load"] = "-".join(f"{x:.1f}" for x in r["load_average"])
     print_table(
         rows,
         [
@@ -111,6 +115,7 @@ def main():
             ("t_sample", "sample (s)", ".2f"),
             ("t_score", "score (s)", ".2f"),
             ("t_update", "update (s)", ".2f"),
+            ("load", "load avg", ""),
         ],
     )
     full, lo = rows
