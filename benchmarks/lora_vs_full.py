@@ -90,6 +90,7 @@ def main():
     if args.side:  # a child: one side, its result as JSON on the last line
         print(json.dumps(run_side(args)))
         return
+    setup(args)  # the threads environment() records: the sides' own
     argv = sys.argv[1:]
     if "--json" in argv:  # the children print their results; only this process writes
         i = argv.index("--json")

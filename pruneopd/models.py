@@ -12,6 +12,7 @@ import inspect
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def _load_merged_adapter(path: Path, dtype: torch.dtype) -> torch.nn.Module:
             f"{path} holds a LoRA adapter, not a whole model: pip install -e '.[lora]' (peft) "
             "to load it"
         ) from None
-    model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    with warnings.catch_warnings():  # peft asks transformers' deprecated checkpointing flag
+        warnings.simplefilter("ignore", FutureWarning)
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.merge_and_unload()
 
 
