@@ -32,6 +32,11 @@ class TrainConfig:
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
+    activation_memory_gb: float = _f(
+        1.0,
+        "turn gradient checkpointing on by itself when the student's activations for a step "
+        "(samples x (longest prompt + max_len) tokens) would exceed this many GB (0 = never)",
+    )
     parallel: str = _f("ddp", "under torchrun: ddp (replicated student) | fsdp (FSDP2 shards)")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
     data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")
@@ -276,6 +281,9 @@ def validate(c: TrainConfig) -> None:
     _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(
+        c.activation_memory_gb >= 0, "activation_memory_gb", c.activation_memory_gb, "must be >= 0"
+    )
     _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
     _need(
         c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"),
