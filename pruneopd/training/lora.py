@@ -82,8 +82,6 @@ def adapt(model, cfg: TrainConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    if cfg.gradient_checkpointing:  # recomputed layers need an input that requires grad
-        model.enable_input_require_grads()
     with warnings.catch_warnings():  # peft asks transformers' deprecated checkpointing flag
         warnings.simplefilter("ignore", FutureWarning)
         return get_peft_model(model, config)
