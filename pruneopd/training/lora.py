@@ -9,8 +9,8 @@ What runs where:
   (`merged_copy`): a plain Hugging Face model that shares every tensor with the student except
   the adapted projections' weights, which hold W + (alpha / r) B A and are recomputed after each
   update (`refresh`). Sampling therefore runs at full-model speed with the adapters in, and the
-  merged copy costs the adapted projections' weights once more in memory (the attention
-  projections of a Llama model: about a sixth of its non-embedding weights);
+  merged copy costs the adapted projections' weights once more in memory (q/k/v/o of the
+  real pair's student: 13.3M of its 81.4M weights, docs/benchmarks.md section 9);
 - checkpoints hold the adapters (peft's adapter folder) and the optimizer's state over them;
   the frozen weights are the `student` the config names, loaded again on resume.
 """
