@@ -47,7 +47,7 @@ def test_gate_switches_at_the_first_token_with_weight_at_or_below_the_floor():
     )
     none_BT = torch.zeros_like(mask_BT)
     tw = TokenWeights(w_BT, none_BT, w_BT, w_BT + 0.5, mask_BT.sum(-1))
-    mw = build_method(cfg).weigh(tw, mask_BT, [1.0, 0.0])
+    mw = build_method(cfg).weigh(tw, mask_BT, [1.0, 0.0], torch.zeros(mask_BT.shape))
     assert mw.mult_BT[0].tolist() == pytest.approx([1.5, 1.3, 1.1, 2.0, 2.0])
     assert torch.equal(mw.train_mask_BT, mask_BT)
     assert torch.equal(mw.tail_BT, tail_mask(w_BT, mask_BT, 0.5))

@@ -102,7 +102,7 @@ def multipliers_and_loss(cfg, batch):
     overlap, events = monitor(cfg.drift_metric, s_ids, t_ids, t_lp, tokens, mask, cfg.tau)
     weights, mults, eff = reliability_weights(events, mask, cfg.w_drop, cfg.w_base)
     tw = TokenWeights(overlap, events, weights, mults, eff)
-    mw = build_method(cfg).weigh(tw, mask, [0.0] * mask.shape[0])
+    mw = build_method(cfg).weigh(tw, mask, [0.0] * mask.shape[0], torch.zeros(mask.shape))
     mult, train_mask = mw.mult_BT, mw.train_mask_BT
     return mult, train_mask, masked_token_mean(loss_BT, mult, train_mask)
 
