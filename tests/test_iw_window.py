@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import tiny_run_config
 
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.method import build_method
@@ -137,27 +138,7 @@ def test_bad_keys_are_config_errors(kw, key):
 
 
 def _tiny(tmp_path, name, **kw) -> TrainConfig:
-    base = dict(
-        student="student-cross",
-        teacher="teacher",
-        task="regs",
-        difficulty=2,
-        seed=0,
-        max_steps=2,
-        prompts_per_step=2,
-        responses_per_prompt=2,
-        max_len=48,
-        lr=1e-2,
-        eval_problems=4,
-        eval_every=0,
-        log_samples=1,
-        save_every=0,
-        tensorboard=False,
-        progress=False,
-        out=str(tmp_path / name),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_run_config(tmp_path, name, **{"max_steps": 2, "lr": 1e-2, "save_every": 0, **kw})
 
 
 def _rows(out) -> list[dict]:

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import tiny_run_config
 from transformers import AutoModelForCausalLM
 
 from pruneopd.config import ConfigError, TrainConfig
@@ -36,30 +37,7 @@ METRIC_KEYS = (
 ).split()
 
 
-def tiny(tmp_path, name="run", **kw) -> TrainConfig:
-    base = dict(
-        student="student-cross",
-        teacher="teacher",
-        task="regs",
-        difficulty=2,
-        seed=0,
-        max_steps=1,
-        prompts_per_step=2,
-        responses_per_prompt=2,
-        max_len=48,
-        init_len=32,
-        min_len=16,
-        budget_step=8,
-        budget_margin=8,
-        eval_problems=4,
-        eval_every=0,
-        log_samples=1,
-        tensorboard=False,
-        progress=False,
-        out=str(tmp_path / name),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+tiny = tiny_run_config
 
 
 def step_rows(out) -> list[dict]:
