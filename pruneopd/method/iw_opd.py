@@ -33,7 +33,7 @@ def iw_opd_weights(
     on every token.
     """
     valid_BT = mask_BT.bool()
-    d_BT = torch.where(valid_BT, logratio_BT.double().abs(), torch.zeros((), dtype=torch.float64))
+    d_BT = torch.where(valid_BT, logratio_BT.double().abs(), 0.0)
     before_BT = d_BT.cumsum(dim=1) - d_BT  # D_<t, exclusive of token t
     total_B1 = d_BT.sum(dim=1, keepdim=True).clamp(min=eps)
     w_BT = 1.0 + gamma * (1.0 - before_BT / total_B1)

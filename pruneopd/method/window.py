@@ -43,7 +43,7 @@ def tail_signal(logratio_BT: torch.Tensor, mask_BT: torch.Tensor, window: int) -
     Example: a = [[1, -1, 2, 0]], all valid, window 2 -> tail 2, total 4 (share 0.5).
     """
     valid_BT = mask_BT.bool()
-    d_BT = torch.where(valid_BT, logratio_BT.double().abs(), torch.zeros((), dtype=torch.float64))
+    d_BT = torch.where(valid_BT, logratio_BT.double().abs(), 0.0)
     head = float(d_BT[window_mask(valid_BT, window)].sum())
     total = float(d_BT.sum())
     return {"tail": total - head, "total": total}
