@@ -91,11 +91,11 @@ def validate(c: TrainConfig) -> None:
         "patience",
         "prefix_len",
         "chunk_size",
-        "loss_chunk",
     ):
         _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
     _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
     for key in (
+        "loss_chunk",
         "drift_k",
         "warmup_steps",
         "eval_every",
