@@ -34,6 +34,11 @@ class TrainConfig:
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
+    activation_memory_gb: float = _f(
+        1.0,
+        "turn gradient checkpointing on by itself when the student's activations for a step "
+        "(samples x (longest prompt + max_len) tokens) would exceed this many GB (0 = never)",
+    )
     parallel: str = _f("ddp", "under torchrun: ddp (replicated student) | fsdp (FSDP2 shards)")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
     data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")

@@ -120,6 +120,9 @@ def validate(c: TrainConfig) -> None:
     _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(
+        c.activation_memory_gb >= 0, "activation_memory_gb", c.activation_memory_gb, "must be >= 0"
+    )
     _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
     _need(
         c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"),
