@@ -343,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(fn=cmd_bench)
 
-    r = sub.add_parser("report", help="re-render a bench report and plots from results.json")
-    r.add_argument("dir", help="bench output folder")
+    r = sub.add_parser(
+        "report",
+        help="re-render a bench report and plots from results.json, or a run's from summary.json",
+    )
+    r.add_argument("dir", help="bench output folder, or a training run's folder")
     r.set_defaults(fn=cmd_report)
 
     i = sub.add_parser("inspect", help="one step's sampled responses token by token (HTML page)")

@@ -466,7 +466,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         _check_key(k, "")
         is_str = typing.get_type_hints(TrainConfig)[k] is str
         values[k] = _convert(k, v if is_str or not v.strip() else yaml.safe_load(v), "")
-    if "teachers" in values and "teacher" in values:
+    if values.get("teachers") and "teacher" in values:
         raise ConfigError(
             "config keys 'teacher' and 'teachers' cannot be combined: list every teacher in "
             "'teachers'"

@@ -18,6 +18,7 @@ from pruneopd.config import ConfigError, load_config
 from pruneopd.engines.local import LocalTeacher
 from pruneopd.method.weighing import TokenWeights, weigh_tokens
 from pruneopd.models import load_model
+from pruneopd.tools.report import render_report
 from pruneopd.training.panel import mix_logprobs, mix_weights
 from pruneopd.training.setup import check_run, setup_run
 from pruneopd.training.step import sample_phase, score_and_weigh
@@ -133,6 +134,8 @@ def test_routed_run_logs_each_teachers_metrics(zoo, tmp_path):
     both = t["regs"]["overlap"] * t["regs"]["tokens"] + t["add"]["overlap"] * t["add"]["tokens"]
     mean = sum(r["overlap"] * r["tokens_generated"] for r in rows)
     assert math.isclose(both, mean, rel_tol=1e-9)
+    report = render_report(tmp_path / "run").read_text()  # `pruneopd report RUN_DIR`
+    assert "## Teachers (routed by `task`)" in report and f"| add | {t['add']['samples']} |" in report
     saved = load_config(tmp_path / "run" / "config.yaml")  # what resume reads back
     assert saved.teachers == TWO and saved.teacher == "teacher"
 
