@@ -88,7 +88,12 @@ class TrainConfig:
     warmup_steps: int = _f(5, "linear learning-rate warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     grad_clip: float = _f(1.0, "max gradient norm (0 = off)")
-    loss_chunk: int = _f(4096, "tokens per chunk in the loss (bounds [tokens, V] memory)")
+    loss_chunk: int = _f(
+        0,
+        "tokens per chunk in the loss (bounds [tokens, V] memory); 0 = from the vocabulary: "
+        "the largest power of two <= 4096 whose [chunk, V] float32 logits fit in 128 MiB "
+        "(4096 for the zoo, 512 for a 49k vocabulary)",
+    )
     # ---- drift monitor (method.md) --------------------------------------------------
     topk: int = _f(16, "K of the topk_rkl candidates (and of the teacher's top-K scores)")
     drift_k: int = _f(0, "K of the drift monitor's top-K overlap (0 = same as topk)")
@@ -263,11 +268,11 @@ def validate(c: TrainConfig) -> None:
         "patience",
         "prefix_len",
         "chunk_size",
-        "loss_chunk",
     ):
         _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
     _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
     for key in (
+        "loss_chunk",
         "drift_k",
         "warmup_steps",
         "eval_every",

@@ -135,7 +135,9 @@ def test_routed_run_logs_each_teachers_metrics(zoo, tmp_path):
     mean = sum(r["overlap"] * r["tokens_generated"] for r in rows)
     assert math.isclose(both, mean, rel_tol=1e-9)
     report = render_report(tmp_path / "run").read_text()  # `pruneopd report RUN_DIR`
-    assert "## Teachers (routed by `task`)" in report and f"| add | {t['add']['samples']} |" in report
+    assert (
+        "## Teachers (routed by `task`)" in report and f"| add | {t['add']['samples']} |" in report
+    )
     saved = load_config(tmp_path / "run" / "config.yaml")  # what resume reads back
     assert saved.teachers == TWO and saved.teacher == "teacher"
 
