@@ -25,9 +25,9 @@ from pruneopd.training.train import train
 
 PRESET = Path(__file__).parents[1] / "pruneopd" / "configs" / "teachers-routed.yaml"
 VARIANTS = {
+    "routed by task": [],
     "expert-regs alone": ["teachers=[]", "teacher=zoo/experts/expert-regs"],
     "expert-add alone": ["teachers=[]", "teacher=zoo/experts/expert-add"],
-    "routed by task": [],
     "mixture 0.5/0.5": ["teacher_routing=mixture"],
 }
 
