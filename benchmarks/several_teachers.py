@@ -4,8 +4,8 @@ The experts zoo (`pruneopd zoo build --suite experts`): `expert-regs` knows only
 `expert-add` only `add`, `student-both` has started on both. Every variant trains the same
 student with the same preset (`pruneopd/configs/teachers-routed.yaml`) and seed, and differs
 only in who teaches: one expert for every prompt, both routed by task, or both mixed 50/50.
-Prints greedy accuracy on the mixed held-out set (64 regs + 64 add problems) before and
-after, and per task.
+Prints greedy accuracy on the mixed held-out set (64 regs + 64 add problems) every 100 steps,
+and per task after training.
 
 Run (from the repository root, one thread):
     OMP_NUM_THREADS=1 python benchmarks/several_teachers.py --out runs/several-teachers
@@ -64,18 +64,21 @@ def main() -> None:
             "after": s["accuracy_after"],
             "after_by_task": per_task(str(out / "final"), cfg),
             "before_by_task": before_by_task,
+            "curve": [(e["step"], e["accuracy"]) for e in s["evals"]],
             "train_seconds": s["train_seconds"],
             "teachers": s.get("teachers"),
         }
         print(label, json.dumps(rows[label]), flush=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
-    print("| teacher(s) | accuracy before | after | regs after | add after |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    steps = [step for step, _ in next(iter(rows.values()))["curve"]]
+    print(
+        "| teacher(s) | " + " | ".join(f"step {s}" for s in steps) + " | regs after | add after |"
+    )
+    print("| --- |" + " ---: |" * (len(steps) + 2))
     for label, r in rows.items():
         t = r["after_by_task"]
-        print(
-            f"| {label} | {r['before']:.3f} | {r['after']:.3f} | {t['regs']:.3f} | {t['add']:.3f} |"
-        )
+        accs = " | ".join(f"{a:.3f}" for _, a in r["curve"])
+        print(f"| {label} | {accs} | {t['regs']:.3f} | {t['add']:.3f} |")
 
 
 if __name__ == "__main__":
