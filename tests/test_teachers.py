@@ -142,6 +142,21 @@ def test_routed_run_logs_each_teachers_metrics(zoo, tmp_path):
     assert saved.teachers == TWO and saved.teacher == "teacher"
 
 
+def test_routed_run_resumes_exactly(zoo, tmp_path):
+    """A routed run stopped after step 1 and resumed ends as one that never stopped: the same
+    step metrics (per teacher included) and the same per-teacher totals in summary.json."""
+    whole = train(config(tmp_path, "whole", teachers=TWO, max_steps=3))
+    train(config(tmp_path, "split", teachers=TWO, max_steps=1))
+    split = train(config(tmp_path, "split", teachers=TWO, max_steps=3, resume="auto"))
+
+    def steps(name):
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows if "loss" in r]
+
+    assert steps("whole") == steps("split") and len(steps("whole")) == 3
+    assert whole["teachers"] == split["teachers"]
+
+
 def test_mix_logprobs_and_weights_by_hand():
     lp1, lp2 = torch.tensor([[-0.1, -2.0, 0.0]]), torch.tensor([[-1.5, -0.2, 0.0]])
     mask = torch.tensor([[True, True, False]])
