@@ -49,7 +49,9 @@ class TrainConfig:
         default_factory=list,
         metadata={"help": "teachers, mixture: one weight >= 0 per teacher (default: equal)"},
     )
-    task: str = _f("regs", "built-in task the prompts come from")
+    task: str = _f(
+        "regs", "built-in task the prompts come from: regs | add | loop, or a mix: regs+add"
+    )
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
