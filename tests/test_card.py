@@ -91,3 +91,34 @@ def test_card_on_the_zoo_writes_a_config_that_trains(tmp_path, capsys, monkeypat
 
     cfg = load_config(out / "card.yaml", [f"out={tmp_path / 'run'}"])
     assert cfg.drift_k == rec["keys"]["drift_k"] and cfg.student == "student-cross"
+
+
+def test_gradient_checkpointing_turns_on_by_itself_past_the_activation_budget():
+    from types import SimpleNamespace
+
+    from pruneopd.config import TrainConfig
+    from pruneopd.models import load_model
+    from pruneopd.training.pair import activation_bytes, checkpointing_note
+
+    small = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=2)
+    assert activation_bytes(small, samples=10, seq_len=100) == 10 * 100 * 2 * (24 + 32) * 4
+    smol = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=15)
+    assert activation_bytes(smol, 16, 356) / 1e9 == pytest.approx(3.28, abs=0.01)
+    student = load_model("student-cross")
+    need = activation_bytes(student.config, 32, 200)
+    cfg = TrainConfig(activation_memory_gb=need / 1e9 * 1.01)
+    assert (
+        checkpointing_note(cfg, student, 32, 200) is None
+        and not student.is_activation_checkpointing
+    )
+    cfg = TrainConfig(activation_memory_gb=need / 1e9 * 0.99)
+    assert "gradient checkpointing on: the student's activations for 32 samples x 200" in (
+        checkpointing_note(cfg, student, 32, 200)
+    )
+    assert student.is_activation_checkpointing
+    assert (
+        checkpointing_note(
+            TrainConfig(activation_memory_gb=0), load_model("student-cross"), 10**6, 10**6
+        )
+        is None
+    )

@@ -170,7 +170,8 @@ def score_and_weigh(run: Run, batch: Batch) -> Weighed:
     eff_len_all_B = run.d.gather(tw.eff_len_B)  # the budget sees the global batch
     texts = [decode_response(run.tok, x) for x in r.responses]
     rewards = [run.task.check(p, t) for p, t in zip(mine, texts, strict=True)]
-    mw = run.method.weigh(tw, mask_BT, rewards)
+    logratio_BT = scores.token_logprobs_BT - r.student_logprobs_BT().to(device)  # a_t
+    mw = run.method.weigh(tw, mask_BT, rewards, logratio_BT)
     seconds = time.perf_counter() - t0 + (batch.pruner.seconds if batch.pruner else 0.0)
     return Weighed(
         mask_BT, tokens_BT, cand_BTK, scores, tw, mw, eff_len_all_B, rewards, seconds, judged
@@ -280,6 +281,8 @@ def metrics_phase(run: Run, step: int, batch: Batch, w: Weighed, upd: Update) ->
         m["gate_rate"] = d.sum([float(mw.tail_BT.sum())])[0] / max(1, m["tokens_generated"])
     if w.judged is not None:  # per teacher: overlap, drift rate, reward, tokens
         m.update(run.panel.metrics(w.judged, w.mask_BT, w.rewards, d))
+    if mw.audit:  # what the method learns from, over the global batch
+        m.update(zip(mw.audit, d.sum(list(mw.audit.values())), strict=True))
     m.update(run.method.learn(step, w.eff_len_all_B, m))  # next_cap (and prune's hit_ratio)
     return m
 
