@@ -182,12 +182,16 @@ def setup_run(c: Checked) -> Prepared:
     method = build_method(cfg, world=d.world)
     drift = DriftSettings.from_config(cfg)
     longest_response = max(cfg.max_len, cfg.prefix_len, cfg.prefix_len_end)
-    kw = engines.engine_settings(
-        cfg, device=c.device, world=d.world, max_model_len=c.longest_prompt + longest_response + 1
+    where = dict(
+        device=c.device, world=d.world, max_model_len=c.longest_prompt + longest_response + 1
     )
-    sampler = engines.build_sampler(cfg, student, c.tok, **kw)
-    panel = build_panel(cfg, c.teacher, c.tok, **kw) if cfg.teachers else None
-    teacher = panel or engines.build_teacher(cfg, c.teacher, c.tok, **kw)
+    panel = None
+    if cfg.teachers:  # several teachers, each on its own engine, behind one `Panel`
+        kw = engines.engine_settings(cfg, **where)
+        sampler = engines.build_sampler(cfg, student, c.tok, **kw)
+        teacher = panel = build_panel(cfg, c.teacher, c.tok, **kw)
+    else:
+        sampler, teacher = engines.build(cfg, student, c.teacher, c.tok, **where)
     if d.main:
         print(engines.describe(cfg, sampler), file=sys.stderr)
     eval_drift = DriftCheck(teacher, cfg.topk, drift) if teacher.model is not None else None
