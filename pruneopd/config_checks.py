@@ -208,6 +208,9 @@ def validate(c: TrainConfig) -> None:
     _need(c.lora_r >= 0, "lora_r", c.lora_r, "must be >= 0 (0 = off: every weight trains)")
     if c.lora_r:
         _lora(c)
+    from pruneopd.teacher_entries import validate_teachers
+
+    validate_teachers(c)
     if c.online_pruning or c.reliable_prefix_only:
         _need(
             c.method == "prune",

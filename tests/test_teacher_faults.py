@@ -223,6 +223,8 @@ def assert_same_run(a, b):
 
 def assert_one_line_stop(code, err, status, *needles):
     assert code == status, err
+    config, err = err.split("\n", 1)  # the start-up line saying which config applied
+    assert config.startswith("pruneopd: config: the zoo's prune-same preset")
     start, err = err.split("\n", 1)  # the start-up line naming the engines, then the stop
     assert start.startswith("pruneopd: sampling: ") and "; scoring: vllm server at " in start
     assert err.endswith("\n") and err.count("\n") == 1, f"expected one line, got:\n{err}"
