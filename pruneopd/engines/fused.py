@@ -11,9 +11,13 @@ SiLU * up, the down projection added in place.
 
 `FusedDecoder.sample_steps` goes further: a block of tokens per call (the pick from the
 logits with the caller's uniforms, the log-prob and top-k, the decode step), with the samples
-in groups of `SAMPLE_GROUP` that each run all the block's steps before the next group starts,
-so a group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e).
-`rollout.sample` uses it on this engine.
+in groups that each run all the block's steps before the next group starts. `plan_sampling`
+picks the groups from what each step streams from memory: on a model whose weights fit the
+CPU caches (the zoo's, a few MB), groups of `SAMPLE_GROUP` spread over the threads, so a
+group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e); on one
+whose weights do not (a real model, hundreds of MB), one group of every sample with each
+step split over the threads, so every weight is read once per step, not once per group
+(docs/benchmarks.md 9). `rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -38,6 +42,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +55,9 @@ _SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp", _CSRC / 
 # samples per group in `FusedDecoder.sample_steps`: a group runs all its steps of a call
 # before the next group starts, so its KV cache stays in the CPU caches between tokens
 SAMPLE_GROUP = 4
+# weights up to this size stay in the CPU caches (L2 + a share of L3) from one group's step to
+# the next: the zoo's models (<= 4 MB) do, a real model (>= 100 MB) is streamed from memory
+CACHED_WEIGHT_BYTES = 32 << 20
 _EXT = None  # the loaded extension module
 _ERROR: str | None = None  # why it could not be loaded, once tried
 _NOTED = False  # whether available() has said why
@@ -167,6 +175,50 @@ def supported(model) -> bool:
     return plain and p.dtype == torch.float32 and p.device.type == "cpu"
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How `sample_steps` runs A samples: groups of `group` rows, spread over the threads
+    (split False) or one after the other with each step split over them (split True)."""
+
+    group: int
+    split: bool
+    why: str
+
+
+def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int) -> Plan:
+    """The groups of A samples on `threads` threads, from the bytes one decode step reads: the
+    weights (every projection and the head, once per group) and one sample's KV cache at full
+    length.
+
+    Spread groups of SAMPLE_GROUP re-read the weights once per group (from the CPU caches when
+    they fit: no memory traffic) and keep each group's KV cache in the CPU caches, on
+    min(groups, threads) threads; one split group reads the weights once and every sample's KV
+    cache from memory, on all threads. The smaller (bytes from memory / threads used) wins;
+    spread on a tie (the zoo's models, whose sampled tokens the golden runs pin)."""
+    kv_all = A * kv_bytes_per_sample
+    cached = weight_bytes <= CACHED_WEIGHT_BYTES
+    n_groups = -(-A // SAMPLE_GROUP)
+    threads = max(1, threads)
+    spread = (0 if cached else n_groups * weight_bytes) / min(n_groups, threads)
+    split = ((0 if cached else weight_bytes) + kv_all) / threads
+    mb = 1 << 20
+    if spread <= split:
+        where = "stay in the CPU caches" if cached else f"read by each of {n_groups} groups"
+        return Plan(
+            SAMPLE_GROUP,
+            False,
+            f"weights {weight_bytes / mb:.0f} MB {where}; each group's KV cache "
+            f"({SAMPLE_GROUP * kv_bytes_per_sample / mb:.1f} MB) stays cached between tokens",
+        )
+    return Plan(
+        A,
+        True,
+        f"weights {weight_bytes / mb:.0f} MB streamed from memory: read once per step for all "
+        f"{A} samples on {threads} threads ({split / mb:.0f} MB per thread with the KV cache; "
+        f"groups of {SAMPLE_GROUP}: {spread / mb:.0f} MB)",
+    )
+
+
 class FusedDecoder(decode.LeanDecoder):
     """LeanDecoder whose one-token `step` is one call into the compiled extension."""
 
@@ -196,6 +248,15 @@ class FusedDecoder(decode.LeanDecoder):
             self.weights.append(self.dec.norm.weight.detach())
         self.scale = float(self.dec.layers[0].self_attn.scaling)
         self.cos_SD, self.sin_SD = self.cos_SD.contiguous(), self.sin_SD.contiguous()
+        head = self.model.get_output_embeddings().weight
+        self.weight_bytes = sum(w.numel() * w.element_size() for w in [*self.weights, head])
+        # one sample's KV cache at full length, every layer
+        self.kv_bytes_per_sample = 2 * self.K[:, 0].numel() * self.K.element_size()
+
+    def plan(self) -> Plan:
+        """`plan_sampling` for this model and its current samples."""
+        A, threads = self.K.shape[1], torch.get_num_threads()
+        return plan_sampling(self.weight_bytes, self.kv_bytes_per_sample, A, threads)
 
     def select(self, keep_A: torch.Tensor) -> None:
         super().select(keep_A)
@@ -257,7 +318,7 @@ class FusedDecoder(decode.LeanDecoder):
         topk: int,
         eos_id: int | tuple[int, ...],
         decode_last: bool,
-        group: int | None = None,
+        plan: Plan | None = None,
     ):
         """n tokens per sample in one call into the extension, from the logits [A, V] of
         response position t: each step picks a token (argmax at temperature 0, else the
@@ -265,8 +326,9 @@ class FusedDecoder(decode.LeanDecoder):
         records its temperature-1 log-prob and top-k ids, and decodes it (a sample stops at
         eos_id; the last step decodes only with decode_last). Returns (tokens [A, n],
         log-probs [A, n], top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits
-        [A, V] after the last decode). The samples run in groups of `group` rows, each group all n steps at
-        once (csrc/sample_loop.cpp)."""
+        [A, V] after the last decode). The samples run as `plan` says (default: `self.plan()`),
+        each group all n steps at once (csrc/sample_loop.cpp)."""
+        plan = plan or self.plan()
         head = self.model.get_output_embeddings()
         u = torch.empty(0) if uniforms_An is None else uniforms_An
         return self.ext.sample_steps(
@@ -288,7 +350,8 @@ class FusedDecoder(decode.LeanDecoder):
             topk,
             stop_id_list(eos_id),
             decode_last,
-            group or SAMPLE_GROUP,
+            plan.group,
+            plan.split,
             self.n_heads,
             self.n_kv,
             self.eps,
