@@ -94,8 +94,10 @@ def main() -> None:
             k = names[(i + j) % len(names)]
             t0 = time.perf_counter()
             outs[k] = fns[k]()
+            s = time.perf_counter() - t0
+            print(f"  round {i}{' (warm-up)' if not i else ''}: {k} {s:.2f} s", flush=True)
             if i:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(s)
     B = len(prompts)
     params = sum(x.numel() for x in model.parameters()) / 1e6
     print(f"{name}: {params:.0f}M parameters, {B} samples x {n} tokens, {args.threads} threads")

@@ -295,7 +295,9 @@ def test_every_sampling_plan_gives_the_lean_engines_tokens(plan, monkeypatch):
 def test_plan_follows_what_is_streamed():
     """Weights that fit the caches (the zoo's): spread groups of 4 at any batch, so the zoo's
     tokens are unchanged; weights streamed from memory (SmolLM2's 81M student: 324 MB, 23 KB
-    of KV cache per slot): one split group at 8 and 32 samples and at 512 tokens."""
+    of KV cache per slot): one group per thread at 8 and 32 samples and up to 600 slots, one
+    split group for fewer samples than threads, groups of 4 again once the KV cache outweighs
+    the weights."""
     mb = 1 << 20
 
     def plan(*a):
@@ -304,12 +306,13 @@ def test_plan_follows_what_is_streamed():
 
     for A in (1, 4, 8, 32, 64):
         assert plan(3 * mb, 70 * mb // 32, A, 2) == (4, False)
-    for A in (1, 4, 8, 32):
+    for A in (2, 8, 32):
         for slots in (128, 256, 600):
-            assert plan(324 * mb, 23040 * slots, A, 2) == (A, True)
-    assert plan(324 * mb, 23040 * 300, 32, 1) == (32, True)
-    # a mid-size model with a huge KV cache per sample: spread groups stream less
-    assert plan(40 * mb, 400 * mb, 32, 2) == (4, False)
+            assert plan(324 * mb, 23040 * slots, A, 2) == (A // 2, False)
+    assert plan(324 * mb, 23040 * 300, 1, 2) == (1, True)
+    assert plan(324 * mb, 23040 * 300, 32, 1) == (32, False)
+    # a mid-size model with a huge KV cache per sample: groups of 4 keep theirs cached
+    assert plan(40 * mb, 8 * mb, 32, 2) == (4, False)
 
 
 def test_the_engine_is_said_once(capsys):
@@ -322,5 +325,5 @@ def test_the_engine_is_said_once(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("pruneopd: sampling 4 samples on the fused engine, groups of 4")
-    assert "stay in the CPU caches" in lines[0]
+    assert "they stay in the CPU caches" in lines[0]
     assert lines[1].startswith("pruneopd: sampling 4 samples on the lean engine")

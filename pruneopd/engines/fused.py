@@ -15,9 +15,8 @@ in groups that each run all the block's steps before the next group starts. `pla
 picks the groups from what each step streams from memory: on a model whose weights fit the
 CPU caches (the zoo's, a few MB), groups of `SAMPLE_GROUP` spread over the threads, so a
 group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e); on one
-whose weights do not (a real model, hundreds of MB), one group of every sample with each
-step split over the threads, so every weight is read once per step, not once per group
-(docs/benchmarks.md 9). `rollout.sample` uses it on this engine.
+whose weights do not (a real model, hundreds of MB), one group per thread, so each thread
+reads every weight once per step, not once per group of 4 (docs/benchmarks.md 9). `rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -186,36 +185,56 @@ class Plan:
 
 
 def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int) -> Plan:
-    """The groups of A samples on `threads` threads, from the bytes one decode step reads: the
-    weights (every projection and the head, once per group) and one sample's KV cache at full
-    length.
+    """The groups of A samples on `threads` threads, from the bytes one decode step streams
+    from memory: the weights (every projection and the head, read once per group: free while
+    they fit the CPU caches) and the KV cache (one sample's at full length, every layer: free
+    while a group's fits the caches, kept there between the group's tokens).
 
-    Spread groups of SAMPLE_GROUP re-read the weights once per group (from the CPU caches when
-    they fit: no memory traffic) and keep each group's KV cache in the CPU caches, on
-    min(groups, threads) threads; one split group reads the weights once and every sample's KV
-    cache from memory, on all threads. The smaller (bytes from memory / threads used) wins;
-    spread on a tie (the zoo's models, whose sampled tokens the golden runs pin)."""
-    kv_all = A * kv_bytes_per_sample
-    cached = weight_bytes <= CACHED_WEIGHT_BYTES
-    n_groups = -(-A // SAMPLE_GROUP)
-    threads = max(1, threads)
-    spread = (0 if cached else n_groups * weight_bytes) / min(n_groups, threads)
-    split = ((0 if cached else weight_bytes) + kv_all) / threads
+    Candidates, each spread over the threads (a thread runs its groups all n steps at once,
+    with no synchronisation between threads inside a block):
+    - groups of SAMPLE_GROUP (the zoo's models: their tokens are pinned by the golden runs,
+      and this wins any tie);
+    - one group per thread (ceil(A / threads) samples): each thread reads every weight once
+      per step.
+    With fewer samples than threads, one split group (each step's columns, attention units and
+    picks shared by the threads) when the weights are streamed. Measured on the SmolLM2
+    student under load (docs/benchmarks.md 9): one group per thread 1.6-2x one split group,
+    which waits at ~80 barriers per step for threads the other processes hold."""
     mb = 1 << 20
-    if spread <= split:
-        where = "stay in the CPU caches" if cached else f"read by each of {n_groups} groups"
+    threads = max(1, threads)
+    cached = weight_bytes <= CACHED_WEIGHT_BYTES
+
+    def streamed(group: int) -> int:
+        """Bytes from memory per step of the busiest thread."""
+        n_groups = -(-A // group)
+        per_thread = -(-n_groups // threads)
+        weights = 0 if cached else per_thread * weight_bytes
+        kv = group * kv_bytes_per_sample
+        return weights + per_thread * (0 if kv <= CACHED_WEIGHT_BYTES else kv)
+
+    if not cached and A < threads:
+        return Plan(
+            A,
+            True,
+            f"weights {weight_bytes / mb:.0f} MB streamed from memory and {A} sample(s) for "
+            f"{threads} threads: each step split over the threads",
+        )
+    per_thread = -(-A // threads)
+    small, large = streamed(SAMPLE_GROUP), streamed(per_thread)
+    if small < large or (small == large and cached):
         return Plan(
             SAMPLE_GROUP,
             False,
-            f"weights {weight_bytes / mb:.0f} MB {where}; each group's KV cache "
-            f"({SAMPLE_GROUP * kv_bytes_per_sample / mb:.1f} MB) stays cached between tokens",
+            f"weights {weight_bytes / mb:.0f} MB"
+            f"{' (they stay in the CPU caches)' if cached else ''}: groups of {SAMPLE_GROUP} "
+            f"stream {small / mb:.0f} MB per step and thread, one group per thread {large / mb:.0f} MB",
         )
     return Plan(
-        A,
-        True,
-        f"weights {weight_bytes / mb:.0f} MB streamed from memory: read once per step for all "
-        f"{A} samples on {threads} threads ({split / mb:.0f} MB per thread with the KV cache; "
-        f"groups of {SAMPLE_GROUP}: {spread / mb:.0f} MB)",
+        per_thread,
+        False,
+        f"weights {weight_bytes / mb:.0f} MB streamed from memory: one group per thread "
+        f"streams {large / mb:.0f} MB per step and thread, groups of {SAMPLE_GROUP} "
+        f"{small / mb:.0f} MB",
     )
 
 
