@@ -138,10 +138,10 @@ def cmd_train(args) -> None:
     if args.help_config:
         print(describe())
         return
-    path = args.config or _default_config()
+    path, origin = _config_path(args.config, args.overrides)
     cfg = load_config(path, args.overrides)
     if args.check:
-        s = train(cfg, dry_run=True)
+        s = train(cfg, dry_run=True, origin=origin)
         where = f"resumes from {s['resume_from']}" if s["resume_from"] else "starts fresh"
         print(f"config, models and run directory are valid; the run {where} in {cfg.out}")
         return
@@ -149,7 +149,7 @@ def cmd_train(args) -> None:
 
     finished = False
     try:
-        s = train(cfg)
+        s = train(cfg, origin=origin)
         finished = True
     finally:
         shutdown(finished)
@@ -214,8 +214,88 @@ def cmd_real_build(args) -> None:
     print(json.dumps(res, indent=2))
 
 
+def cmd_real_task(args) -> None:
+    from pruneopd.tools.real import default_out
+    from pruneopd.tools.real_task import write_task
+
+    out = Path(args.out) if args.out else default_out() / "sums"
+    print(json.dumps(write_task(out, n_train=args.train, seed=args.seed), indent=2))
+
+
+TUNE_DEFAULTS = {"teacher": (400, 0.6), "student": (100, 0.0)}  # steps, dev-accuracy target
+
+
+def cmd_real_tune(args) -> None:
+    from pruneopd.models import set_threads
+    from pruneopd.tools.real import default_out
+    from pruneopd.tools.real_tune import tune
+
+    real = Path(args.real) if args.real else default_out()
+    data = real / "sums"
+    for f in (real / args.role / "config.json", data / "train.jsonl", data / "dev.jsonl"):
+        if not f.exists():
+            _die(f"{f} does not exist: run `pruneopd real build` and `pruneopd real task` first")
+    steps, target = TUNE_DEFAULTS[args.role]
+    set_threads()
+    res = tune(
+        real / args.role,
+        data / "train.jsonl",
+        data / "dev.jsonl",
+        real / f"{args.role}-sums",
+        steps=args.steps or steps,
+        lr=args.lr,
+        batch_size=args.batch,
+        eval_every=args.eval_every,
+        target=target if args.target is None else args.target,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(res, indent=2))
+
+
 def _default_config() -> Path:
     return Path(__file__).parent / "configs" / "prune-same.yaml"
+
+
+def _own_pair(overrides: list[str]) -> str | None:
+    """The first student= / teacher= override that is not a zoo name, else None."""
+    from pruneopd.models import ZOO_NAMES, zoo_dir
+
+    for item in overrides:
+        key, _, value = (x.strip() for x in item.partition("="))
+        if key not in ("student", "teacher") or value in ZOO_NAMES:
+            continue
+        if Path(value).expanduser().exists() or not (zoo_dir() / value).is_dir():
+            return item  # a folder of the user's (not a zoo name such as long/teacher)
+    return None
+
+
+def _config_path(config: str | None, overrides: list[str]) -> tuple[Path | None, str]:
+    """The YAML a run starts from and the start-up line that says so: --config, else the
+    prune-same preset for the zoo, else (a student or teacher of your own) no file: the
+    documented defaults of `pruneopd train --help-config`."""
+    said = f" + {len(overrides)} override{'s' * (len(overrides) != 1)}" if overrides else ""
+    if config:
+        path, line = Path(config), f"config: {config}{said}"
+    elif (mine := _own_pair(overrides)) is None:
+        path = _default_config()
+        line = f"config: the zoo's prune-same preset ({path.name}){said}"
+    else:
+        path = None
+        line = (
+            f"config: your own pair ({mine}): pruneopd's defaults (pruneopd train --help-config)"
+            f"{said}; `pruneopd card` measures the pair and recommends its monitor and budget"
+        )
+    return path, f"pruneopd: {line}"
+
+
+def cmd_card(args) -> None:
+    from pruneopd.tools.card import run_card, summary_lines
+
+    path, origin = _config_path(args.config, args.overrides)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    result = run_card(args.overrides, path, args.n, args.out, log=log, origin=origin)
+    for line in summary_lines(result, args.out):
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,6 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="replace OUT if it is not empty")
     g.set_defaults(fn=cmd_import_gguf)
 
+    c = sub.add_parser(
+        "card", help="measure a pair; recommend its monitor and budget (student=... teacher=...)"
+    )
+    c.add_argument("--config", help="YAML config (default: as `pruneopd train` picks it)")
+    c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    c.add_argument("--n", type=int, default=64, help="held-out problems to sample (default 64)")
+    c.add_argument("--out", default="runs/card", help="output folder (default runs/card)")
+    c.set_defaults(fn=cmd_card)
+
     rl = sub.add_parser("real", help="the real pair: a GGUF teacher and its depth-pruned student")
     rls = rl.add_subparsers(dest="real_command", metavar="REAL_COMMAND", parser_class=_Parser)
     rls.required = True
@@ -354,6 +443,24 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--out", help="output folder (default: ~/.cache/pruneopd/real)")
     rb.add_argument("--force", action="store_true", help="rebuild folders already complete")
     rb.set_defaults(fn=cmd_real_build)
+    rt = rls.add_parser("task", help="write the running-sums task (train/dev/test JSONL)")
+    rt.add_argument("--out", help="output folder (default: ~/.cache/pruneopd/real/sums)")
+    rt.add_argument("--train", type=int, default=4000, help="training problems")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.set_defaults(fn=cmd_real_task)
+    ru = rls.add_parser(
+        "tune", help="fine-tune the real teacher or warm up the student on the sums task"
+    )
+    ru.add_argument("role", choices=("teacher", "student"))
+    ru.add_argument("--real", help="the real pair's folder (default: ~/.cache/pruneopd/real)")
+    ru.add_argument("--steps", type=int, help="teacher 400 (stops at the target), student 100")
+    ru.add_argument("--lr", type=float, default=1e-4)
+    ru.add_argument("--batch", type=int, default=8)
+    ru.add_argument("--eval-every", type=int, default=25)
+    ru.add_argument(
+        "--target", type=float, help="stop once dev accuracy reaches it (teacher 0.6, student off)"
+    )
+    ru.set_defaults(fn=cmd_real_tune)
     return p
 
 

@@ -32,6 +32,11 @@ class TrainConfig:
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
+    activation_memory_gb: float = _f(
+        1.0,
+        "turn gradient checkpointing on by itself when the student's activations for a step "
+        "(samples x (longest prompt + max_len) tokens) would exceed this many GB (0 = never)",
+    )
     parallel: str = _f("ddp", "under torchrun: ddp (replicated student) | fsdp (FSDP2 shards)")
     difficulty: int = _f(0, "task difficulty (number of steps); 0 = the task's default")
     data: str = _f("", "JSONL/Parquet prompts with answers (replaces task); see pruneopd/data.py")
@@ -67,7 +72,12 @@ class TrainConfig:
     warmup_steps: int = _f(5, "linear learning-rate warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     grad_clip: float = _f(1.0, "max gradient norm (0 = off)")
-    loss_chunk: int = _f(4096, "tokens per chunk in the loss (bounds [tokens, V] memory)")
+    loss_chunk: int = _f(
+        0,
+        "tokens per chunk in the loss (bounds [tokens, V] memory); 0 = from the vocabulary: "
+        "the largest power of two <= 4096 whose [chunk, V] float32 logits fit in 128 MiB "
+        "(4096 for the zoo, 512 for a 49k vocabulary)",
+    )
     # ---- drift monitor (method.md) --------------------------------------------------
     topk: int = _f(16, "K of the topk_rkl candidates (and of the teacher's top-K scores)")
     drift_k: int = _f(0, "K of the drift monitor's top-K overlap (0 = same as topk)")
@@ -248,11 +258,11 @@ def validate(c: TrainConfig) -> None:
         "patience",
         "prefix_len",
         "chunk_size",
-        "loss_chunk",
     ):
         _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
     _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
     for key in (
+        "loss_chunk",
         "drift_k",
         "warmup_steps",
         "eval_every",
@@ -278,6 +288,9 @@ def validate(c: TrainConfig) -> None:
     _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
     _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
     _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
+    _need(
+        c.activation_memory_gb >= 0, "activation_memory_gb", c.activation_memory_gb, "must be >= 0"
+    )
     _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
     _need(
         c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"),

@@ -170,6 +170,8 @@ def test_tiny_qwen3_trains_from_a_data_file(qwen_pair, tmp_path, capsys, monkeyp
             "progress=false",
             "max_len=32",
             "init_len=32",
+            "min_len=16",
+            "prompts_per_step=8",
         ],
         capsys,
     )
@@ -277,7 +279,7 @@ def test_padless_tokenizer_pads_with_eos_and_says_so(qwen_pair, tmp_path, capsys
     assert code == 0 and note in cap.err, cap.err
     code, cap = run_main(argv, capsys)
     assert code == 0, cap.err
-    assert [x for x in cap.err.splitlines() if "pad" in x] == [
+    assert [x for x in cap.err.splitlines() if "pad token" in x] == [
         f"pruneopd: note: {note}; padded positions are masked"
     ]
     assert (out / "final" / "model.safetensors").exists()

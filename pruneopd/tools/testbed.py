@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from pruneopd.engines.rollout import sample
 from pruneopd.engines.scoring import score_responses
 from pruneopd.method.drift import reliability_weights, topk_overlap_from_ids
 from pruneopd.method.weighing import DriftSettings, weigh_tokens
-from pruneopd.tokenizer import prompt_ids
+from pruneopd.tokenizer import prompt_ids, stop_ids
 from pruneopd.tools.bench_results import position_curves  # noqa: F401  (also this module's)
 
 
@@ -78,6 +79,21 @@ SWEEP_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SWEEP_W_DROPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
+def sweep_settings(s_BTK, t_BTK, mask_BT, ks=SWEEP_KS, taus=SWEEP_TAUS, w_drops=SWEEP_W_DROPS):
+    """Every monitor setting (K, tau, w_drop) applied to these samples: yields
+    (k, tau, w_drop, event_rate, effective_len_B)."""
+    for k in ks:
+        if k > s_BTK.shape[-1]:
+            continue
+        overlap_BT = topk_overlap_from_ids(s_BTK[..., :k], t_BTK[..., :k])
+        for tau in taus:
+            events_BT = (overlap_BT < tau) & mask_BT
+            rate = float(events_BT[mask_BT].double().mean())
+            for w in w_drops:
+                _, _, eff_B = reliability_weights(events_BT, mask_BT, w, 0.0)
+                yield k, tau, w, rate, eff_B
+
+
 def monitor_sweep(
     s_BTK: torch.Tensor,
     t_BTK: torch.Tensor,
@@ -92,27 +108,19 @@ def monitor_sweep(
     released budget rule (h_min 0.1) holds the cap: about a tenth of the samples must still be
     reliable at the cap for it to grow."""
     rows = []
-    for k in ks:
-        if k > s_BTK.shape[-1]:
-            continue
-        overlap_BT = topk_overlap_from_ids(s_BTK[..., :k], t_BTK[..., :k])
-        for tau in taus:
-            events_BT = (overlap_BT < tau) & mask_BT
-            rate = float(events_BT[mask_BT].double().mean())
-            for w in w_drops:
-                _, _, eff_B = reliability_weights(events_BT, mask_BT, w, 0.0)
-                q = torch.quantile(eff_B.double(), torch.tensor([0.5, 0.9], dtype=torch.float64))
-                rows.append(
-                    {
-                        "k": k,
-                        "tau": tau,
-                        "w_drop": w,
-                        "event_rate": round(rate, 5),
-                        "share_run_out": float((eff_B < mask_BT.sum(-1)).double().mean()),
-                        "eff_len_median": float(q[0]),
-                        "eff_len_p90": float(q[1]),
-                    }
-                )
+    for k, tau, w, rate, eff_B in sweep_settings(s_BTK, t_BTK, mask_BT, ks, taus, w_drops):
+        q = torch.quantile(eff_B.double(), torch.tensor([0.5, 0.9], dtype=torch.float64))
+        rows.append(
+            {
+                "k": k,
+                "tau": tau,
+                "w_drop": w,
+                "event_rate": round(rate, 5),
+                "share_run_out": float((eff_B < mask_BT.sum(-1)).double().mean()),
+                "eff_len_median": float(q[0]),
+                "eff_len_p90": float(q[1]),
+            }
+        )
     return rows
 
 
@@ -160,7 +168,83 @@ def choose_monitor(
     }
 
 
+@dataclass
+class PairSamples:
+    """One T=1 response per problem from the student, scored by the teacher (`sample_pair`)."""
+
+    s_BTK: torch.Tensor  # the student's top-K ids at each response token
+    t_BTK: torch.Tensor  # the teacher's
+    t_logprobs_BTK: torch.Tensor  # the teacher's log-probs of its top-K
+    tokens_BT: torch.Tensor
+    mask_BT: torch.Tensor
+    lengths: list[int]
+    cut: list[bool]  # stopped by the cap
+    correct: list[bool]  # the task's check of each response
+
+
 @torch.inference_mode()
+def sample_pair(
+    student, teacher, tok, task, problems, *, k: int, max_new_tokens: int, seed: int = 0
+) -> PairSamples:
+    """Sample one temperature-1 response per problem from the student (stopping at EOS and
+    the chat template's end of turn) and score it with the teacher, keeping top-`k` lists."""
+    prompts = [prompt_ids(tok, p) for p in problems]
+    gen = torch.Generator().manual_seed(seed)
+    r = sample(
+        student,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos_id=stop_ids(tok),
+        pad_id=tok.pad_token_id,
+        temperature=1.0,
+        generator=gen,
+        topk=k,
+    )
+    scores = score_responses(teacher, prompts, r.responses, k=k, pad_id=tok.pad_token_id)
+    texts = [tok.decode(x, skip_special_tokens=True) for x in r.responses]
+    return PairSamples(
+        s_BTK=r.student_topk_ids_BTK(),
+        t_BTK=scores.topk_ids_BTK,
+        t_logprobs_BTK=scores.topk_logprobs_BTK,
+        tokens_BT=r.response_tokens_BT(tok.pad_token_id),
+        mask_BT=r.response_mask_BT,
+        lengths=[len(x) for x in r.responses],
+        cut=[why == "cap" for why in r.stopped_by],
+        correct=[task.check(p, t) for p, t in zip(problems, texts, strict=True)],
+    )
+
+
+def card_of(ps: PairSamples, *, k: int, tau: float, w_drop: float, bin_size: int = 32) -> dict:
+    """A pair's card from its samples: lengths, per-position top-1 agreement and top-K
+    overlap curves, the drift-event rate and where reliability runs out with the monitor
+    (K, tau, w_drop), and `monitor_sweep` of the other settings on the same samples."""
+    mask_BT = ps.mask_BT
+    sweep = monitor_sweep(ps.s_BTK, ps.t_BTK, mask_BT)
+    s_BTK, t_BTK = ps.s_BTK[..., :k], ps.t_BTK[..., :k]
+    top1_BT = (s_BTK[..., 0] == t_BTK[..., 0]).double()
+    overlap_BT = topk_overlap_from_ids(s_BTK, t_BTK).double()
+    drift = DriftSettings("topk_overlap", k, tau, w_drop, 0.0)  # the run's monitor
+    tw = weigh_tokens(drift, s_BTK, t_BTK, ps.t_logprobs_BTK, ps.tokens_BT, mask_BT)
+    events_BT = tw.events_BT
+    n = len(ps.lengths)
+    return {
+        "k": k,
+        "tau": tau,
+        "w_drop": w_drop,
+        "samples": n,
+        "accuracy_sampled": sum(ps.correct) / n,
+        "lengths": length_stats(ps.lengths),
+        "cut_rate": sum(ps.cut) / n,
+        "top1_agreement": float(top1_BT[mask_BT].mean()),
+        "overlap_mean": float(overlap_BT[mask_BT].mean()),
+        "event_rate": float(events_BT[mask_BT].double().mean()),
+        "top1_curve": position_curves(top1_BT, mask_BT, bin_size),
+        "overlap_curve": position_curves(overlap_BT, mask_BT, bin_size),
+        "reliability": reliability_run_out(events_BT, mask_BT, w_drop),
+        "sweep": sweep,
+    }
+
+
 def pair_card(
     student,
     teacher,
@@ -175,52 +259,12 @@ def pair_card(
     bin_size: int = 32,
     seed: int = 0,
 ) -> dict:
-    """One T=1 response per problem from the student, scored by the teacher: its lengths,
-    per-position top-1 agreement and top-K overlap curves, the drift-event rate and where
-    reliability runs out with the monitor (K, tau, w_drop), and `monitor_sweep` of the other
-    settings on the same samples."""
-    prompts = [prompt_ids(tok, p) for p in problems]
-    gen = torch.Generator().manual_seed(seed)
+    """`card_of` the student's own responses to `problems`, scored by the teacher."""
     kmax = max(k, *SWEEP_KS)
-    r = sample(
-        student,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        eos_id=tok.eos_token_id,
-        pad_id=tok.pad_token_id,
-        temperature=1.0,
-        generator=gen,
-        topk=kmax,
+    ps = sample_pair(
+        student, teacher, tok, task, problems, k=kmax, max_new_tokens=max_new_tokens, seed=seed
     )
-    scores = score_responses(teacher, prompts, r.responses, k=kmax, pad_id=tok.pad_token_id)
-    mask_BT = r.response_mask_BT
-    s_BTK, t_BTK = r.student_topk_ids_BTK(), scores.topk_ids_BTK
-    sweep = monitor_sweep(s_BTK, t_BTK, mask_BT)
-    s_BTK, t_BTK = s_BTK[..., :k], t_BTK[..., :k]
-    top1_BT = (s_BTK[..., 0] == t_BTK[..., 0]).double()
-    overlap_BT = topk_overlap_from_ids(s_BTK, t_BTK).double()
-    tokens_BT = r.response_tokens_BT(tok.pad_token_id)
-    drift = DriftSettings("topk_overlap", k, tau, w_drop, 0.0)  # the run's monitor
-    tw = weigh_tokens(drift, s_BTK, t_BTK, scores.topk_logprobs_BTK, tokens_BT, mask_BT)
-    events_BT = tw.events_BT
-    texts = [tok.decode(x, skip_special_tokens=True) for x in r.responses]
-    return {
-        "k": k,
-        "tau": tau,
-        "w_drop": w_drop,
-        "samples": len(problems),
-        "accuracy_sampled": sum(task.check(p, t) for p, t in zip(problems, texts, strict=True))
-        / len(problems),
-        "lengths": length_stats([len(x) for x in r.responses]),
-        "cut_rate": sum(why == "cap" for why in r.stopped_by) / len(problems),
-        "top1_agreement": float(top1_BT[mask_BT].mean()),
-        "overlap_mean": float(overlap_BT[mask_BT].mean()),
-        "event_rate": float(events_BT[mask_BT].double().mean()),
-        "top1_curve": position_curves(top1_BT, mask_BT, bin_size),
-        "overlap_curve": position_curves(overlap_BT, mask_BT, bin_size),
-        "reliability": reliability_run_out(events_BT, mask_BT, w_drop),
-        "sweep": sweep,
-    }
+    return card_of(ps, k=k, tau=tau, w_drop=w_drop, bin_size=bin_size)
 
 
 def reference_lengths(tok, task, problems, style: str = "terse") -> dict:

@@ -32,6 +32,22 @@ def response_hidden(model, input_ids_BL: torch.Tensor, prompt_lens_B: torch.Tens
     return hidden_BLH.gather(1, src_BT[..., None].expand(-1, -1, hidden_BLH.shape[-1]))
 
 
+LOSS_CHUNK_BYTES = 128 * 2**20  # one [chunk, V] float32 tensor of the loss at most
+MAX_LOSS_CHUNK = 4096
+
+
+def loss_chunk_for(vocab_size: int) -> int:
+    """The default `loss_chunk`: the largest power of two <= 4096 whose `[chunk, V]` float32
+    logits take at most 128 MiB (V = 49,152: 512; the zoo's small vocabularies: 4096). The
+    loss holds a few such tensors at once (logits, their softmax, the gradient; the teacher's
+    too for the full-vocabulary losses), so this bounds the loss's share of a step's memory
+    to well under a gigabyte whatever the tokens per step."""
+    chunk = MAX_LOSS_CHUNK
+    while chunk > 1 and chunk * vocab_size * 4 > LOSS_CHUNK_BYTES:
+        chunk //= 2
+    return chunk
+
+
 def _logprobs_at_chunk(hidden_nH, head_VH, ids_nK):
     logits_nV = (hidden_nH @ head_VH.T).float()
     return logits_nV.gather(-1, ids_nK) - logits_nV.logsumexp(-1, keepdim=True)

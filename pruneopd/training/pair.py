@@ -68,13 +68,46 @@ def train_device(cfg: TrainConfig) -> torch.device:
     return torch.device(name)
 
 
+def _checkpoint_activations(student) -> None:
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
+    (enable or student.gradient_checkpointing_enable)()
+    student.config.use_cache = False
+
+
 def load_student(path: str, cfg: TrainConfig, device: torch.device):
     student = load_model(path, getattr(torch, cfg.dtype)).to(device)
     if cfg.gradient_checkpointing:
-        enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
-        (enable or student.gradient_checkpointing_enable)()
-        student.config.use_cache = False
+        _checkpoint_activations(student)
     return student
+
+
+def activation_bytes(config, samples: int, seq_len: int) -> int:
+    """About what the student's backward keeps of its forward without gradient checkpointing:
+    per token and decoder layer six hidden-size and four intermediate-size float32 vectors
+    (norm inputs, q/k/v/attention outputs, the MLP's gate, up, product). On the SmolLM2 student
+    (15 layers, 576 / 1536) at 16 samples x 356 tokens this is 3.3 GB, what the peak RSS grew
+    by over the weights and optimiser state (benchmarks/real_memory.py)."""
+    hidden = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or 4 * hidden
+    per_token = config.num_hidden_layers * (6 * hidden + 4 * inter) * 4
+    return samples * seq_len * per_token
+
+
+def checkpointing_note(cfg: TrainConfig, student, samples: int, seq_len: int) -> str | None:
+    """Turn gradient checkpointing on when `activation_bytes` of a step (this process's
+    `samples` of at most `seq_len` tokens) exceeds `activation_memory_gb` (0: never by itself);
+    returns the start-up line that says so, else None."""
+    if cfg.gradient_checkpointing or cfg.activation_memory_gb <= 0:
+        return None
+    need = activation_bytes(student.config, samples, seq_len)
+    if need <= cfg.activation_memory_gb * 1e9:
+        return None
+    _checkpoint_activations(student)
+    return (
+        f"pruneopd: note: gradient checkpointing on: the student's activations for {samples} "
+        f"samples x {seq_len} tokens would take ~{need / 1e9:.1f} GB > activation_memory_gb="
+        f"{cfg.activation_memory_gb:g} (activation_memory_gb=0 keeps it off)"
+    )
 
 
 def load_pair(cfg: TrainConfig, tok, device: torch.device):

@@ -30,6 +30,7 @@ from pruneopd.training.checkpoint import load_trainer_state
 from pruneopd.training.evaluate import DriftCheck, reference_cap
 from pruneopd.training.pair import (
     check_context,
+    checkpointing_note,
     load_pair,
     load_student,
     load_task,
@@ -119,6 +120,8 @@ def check_run(cfg: TrainConfig) -> Checked:
     left_pad([prompt_ids(tok, p) for p in (train_problems + test_problems)[:2]], tok.pad_token_id)
     check_context(cfg, {"student": student, "teacher": teacher}, longest_prompt, eval_cap)
     engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
+    longest = longest_prompt + max(cfg.max_len, cfg.prefix_len, cfg.prefix_len_end)
+    checkpointing = checkpointing_note(cfg, student, batch // world, longest)
     return Checked(
         cfg,
         d,
@@ -133,7 +136,7 @@ def check_run(cfg: TrainConfig) -> Checked:
         test_problems,
         eval_cap,
         longest_prompt,
-        [n for n in (getattr(tok, "padding_note", None),) if n],
+        [n for n in (getattr(tok, "padding_note", None), checkpointing) if n],
     )
 
 

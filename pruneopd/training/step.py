@@ -28,7 +28,7 @@ from pruneopd.tasks import Problem, Task
 from pruneopd.tokenizer import decode_response, prompt_ids
 from pruneopd.training import step_metrics
 from pruneopd.training.distributed import Dist, ParallelStudent
-from pruneopd.training.objective import token_losses
+from pruneopd.training.objective import loss_chunk_for, token_losses
 
 
 @dataclass
@@ -187,7 +187,7 @@ def update_phase(run: Run, batch: Batch, w: Weighed) -> Update:
         teacher_token_logprobs_BT=s.token_logprobs_BT,
         teacher_hidden_NH=hidden_NH,
         jsd_beta=cfg.jsd_beta,
-        chunk=cfg.loss_chunk,
+        chunk=cfg.loss_chunk or loss_chunk_for(run.student.config.vocab_size),
         tail_BT=mw.tail_BT,
         advantage_BT=mw.adv_BT,
     )

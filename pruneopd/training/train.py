@@ -63,17 +63,18 @@ def _sample_rows(tok, rollout, tw, scores, cap, n) -> list[dict]:
     return rows
 
 
-def train(cfg, dry_run: bool = False) -> dict:
+def train(cfg, dry_run: bool = False, origin: str = "") -> dict:
     """Run (or resume) one distillation run; returns its summary.
 
     `dry_run` checks everything a run needs (run directory, checkpoint, models, vocabularies,
     prompts against the context window, engines, the method) and returns before writing or
-    computing anything.
+    computing anything. `origin`: a start-up line saying where the config came from (printed
+    with the other start-up lines, after every check).
     """
     set_threads()
     checked = check_run(cfg)
     if checked.d.main:
-        for note in checked.notes:
+        for note in ([origin] if origin else []) + checked.notes:
             print(note, file=sys.stderr)
     if dry_run:
         resume_from = checked.resume_from
