@@ -2,7 +2,8 @@
 
 Every field has help text (`help` metadata). `load_config` reads a YAML file, applies the
 overrides, converts strings to the field's type and validates everything before any
-compute is spent; problems raise `ConfigError` with a message naming the key and value.
+compute is spent (`pruneopd.config_checks.validate`); problems raise `ConfigError` with a
+message naming the key and value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from pruneopd.config_checks import validate
 from pruneopd.errors import ConfigError  # noqa: F401  (this module's interface)
 
 
@@ -57,7 +59,8 @@ class TrainConfig:
     # ---- method ------------------------------------------------------------------------
     method: str = _f(
         "prune",
-        "full | prefix | prefix-adaptive | prune | hybrid (prune + outcome reward on the tail); "
+        "full | prefix | prefix-adaptive | prune | hybrid (prune + outcome reward on the tail) | "
+        "iw-opd (prefix-discrepancy token weights) | window (probe-audited window); "
         "the classes of pruneopd.method",
     )
     loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
@@ -116,6 +119,24 @@ class TrainConfig:
     gate_floor: float = _f(0.0, "hybrid: tokens with w_t <= this get the outcome reward")
     gate_coef: float = _f(1.0, "hybrid: weight of the tail's policy-gradient loss")
     gate_norm: str = _f("std", "hybrid: group advantage (r - mean) / (std + eps) | none: r - mean")
+    # ---- IW-OPD and the probed window (docs/method.md) ------------------------------------
+    iw_gamma: float = _f(
+        0.5,
+        "iw-opd: weight w_t = 1 + iw_gamma * (1 - D_<t / D), D_<t the discrepancy "
+        "|log pi_T - log pi_S| summed before token t, D the sample's total",
+    )
+    iw_eps: float = _f(1e-8, "iw-opd: floor of a sample's total discrepancy D")
+    window_len: int = _f(64, "window: the first window H (response cap of non-probe steps)")
+    window_min: int = _f(32, "window: floor of H")
+    window_step: int = _f(32, "window: tokens H grows or shrinks by after each probe")
+    window_probe_every: int = _f(
+        5, "window: every N-th step samples to max_len and audits the tail (0 = never: H fixed)"
+    )
+    window_tail_share: float = _f(
+        0.2,
+        "window: a probe grows H when more than this share of its OPD signal sum |a_t| lies "
+        "past H, and shrinks it otherwise",
+    )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(
         "lean",
@@ -197,188 +218,6 @@ class TrainConfig:
         if self.drift_metric == "teacher_top_p_accept":
             return self.topk
         return self.drift_k or self.topk
-
-
-PREFIX_SCHEDULES = ("auto", "fixed", "linear", "adaptive")
-LOSSES = ("sampled_rkl", "topk_rkl", "full_rkl", "forward_kl", "jsd")
-DRIFT_METRICS = ("topk_overlap", "teacher_top_p_accept")
-ON_NONFINITE = ("stop", "skip")
-DTYPES = ("float32", "bfloat16", "float16")
-PARALLEL = ("ddp", "fsdp")
-ROLLOUT_ENGINES = ("lean", "vllm")
-TEACHER_ENGINES = ("hf", "vllm")
-
-
-def _need(ok: bool, key: str, value, what: str):
-    if not ok:
-        raise ConfigError(f"config key '{key}' = {value!r}: {what}")
-
-
-def validate(c: TrainConfig) -> None:
-    """Check ranges and choices; raises ConfigError naming the first bad key."""
-    from pruneopd.method import METHODS  # the method classes' registration
-
-    _need(c.method in METHODS, "method", c.method, f"must be one of {', '.join(METHODS)}")
-    _need(c.loss in LOSSES, "loss", c.loss, f"must be one of {', '.join(LOSSES)}")
-    _need(
-        c.drift_metric in DRIFT_METRICS,
-        "drift_metric",
-        c.drift_metric,
-        f"must be one of {', '.join(DRIFT_METRICS)}",
-    )
-    _need(
-        c.prefix_schedule in PREFIX_SCHEDULES,
-        "prefix_schedule",
-        c.prefix_schedule,
-        f"must be one of {', '.join(PREFIX_SCHEDULES)}",
-    )
-    _need(c.gate_norm in ("std", "none"), "gate_norm", c.gate_norm, "must be std or none")
-    _need(0 <= c.gate_floor < 1, "gate_floor", c.gate_floor, "must be in [0, 1)")
-    _need(c.gate_coef >= 0, "gate_coef", c.gate_coef, "must be >= 0")
-    _need(c.prefix_window >= 2, "prefix_window", c.prefix_window, "must be >= 2")
-    _need(c.prefix_step >= 1, "prefix_step", c.prefix_step, "must be >= 1")
-    _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")
-    _need(c.prefix_flat >= 0, "prefix_flat", c.prefix_flat, "must be >= 0")
-    if c.prefix_schedule == "linear":
-        _need(
-            c.prefix_len_end > 0,
-            "prefix_len_end",
-            c.prefix_len_end,
-            "must be > 0 with prefix_schedule=linear",
-        )
-    _need(0 <= c.jsd_beta <= 1, "jsd_beta", c.jsd_beta, "must be in [0, 1]")
-    for key in (
-        "max_steps",
-        "prompts_per_step",
-        "responses_per_prompt",
-        "topk",
-        "max_len",
-        "min_len",
-        "init_len",
-        "patience",
-        "prefix_len",
-        "chunk_size",
-    ):
-        _need(getattr(c, key) >= 1, key, getattr(c, key), "must be >= 1")
-    _need(c.drift_k <= c.topk, "drift_k", c.drift_k, f"must be <= topk ({c.topk})")
-    for key in (
-        "loss_chunk",
-        "drift_k",
-        "warmup_steps",
-        "eval_every",
-        "eval_samples",
-        "eval_batch",
-        "eval_max_len",
-        "log_samples",
-        "budget_step",
-        "budget_margin",
-        "prefix_len_end",
-        "difficulty",
-        "seed",
-    ):
-        _need(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
-    _need(c.eval_problems >= 1, "eval_problems", c.eval_problems, "must be >= 1")
-    _need(c.lr > 0, "lr", c.lr, "must be > 0")
-    _need(c.temperature > 0, "temperature", c.temperature, "must be > 0 for on-policy sampling")
-    _need(0 < c.top_p <= 1, "top_p", c.top_p, "must be in (0, 1]")
-    _need(0 < c.tau <= 1, "tau", c.tau, "must be in (0, 1]")
-    _need(c.w_drop >= 0, "w_drop", c.w_drop, "must be >= 0")
-    _need(c.w_base >= 0, "w_base", c.w_base, "must be >= 0")
-    _need(0 <= c.hit_ratio <= 1, "hit_ratio", c.hit_ratio, "must be in [0, 1]")
-    _need(0 <= c.prune_floor < 1, "prune_floor", c.prune_floor, "must be in [0, 1)")
-    _need(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
-    _need(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 = off)")
-    _need(
-        c.activation_memory_gb >= 0, "activation_memory_gb", c.activation_memory_gb, "must be >= 0"
-    )
-    _need(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {', '.join(DTYPES)}")
-    _need(
-        c.device in ("cpu", "cuda", "auto") or c.device.startswith("cuda:"),
-        "device",
-        c.device,
-        "must be cpu, cuda, cuda:N or auto",
-    )
-    _need(c.parallel in PARALLEL, "parallel", c.parallel, f"must be one of {', '.join(PARALLEL)}")
-    _need(
-        c.on_nonfinite in ON_NONFINITE,
-        "on_nonfinite",
-        c.on_nonfinite,
-        f"must be one of {', '.join(ON_NONFINITE)}",
-    )
-    _need(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
-    _need(c.save_every >= 0, "save_every", c.save_every, "must be >= 0 (0 = only on exit)")
-    _need(bool(c.out.strip()), "out", c.out, "must name a run directory")
-    _need(
-        not (c.resume and c.overwrite),
-        "overwrite",
-        c.overwrite,
-        "cannot be combined with resume (resume continues a run, overwrite deletes it)",
-    )
-    if c.method == "prune":  # the budget's keys: only prune's cap moves (other methods ignore them)
-        _need(c.min_len <= c.max_len, "min_len", c.min_len, f"must be <= max_len ({c.max_len})")
-        _need(
-            c.min_len <= c.init_len <= c.max_len,
-            "init_len",
-            c.init_len,
-            f"must be within [min_len, max_len] = [{c.min_len}, {c.max_len}]",
-        )
-    _need(
-        c.rollout_engine in ROLLOUT_ENGINES,
-        "rollout_engine",
-        c.rollout_engine,
-        f"must be one of {', '.join(ROLLOUT_ENGINES)}",
-    )
-    _need(
-        c.teacher_engine in TEACHER_ENGINES,
-        "teacher_engine",
-        c.teacher_engine,
-        f"must be one of {', '.join(TEACHER_ENGINES)}",
-    )
-    if c.teacher_url:
-        _need(
-            c.teacher_url.startswith(("http://", "https://")),
-            "teacher_url",
-            c.teacher_url,
-            "must be http://HOST:PORT (or https://) of a vLLM server",
-        )
-        _need(
-            c.teacher_engine == "vllm",
-            "teacher_url",
-            c.teacher_url,
-            "needs teacher_engine=vllm (the server is a vLLM engine)",
-        )
-    if c.teacher_engine == "vllm":
-        _need(
-            c.loss in ("sampled_rkl", "topk_rkl"),
-            "loss",
-            c.loss,
-            "full-vocabulary losses need the teacher's whole distribution at every token from "
-            "a forward in the trainer: use topk_rkl or sampled_rkl, or teacher_engine=hf",
-        )
-        _need(
-            not c.online_pruning,
-            "online_pruning",
-            c.online_pruning,
-            "online pruning scores chunks with the hf teacher's KV cache; use teacher_engine=hf "
-            "(rollout_engine=vllm works with it)",
-        )
-    _need(
-        0 < c.teacher_timeout < float("inf"),
-        "teacher_timeout",
-        c.teacher_timeout,
-        "must be a number of seconds > 0",
-    )
-    _need(c.teacher_retries >= 0, "teacher_retries", c.teacher_retries, "must be >= 0")
-    _need(c.teacher_backoff >= 0, "teacher_backoff", c.teacher_backoff, "must be >= 0 seconds")
-    _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
-    _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
-    if c.online_pruning or c.reliable_prefix_only:
-        _need(
-            c.method == "prune",
-            "method",
-            c.method,
-            "online_pruning / reliable_prefix_only are options of method=prune",
-        )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

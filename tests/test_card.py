@@ -108,7 +108,8 @@ def test_gradient_checkpointing_turns_on_by_itself_past_the_activation_budget():
     need = activation_bytes(student.config, 32, 200)
     cfg = TrainConfig(activation_memory_gb=need / 1e9 * 1.01)
     assert (
-        checkpointing_note(cfg, student, 32, 200) is None and not student.is_activation_checkpointing
+        checkpointing_note(cfg, student, 32, 200) is None
+        and not student.is_activation_checkpointing
     )
     cfg = TrainConfig(activation_memory_gb=need / 1e9 * 0.99)
     assert "gradient checkpointing on: the student's activations for 32 samples x 200" in (

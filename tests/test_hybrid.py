@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tiny import tiny_run_config
 
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.method import build_method
@@ -47,7 +48,7 @@ def test_gate_switches_at_the_first_token_with_weight_at_or_below_the_floor():
     )
     none_BT = torch.zeros_like(mask_BT)
     tw = TokenWeights(w_BT, none_BT, w_BT, w_BT + 0.5, mask_BT.sum(-1))
-    mw = build_method(cfg).weigh(tw, mask_BT, [1.0, 0.0])
+    mw = build_method(cfg).weigh(tw, mask_BT, [1.0, 0.0], torch.zeros(mask_BT.shape))
     assert mw.mult_BT[0].tolist() == pytest.approx([1.5, 1.3, 1.1, 2.0, 2.0])
     assert torch.equal(mw.train_mask_BT, mask_BT)
     assert torch.equal(mw.tail_BT, tail_mask(w_BT, mask_BT, 0.5))
@@ -95,29 +96,7 @@ def _rows(out):
 
 
 def _tiny(tmp_path, name, **kw):
-    base = dict(
-        student="student-cross",
-        teacher="teacher",
-        task="regs",
-        difficulty=2,
-        seed=0,
-        max_steps=2,
-        prompts_per_step=2,
-        responses_per_prompt=2,
-        max_len=48,
-        init_len=32,
-        min_len=16,
-        budget_step=8,
-        budget_margin=8,
-        eval_problems=4,
-        eval_every=0,
-        log_samples=1,
-        tensorboard=False,
-        progress=False,
-        out=str(tmp_path / name),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_run_config(tmp_path, name, **{"max_steps": 2, **kw})
 
 
 def test_hybrid_runs_two_steps_with_a_tail_at_full_length(zoo, tmp_path):

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import tiny_run_config
 from transformers import AutoModelForCausalLM
 
 from pruneopd.config import ConfigError, TrainConfig
@@ -36,30 +37,7 @@ METRIC_KEYS = (
 ).split()
 
 
-def tiny(tmp_path, name="run", **kw) -> TrainConfig:
-    base = dict(
-        student="student-cross",
-        teacher="teacher",
-        task="regs",
-        difficulty=2,
-        seed=0,
-        max_steps=1,
-        prompts_per_step=2,
-        responses_per_prompt=2,
-        max_len=48,
-        init_len=32,
-        min_len=16,
-        budget_step=8,
-        budget_margin=8,
-        eval_problems=4,
-        eval_every=0,
-        log_samples=1,
-        tensorboard=False,
-        progress=False,
-        out=str(tmp_path / name),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+tiny = tiny_run_config
 
 
 def step_rows(out) -> list[dict]:
@@ -102,7 +80,7 @@ def multipliers_and_loss(cfg, batch):
     overlap, events = monitor(cfg.drift_metric, s_ids, t_ids, t_lp, tokens, mask, cfg.tau)
     weights, mults, eff = reliability_weights(events, mask, cfg.w_drop, cfg.w_base)
     tw = TokenWeights(overlap, events, weights, mults, eff)
-    mw = build_method(cfg).weigh(tw, mask, [0.0] * mask.shape[0])
+    mw = build_method(cfg).weigh(tw, mask, [0.0] * mask.shape[0], torch.zeros(mask.shape))
     mult, train_mask = mw.mult_BT, mw.train_mask_BT
     return mult, train_mask, masked_token_mean(loss_BT, mult, train_mask)
 

@@ -1,4 +1,5 @@
-"""A tiny random Llama shared by the unit tests (2 layers, hidden 32)."""
+"""Shared by the unit tests: a tiny random Llama (2 layers, hidden 32), and the config of a
+tiny training run on the fast zoo."""
 
 from __future__ import annotations
 
@@ -18,3 +19,33 @@ def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 256) -> Llam
         max_position_embeddings=max_positions,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_run_config(tmp_path, name: str = "run", **kw):
+    """A one-step run on the fast zoo (regs, difficulty 2, 2 x 2 samples, L_max 48) into
+    `tmp_path / name`, with `kw` on top."""
+    from pruneopd.config import TrainConfig
+
+    base = dict(
+        student="student-cross",
+        teacher="teacher",
+        task="regs",
+        difficulty=2,
+        seed=0,
+        max_steps=1,
+        prompts_per_step=2,
+        responses_per_prompt=2,
+        max_len=48,
+        init_len=32,
+        min_len=16,
+        budget_step=8,
+        budget_margin=8,
+        eval_problems=4,
+        eval_every=0,
+        log_samples=1,
+        tensorboard=False,
+        progress=False,
+        out=str(tmp_path / name),
+    )
+    base.update(kw)
+    return TrainConfig(**base)

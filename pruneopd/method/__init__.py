@@ -1,6 +1,6 @@
 """The method: pure tensor functions of Prune-OPD and its baselines (drift monitor,
-reliability weights, budget, losses, the hybrid gate) and the method classes built from the
-config.
+reliability weights, budget, losses, the hybrid gate, IW-OPD's weights, the probed window)
+and the method classes built from the config.
 
 `METHODS` names every method class; `build_method(cfg)` is the one place the config's
 `method` (and prefix OPD's schedule) picks one.
@@ -12,8 +12,10 @@ from pruneopd.method.adaptive_prefix import AdaptivePrefixOPD
 from pruneopd.method.base import Method, MethodWeights
 from pruneopd.method.full_opd import FullOPD
 from pruneopd.method.hybrid import HybridOPD
+from pruneopd.method.iw_opd import IWOPD
 from pruneopd.method.prefix_opd import PrefixOPD, prefix_schedule
 from pruneopd.method.prune_opd import PruneOPD
+from pruneopd.method.window import WindowOPD
 
 METHODS: dict[str, type[Method]] = {
     "full": FullOPD,
@@ -21,6 +23,8 @@ METHODS: dict[str, type[Method]] = {
     "prefix-adaptive": AdaptivePrefixOPD,
     "prune": PruneOPD,
     "hybrid": HybridOPD,
+    "iw-opd": IWOPD,
+    "window": WindowOPD,
 }
 
 

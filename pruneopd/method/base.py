@@ -22,12 +22,15 @@ if TYPE_CHECKING:
 class MethodWeights:
     """The method's say on every token: mult_BT the loss multiplier, train_mask_BT the tokens
     trained; for the hybrid gate also tail_BT (outcome-reward tokens) and adv_BT (their
-    group-relative advantage); None for the other methods."""
+    group-relative advantage); None for the other methods. audit: this process's sums that
+    the method learns from (the window's probe), summed over processes into the step's
+    metrics before `learn`; None when there are none."""
 
     mult_BT: torch.Tensor
     train_mask_BT: torch.Tensor
     tail_BT: torch.Tensor | None = None
     adv_BT: torch.Tensor | None = None
+    audit: dict[str, float] | None = None
 
 
 class Method:
@@ -48,9 +51,17 @@ class Method:
         """The response-length cap of step `step` (0-based)."""
         return self.cfg.max_len
 
-    def weigh(self, tw: TokenWeights, mask_BT: torch.Tensor, rewards: list[float]) -> MethodWeights:
+    def weigh(
+        self,
+        tw: TokenWeights,
+        mask_BT: torch.Tensor,
+        rewards: list[float],
+        logratio_BT: torch.Tensor,
+    ) -> MethodWeights:
         """Every token's multiplier and train mask from the monitor's weights `tw`, the valid
-        tokens `mask_BT` and the samples' outcome rewards."""
+        tokens `mask_BT`, the samples' outcome rewards and the sampled tokens' log-ratios
+        `logratio_BT = log pi_T(y_t) - log pi_S(y_t)` (the sampled-token OPD advantage; the
+        student's log-prob is the rollout's)."""
         return MethodWeights(mask_BT.float(), mask_BT)
 
     def learn(self, step: int, eff_len_all_B: torch.Tensor, metrics: dict) -> dict:

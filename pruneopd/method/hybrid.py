@@ -67,7 +67,7 @@ class HybridOPD(Method):
                 f"responses_per_prompt = {cfg.responses_per_prompt} samples"
             )
 
-    def weigh(self, tw, mask_BT, rewards) -> MethodWeights:
+    def weigh(self, tw, mask_BT, rewards, logratio_BT) -> MethodWeights:
         cfg = self.cfg
         B, T = mask_BT.shape
         tail_BT = tail_mask(tw.weights_BT, mask_BT, cfg.gate_floor)

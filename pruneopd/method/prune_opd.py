@@ -28,7 +28,7 @@ class PruneOPD(Method):
     def cap(self, step: int) -> int:
         return self.budget.length
 
-    def weigh(self, tw, mask_BT, rewards) -> MethodWeights:
+    def weigh(self, tw, mask_BT, rewards, logratio_BT) -> MethodWeights:
         train_mask_BT = mask_BT & (tw.weights_BT > 0) if self.cfg.reliable_prefix_only else mask_BT
         return MethodWeights(tw.multipliers_BT, train_mask_BT)
 

@@ -16,8 +16,18 @@ if TYPE_CHECKING:
     import torch
 
 PAIRS = ("same", "cross")
-METHODS = ("full", "prefix", "prefix-sched", "prune", "prune-online", "hybrid", "prefix-adaptive")
-CORE_METHODS = METHODS[:5]  # the released method and its baselines; the last two are ours
+METHODS = (
+    "full",
+    "prefix",
+    "prefix-sched",
+    "prune",
+    "prune-online",
+    "hybrid",
+    "prefix-adaptive",
+    "iw-opd",
+    "window",
+)
+CORE_METHODS = METHODS[:5]  # the released method and its baselines; then ours, then the field's
 CONFIGS = Path(__file__).parents[1] / "configs"
 SUITE_CONFIGS = {"short": CONFIGS, "long": CONFIGS / "long"}
 STEP_KEYS = (

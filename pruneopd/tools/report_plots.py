@@ -33,6 +33,8 @@ def plots(out: Path, results: dict) -> list[Path]:
                 "tab:orange",
                 "tab:green",
                 "tab:purple",
+                "tab:brown",
+                "tab:olive",
             ],
             strict=True,
         )

@@ -146,7 +146,8 @@ def score_and_weigh(run: Run, batch: Batch) -> Weighed:
     first = run.rows.start  # global index of this rank's first sample
     per = cfg.responses_per_prompt
     rewards = [run.task.check(batch.problems[(first + i) // per], t) for i, t in enumerate(texts)]
-    mw = run.method.weigh(tw, mask_BT, rewards)
+    logratio_BT = scores.token_logprobs_BT - r.student_logprobs_BT().to(device)  # a_t
+    mw = run.method.weigh(tw, mask_BT, rewards, logratio_BT)
     seconds = time.perf_counter() - t0 + (batch.pruner.seconds if batch.pruner else 0.0)
     return Weighed(mask_BT, tokens_BT, cand_BTK, scores, tw, mw, eff_len_all_B, rewards, seconds)
 
@@ -252,6 +253,8 @@ def metrics_phase(run: Run, step: int, batch: Batch, w: Weighed, upd: Update) ->
     }
     if mw.tail_BT is not None:
         m["gate_rate"] = d.sum([float(mw.tail_BT.sum())])[0] / max(1, m["tokens_generated"])
+    if mw.audit:  # what the method learns from, over the global batch
+        m.update(zip(mw.audit, d.sum(list(mw.audit.values())), strict=True))
     m.update(run.method.learn(step, w.eff_len_all_B, m))  # next_cap (and prune's hit_ratio)
     return m
 

@@ -6,6 +6,11 @@ Recorded before the package moved into layers (issue 28, at 4091d1a) with
 
     python tests/golden/golden_runs.py --write
 
+and issue 31's methods added to it (every earlier case kept as it was) with
+
+    python tests/golden/golden_runs.py --write --only short/iw-opd-cross,short/window-cross,\
+        long/iw-opd-cross,long/window-cross,short/iw-opd-cross-sampled_rkl
+
 Floats are compared exactly, so the record holds only on the CPU it was made on: the file
 keeps that CPU's model name and ISA flags, and the test skips (saying so) on another one.
 """
@@ -41,6 +46,8 @@ _COMMON = [
 ]
 _METHODS = ["full", "prefix", "prefix-sched", "prefix-adaptive", "prune", "prune-online", "hybrid"]
 _ADAPTIVE = ["prefix_window=2", "prefix_kl_threshold=10"]  # P moves within 3 steps
+_WINDOW = ["window_probe_every=2"]  # step 1 probes to L_max and moves H
+_FIELD = ["iw-opd", "window"]  # issue 31's methods, added later (--write --only)
 
 
 def cases() -> list[tuple[str, str, list[str]]]:
@@ -54,6 +61,17 @@ def cases() -> list[tuple[str, str, list[str]]]:
         out.append(
             (f"short/full-cross-{loss}", "pruneopd/configs/full-cross.yaml", [f"loss={loss}"])
         )
+    for suite, folder in (("short", "pruneopd/configs"), ("long", "pruneopd/configs/long")):
+        for m in _FIELD:
+            extra = _WINDOW if m == "window" else []
+            out.append((f"{suite}/{m}-cross", f"{folder}/{m}-cross.yaml", extra))
+    out.append(  # the paper's sampled-token objective
+        (
+            "short/iw-opd-cross-sampled_rkl",
+            "pruneopd/configs/iw-opd-cross.yaml",
+            ["loss=sampled_rkl"],
+        )
+    )
     return out
 
 
@@ -119,6 +137,11 @@ def main() -> None:
     os.environ.pop(os_env_zoo, None)  # the shipped zoo weights
     record = {"cpu": cpu_id(), "torch": torch.__version__, "cases": {}}
     only = set(filter(None, args.only.split(",")))
+    if only and args.write:  # add or renew these cases; every other one stays as recorded
+        old = json.loads(RECORD.read_text())
+        if (old["cpu"], old["torch"]) != (record["cpu"], record["torch"]):
+            sys.exit(f"{RECORD.name} was recorded on another CPU or torch: rewrite it whole")
+        record["cases"] = old["cases"]
     for name, preset, extra in cases():
         if only and name not in only:
             continue
