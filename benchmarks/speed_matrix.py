@@ -5,7 +5,7 @@ Each row runs `benchmarks/rollout_vs_generate.py` or `benchmarks/peer_trl.py` in
 process on one pair of Hugging Face checkpoints (zoo names or folders), so every ratio is
 measured within one process, its sides alternating; this script collects their --json files
 and writes the table (with this command, the date and the commit) between the markers of
-docs/benchmarks.md section 9, or prints it without --doc. Rows run in the suite's order
+docs/benchmarks.md section 10, or prints it without --doc. Rows run in the suite's order
 (targets first) until --budget-s runs out; the rest are listed as not yet measured.
 
     python benchmarks/speed_matrix.py --suite issue30 --doc docs/benchmarks.md

@@ -29,6 +29,8 @@ def cmd_zoo_build(args) -> None:
     from pruneopd.tools.zoo import STAGES, build_zoo, suite_spec
 
     set_threads()
+    if args.suite == "experts":
+        return _zoo_build_experts(args)
     out = Path(args.out) / ("long" if args.suite == "long" else "")
     only = tuple(args.only.split(",")) if args.only else STAGES
     bad = [m for m in only if m not in STAGES]
@@ -56,6 +58,24 @@ def cmd_zoo_build(args) -> None:
 
         report = write_report(out, seed=args.seed)
     print(json.dumps(report.get("models", report), indent=2))
+
+
+def _zoo_build_experts(args) -> None:
+    from pruneopd.tools.zoo_experts import EXPERTS, FAST_EXPERTS, build_experts
+
+    if args.only:
+        _die("--only: the experts suite builds its three models together")
+    try:
+        report = build_experts(
+            Path(args.out) / "experts",
+            FAST_EXPERTS if args.fast else EXPERTS,
+            seed=args.seed,
+            log=lambda s: print(s, file=sys.stderr),
+            force=args.force,
+        )
+    except ValueError as e:
+        _die(str(e))
+    print(json.dumps(report["models"], indent=2))
 
 
 def cmd_zoo_report(args) -> None:
@@ -319,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     zb.add_argument(
         "--suite",
-        choices=("short", "long"),
+        choices=("short", "long", "experts"),
         default="short",
-        help="short: the regs/add zoo; long: the long-horizon loop zoo, written to OUT/long",
+        help="short: the regs/add zoo; long: the long-horizon loop zoo, written to OUT/long; "
+        "experts: a regs expert, an add expert and a student of both, written to OUT/experts",
     )
     zb.add_argument("--fast", action="store_true", help="tiny models in seconds (for tests)")
     zb.add_argument("--seed", type=int, default=0)
@@ -402,8 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(fn=cmd_bench)
 
-    r = sub.add_parser("report", help="re-render a bench report and plots from results.json")
-    r.add_argument("dir", help="bench output folder")
+    r = sub.add_parser(
+        "report",
+        help="re-render a bench report and plots from results.json, or a run's from summary.json",
+    )
+    r.add_argument("dir", help="bench output folder, or a training run's folder")
     r.set_defaults(fn=cmd_report)
 
     i = sub.add_parser("inspect", help="one step's sampled responses token by token (HTML page)")

@@ -30,7 +30,30 @@ class TrainConfig:
     # ---- what to distil ------------------------------------------------------------------
     student: str = _f("student-cross", "student: zoo name or local Hugging Face folder")
     teacher: str = _f("teacher", "teacher: zoo name or local Hugging Face folder")
-    task: str = _f("regs", "built-in task the prompts come from")
+    teachers: list = field(
+        default_factory=list,
+        metadata={
+            "help": "several teachers instead of `teacher`: a list of {name, model (zoo name or "
+            "folder), engine (hf | vllm), teacher_url}; README, 'Several teachers'"
+        },
+    )
+    teacher_routing: str = _f(
+        "field",
+        "teachers: field (each prompt's teacher_field names its teacher) | mixture (every "
+        "teacher scores every sample; their distributions mixed by teacher_weights)",
+    )
+    teacher_field: str = _f(
+        "task",
+        "teachers, routing by field: the data field naming each prompt's teacher (built-in "
+        "tasks: task, e.g. task=regs+add with teachers named regs and add)",
+    )
+    teacher_weights: list = field(
+        default_factory=list,
+        metadata={"help": "teachers, mixture: one weight >= 0 per teacher (default: equal)"},
+    )
+    task: str = _f(
+        "regs", "built-in task the prompts come from: regs | add | loop, or a mix: regs+add"
+    )
     dtype: str = _f("float32", "model weights: float32 | bfloat16 | float16")
     device: str = _f("cpu", "cpu | cuda | cuda:N | auto (cuda when available)")
     gradient_checkpointing: bool = _f(False, "recompute the student's activations in backward")
@@ -255,6 +278,10 @@ def _convert(key: str, value, where: str):
             if isinstance(value, (dict, list)) or value is None:
                 raise ValueError
             return str(value)
+        if tp is list:
+            if not isinstance(value, list):
+                raise ValueError
+            return value
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(
             f"{where}config key '{key}' = {value!r}: expected {tp.__name__}"
@@ -297,15 +324,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         _check_key(k, "")
         is_str = typing.get_type_hints(TrainConfig)[k] is str
         values[k] = _convert(k, v if is_str or not v.strip() else yaml.safe_load(v), "")
+    if values.get("teachers") and "teacher" in values:
+        raise ConfigError(
+            "config keys 'teacher' and 'teachers' cannot be combined: list every teacher in "
+            "'teachers'"
+        )
     return TrainConfig(**values)
 
 
 def config_to_yaml(c: TrainConfig) -> str:
     """The run's config.yaml: every key, except the built-in `task` when `data` replaces it
-    (loading the file back gives the same config: the task default is never read then)."""
+    and `teacher` when `teachers` does (loading the file back gives the same config: those
+    defaults are never read then)."""
     d = dataclasses.asdict(c)
     if c.data:
         d.pop("task")
+    if c.teachers:  # `teachers` replaces `teacher`
+        d.pop("teacher")
     return yaml.safe_dump(d, sort_keys=False)
 
 
@@ -313,5 +348,6 @@ def describe() -> str:
     """Every key with its default and help text (for `pruneopd train --help-config`)."""
     lines = []
     for f in dataclasses.fields(TrainConfig):
-        lines.append(f"  {f.name} = {f.default!r}\n      {f.metadata['help']}")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} = {default!r}\n      {f.metadata['help']}")
     return "\n".join(lines)

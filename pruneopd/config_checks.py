@@ -205,6 +205,9 @@ def validate(c: TrainConfig) -> None:
     _need(c.teacher_backoff >= 0, "teacher_backoff", c.teacher_backoff, "must be >= 0 seconds")
     _need(c.vllm_kv_cache_mb >= 16, "vllm_kv_cache_mb", c.vllm_kv_cache_mb, "must be >= 16")
     _need(0 < c.vllm_gpu_memory <= 1, "vllm_gpu_memory", c.vllm_gpu_memory, "must be in (0, 1]")
+    from pruneopd.teacher_entries import validate_teachers
+
+    validate_teachers(c)
     if c.online_pruning or c.reliable_prefix_only:
         _need(
             c.method == "prune",

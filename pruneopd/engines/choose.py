@@ -78,14 +78,9 @@ def check(cfg: TrainConfig, *, world: int, device: torch.device, vocab: int) -> 
         )
 
 
-def build(
-    cfg: TrainConfig, student, teacher, tok, *, device: torch.device, world: int, max_model_len: int
-) -> tuple[Sampler, Teacher]:
-    """The run's `Sampler` and `Teacher`: the built-in ones (`rollout_engine=lean`: the fused,
-    lean or HF decode engine `rollout.pick_engine` picks; `teacher_engine=hf`: the teacher's
-    forward in this process), or vLLM in process, or the server at `teacher_url`."""
-    settings = SamplingSettings.from_config(cfg, tok)
-    kw = dict(
+def engine_settings(cfg: TrainConfig, *, device: torch.device, world: int, max_model_len: int):
+    """What the vLLM engines are built with (`build_sampler`, `build_teacher`)."""
+    return dict(
         dtype=cfg.dtype,
         seed=cfg.seed,
         max_model_len=max_model_len,
@@ -94,12 +89,31 @@ def build(
         gpu_memory=cfg.vllm_gpu_memory,
         world=world,
     )
+
+
+def build(
+    cfg: TrainConfig, student, teacher, tok, *, device: torch.device, world: int, max_model_len: int
+) -> tuple[Sampler, Teacher]:
+    """The run's `Sampler` and `Teacher`: the built-in ones (`rollout_engine=lean`: the fused,
+    lean or HF decode engine `rollout.pick_engine` picks; `teacher_engine=hf`: the teacher's
+    forward in this process), or vLLM in process, or the server at `teacher_url`."""
+    kw = engine_settings(cfg, device=device, world=world, max_model_len=max_model_len)
+    return build_sampler(cfg, student, tok, **kw), build_teacher(cfg, teacher, tok, **kw)
+
+
+def build_sampler(cfg: TrainConfig, student, tok, **kw) -> Sampler:
+    """The run's `Sampler` (`kw`: `engine_settings`)."""
+    settings = SamplingSettings.from_config(cfg, tok)
     if cfg.rollout_engine == "vllm":
         from pruneopd.engines import vllm_engine
 
-        sampler = VLLMRollouts(vllm_engine.VLLMSampler(student, tok, **kw), settings)
-    else:
-        sampler = LocalSampler(student, settings)
+        return VLLMRollouts(vllm_engine.VLLMSampler(student, tok, **kw), settings)
+    return LocalSampler(student, settings)
+
+
+def build_teacher(cfg: TrainConfig, teacher, tok, **kw) -> Teacher:
+    """The run's `Teacher` (`cfg.teacher` with `cfg.teacher_engine` / `cfg.teacher_url`; `kw`:
+    `engine_settings`)."""
     # a remote teacher's candidate log-probs cost a full-vocabulary answer: only for topk_rkl
     candidates = cfg.loss == "topk_rkl"
     if cfg.teacher_url:
@@ -112,13 +126,13 @@ def build(
             retries=cfg.teacher_retries,
             backoff=cfg.teacher_backoff,
         )
-        return sampler, RemoteTeacher(server, candidates=candidates)
+        return RemoteTeacher(server, candidates=candidates)
     if cfg.teacher_engine == "vllm":
         from pruneopd.engines import vllm_engine
 
         engine = vllm_engine.VLLMTeacher(cfg.teacher, tok, **kw)
-        return sampler, RemoteTeacher(engine, candidates=candidates)
-    return sampler, LocalTeacher(teacher, tok.pad_token_id)
+        return RemoteTeacher(engine, candidates=candidates)
+    return LocalTeacher(teacher, tok.pad_token_id)
 
 
 _DECODERS = {

@@ -16,7 +16,7 @@ picks the groups from what each step streams from memory: on a model whose weigh
 CPU caches (the zoo's, a few MB), groups of `SAMPLE_GROUP` spread over the threads, so a
 group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e); on one
 whose weights do not (a real model, hundreds of MB), one group per thread, so each thread
-reads every weight once per step, not once per group of 4 (docs/benchmarks.md 9). `rollout.sample` uses it on this engine.
+reads every weight once per step, not once per group of 4 (docs/benchmarks.md 10). `rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -198,7 +198,7 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
       per step.
     With fewer samples than threads, one split group (each step's columns, attention units and
     picks shared by the threads) when the weights are streamed. Measured on the SmolLM2
-    student under load (docs/benchmarks.md 9): one group per thread 1.6-2x one split group,
+    student under load (docs/benchmarks.md 10): one group per thread 1.6-2x one split group,
     which waits at ~80 barriers per step for threads the other processes hold."""
     mb = 1 << 20
     threads = max(1, threads)

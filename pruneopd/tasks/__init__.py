@@ -3,6 +3,7 @@
 from .add import AddTask
 from .base import Problem, Task, in_test_split
 from .loop import LoopTask
+from .mixed import MixedTask
 from .regs import RegsTask
 
 # the short suite's tasks (regs, add) and the long suite's (loop)
@@ -14,9 +15,12 @@ SUITES: dict[str, tuple[str, ...]] = {"short": ("regs", "add"), "long": ("loop",
 
 
 def get_task(name: str) -> Task:
+    """A built-in task by name, or a mix of them ("regs+add": `MixedTask`)."""
+    if "+" in name:
+        return MixedTask([get_task(n) for n in name.split("+")])
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
 
-__all__ = ["Problem", "Task", "SUITES", "TASKS", "get_task", "in_test_split"]
+__all__ = ["MixedTask", "Problem", "Task", "SUITES", "TASKS", "get_task", "in_test_split"]

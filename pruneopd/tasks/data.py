@@ -133,6 +133,19 @@ def _answer_text(value, field: str) -> str:
     return text
 
 
+def _teacher_of(record: dict, route: tuple[str, tuple[str, ...]], where: str) -> str:
+    """The teacher a record names in its routing field (teacher_field)."""
+    field, names = route
+    if not _has(record, field):
+        raise DataError(f"{where}: no field '{field}' naming the record's teacher (teacher_field)")
+    name = str(_get(record, field))
+    if name not in names:
+        raise DataError(
+            f"{where}: field '{field}' = {name!r} names no teacher (teachers: {', '.join(names)})"
+        )
+    return name
+
+
 class DataTask:
     """A data file seen through the same interface as the built-in tasks."""
 
@@ -148,10 +161,12 @@ class DataTask:
         chat_template=True,
         eval_path=None,
         eval_holdout=0,
+        route=None,
     ):
         self.path = Path(path)
         self.name = f"data:{self.path.name}"
-        fields = (prompt_field, answer_field, chat_template)
+        # route: (field, teacher names): each record's field names its teacher (several teachers)
+        fields = (prompt_field, answer_field, chat_template, route)
         self.train = self._problems(*read_records(self.path), self.path, tok, *fields)
         if eval_path:
             self.test = self._problems(*read_records(eval_path), Path(eval_path), tok, *fields)
@@ -165,7 +180,7 @@ class DataTask:
         else:
             self.test = []
 
-    def _problems(self, records, lines, p, tok, prompt_field, answer_field, chat_template):
+    def _problems(self, records, lines, p, tok, prompt_field, answer_field, chat_template, route):
         pf = _pick(records, prompt_field, PROMPT_FIELDS, "prompt", p)
         af = _pick(records, answer_field, ANSWER_FIELDS, "answer", p)
         has_template = getattr(tok, "chat_template", None) is not None
@@ -201,7 +216,10 @@ class DataTask:
                 text = raw
             if not text.strip():
                 raise DataError(f"{p} {at}: field '{pf}' is empty")
-            out.append(Problem(self.name, text, answer, (answer,), {"templated": use_template}))
+            extra = {"templated": use_template}
+            if route is not None:
+                extra["teacher"] = _teacher_of(r, route, f"{p} {at}")
+            out.append(Problem(self.name, text, answer, (answer,), extra))
         return out
 
     def problems(self, split: str, n: int, seed: int = 0, difficulty=None) -> list[Problem]:

@@ -336,8 +336,13 @@ def render_markdown(results: dict, table: dict) -> str:
 
 def render_report(out: str | Path, results: dict | None = None) -> Path:
     """Write `report.md` and the plots into `out` (from `out/results.json` if not given; an
-    older results.json with raw per-token samples is first rewritten binned, `binned`)."""
+    older results.json with raw per-token samples is first rewritten binned, `binned`); a
+    training run's folder (summary.json, no results.json) gets `run_report`'s report."""
     out = Path(out)
+    if results is None and not (out / "results.json").exists() and (out / "summary.json").exists():
+        from pruneopd.tools.run_report import render_run_report
+
+        return render_run_report(out)  # a training run's folder
     if results is None:
         path = out / "results.json"
         if not path.is_file():

@@ -11,6 +11,7 @@ import torch
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.models import load_model, load_model_shell, load_tokenizer
 from pruneopd.tasks import get_task
+from pruneopd.teacher_entries import teacher_entries
 from pruneopd.tokenizer import ensure_padding
 
 
@@ -23,12 +24,14 @@ def load_tokenizers(cfg: TrainConfig):
     One without a pad token pads with its EOS (else unk) token: `tok.padding_note` is then
     the start-up line saying so (`ensure_padding`), else None."""
     tok = load_tokenizer(cfg.student)
-    t_tok = load_tokenizer(cfg.teacher)
-    if tok.get_vocab() != t_tok.get_vocab():
-        raise PairError(
-            f"teacher {cfg.teacher!r} and student {cfg.student!r} have different vocabularies "
-            f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
-        )
+    for e in teacher_entries(cfg):
+        t_tok = load_tokenizer(e.model)
+        if tok.get_vocab() != t_tok.get_vocab():
+            who = f"teacher {e.model!r}" if not cfg.teachers else f"teacher {e.name!r} ({e.model})"
+            raise PairError(
+                f"{who} and student {cfg.student!r} have different vocabularies "
+                f"({len(t_tok)} vs {len(tok)} tokens or a different token-to-id mapping)"
+            )
     try:
         tok.padding_note = ensure_padding(tok)
     except ValueError as e:
@@ -53,6 +56,9 @@ def load_task(cfg: TrainConfig, tok):
         cfg.chat_template,
         eval_path=cfg.eval_data or None,
         eval_holdout=holdout,
+        route=(cfg.teacher_field, tuple(e.name for e in teacher_entries(cfg)))
+        if cfg.teachers and cfg.teacher_routing == "field"
+        else None,
     )
 
 
@@ -112,19 +118,26 @@ def checkpointing_note(cfg: TrainConfig, student, samples: int, seq_len: int) ->
 
 def load_pair(cfg: TrainConfig, tok, device: torch.device):
     """Student (trainable) and teacher (frozen, eval mode) on `device` (`train_device`), for the
-    tokenizer `tok` they share (`load_tokenizers`)."""
+    tokenizer `tok` they share (`load_tokenizers`); with `teachers`, a list of teachers in
+    their order."""
     student = load_student(cfg.student, cfg, device)
-    if cfg.teacher_engine == "vllm":  # its weights live in the vLLM engine or server
-        teacher = load_model_shell(cfg.teacher)
-    else:
-        teacher = load_model(cfg.teacher, getattr(torch, cfg.dtype)).to(device)
-    vs, vt = student.config.vocab_size, teacher.config.vocab_size
-    if vs != vt:
-        raise PairError(f"student vocab_size {vs} != teacher vocab_size {vt}")
-    if cfg.topk > vs:
-        raise PairError(f"config key 'topk' = {cfg.topk}: larger than the vocabulary ({vs})")
-    teacher.eval().requires_grad_(False)
-    return student, teacher
+    teachers = []
+    for e in teacher_entries(cfg):
+        if e.engine == "vllm":  # its weights live in the vLLM engine or server
+            teacher = load_model_shell(e.model)
+        else:
+            teacher = load_model(e.model, getattr(torch, cfg.dtype)).to(device)
+        vs, vt = student.config.vocab_size, teacher.config.vocab_size
+        if vs != vt:
+            who = "teacher" if not cfg.teachers else f"teacher {e.name!r}"
+            raise PairError(f"student vocab_size {vs} != {who} vocab_size {vt}")
+        teachers.append(teacher.eval().requires_grad_(False))
+    if cfg.topk > student.config.vocab_size:
+        raise PairError(
+            f"config key 'topk' = {cfg.topk}: larger than the vocabulary "
+            f"({student.config.vocab_size})"
+        )
+    return student, (teachers if cfg.teachers else teachers[0])
 
 
 def check_context(cfg: TrainConfig, models: dict, prompt_len: int, eval_cap: int) -> None:

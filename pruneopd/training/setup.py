@@ -24,6 +24,7 @@ from pruneopd.method import build_method, method_class
 from pruneopd.method.weighing import DriftSettings
 from pruneopd.models import note_busy_cores
 from pruneopd.tasks import Problem, Task
+from pruneopd.teacher_entries import teacher_entries
 from pruneopd.tokenizer import prompt_ids
 from pruneopd.training import distributed
 from pruneopd.training.checkpoint import load_trainer_state
@@ -37,6 +38,7 @@ from pruneopd.training.pair import (
     load_tokenizers,
     train_device,
 )
+from pruneopd.training.panel import build_panel, check_routes, entry_config
 from pruneopd.training.runlog import (
     NullLog,
     RunLog,
@@ -59,7 +61,7 @@ class Checked:
     tok: object
     task: Task
     student: torch.nn.Module
-    teacher: torch.nn.Module  # weights, or a shell when a vLLM engine holds them
+    teacher: torch.nn.Module | list  # weights, or a shell when a vLLM engine holds them
     train_problems: list[Problem]
     test_problems: list[Problem]
     eval_cap: int
@@ -107,7 +109,7 @@ def check_run(cfg: TrainConfig) -> Checked:
     _seed_everything(cfg.seed)
     tok = load_tokenizers(cfg)
     task = load_task(cfg, tok)  # data errors surface before models load
-    student, teacher = load_pair(cfg, tok, device)
+    student, teacher = load_pair(cfg, tok, device)  # with `teachers`: a list of them
     if saved is not None:
         student = load_student(str(resume_from / "student"), cfg, device)
     difficulty = cfg.difficulty or task.default_difficulty
@@ -118,8 +120,16 @@ def check_run(cfg: TrainConfig) -> Checked:
     longest_prompt = max(len(prompt_ids(tok, p)) for p in train_problems + test_problems)
     # the padding the sampler and scorer use (a pad-less tokenizer pads with EOS or unk)
     left_pad([prompt_ids(tok, p) for p in (train_problems + test_problems)[:2]], tok.pad_token_id)
-    check_context(cfg, {"student": student, "teacher": teacher}, longest_prompt, eval_cap)
-    engines.check(cfg, world=d.world, device=device, vocab=student.config.vocab_size)
+    models, vocab = {"student": student}, student.config.vocab_size
+    if cfg.teachers:  # every teacher's checks, as a run with it alone would make them
+        check_routes(cfg, train_problems + test_problems)
+        for e, t in zip(teacher_entries(cfg), teacher, strict=True):
+            models[f"teacher {e.name!r}"] = t
+            engines.check(entry_config(cfg, e), world=d.world, device=device, vocab=vocab)
+    else:
+        models["teacher"] = teacher
+    check_context(cfg, models, longest_prompt, eval_cap)
+    engines.check(cfg, world=d.world, device=device, vocab=vocab)
     longest = longest_prompt + max(cfg.max_len, cfg.prefix_len, cfg.prefix_len_end)
     checkpointing = checkpointing_note(cfg, student, batch // world, longest)
     return Checked(
@@ -172,15 +182,16 @@ def setup_run(c: Checked) -> Prepared:
     method = build_method(cfg, world=d.world)
     drift = DriftSettings.from_config(cfg)
     longest_response = max(cfg.max_len, cfg.prefix_len, cfg.prefix_len_end)
-    sampler, teacher = engines.build(
-        cfg,
-        student,
-        c.teacher,
-        c.tok,
-        device=c.device,
-        world=d.world,
-        max_model_len=c.longest_prompt + longest_response + 1,
+    where = dict(
+        device=c.device, world=d.world, max_model_len=c.longest_prompt + longest_response + 1
     )
+    panel = None
+    if cfg.teachers:  # several teachers, each on its own engine, behind one `Panel`
+        kw = engines.engine_settings(cfg, **where)
+        sampler = engines.build_sampler(cfg, student, c.tok, **kw)
+        teacher = panel = build_panel(cfg, c.teacher, c.tok, **kw)
+    else:
+        sampler, teacher = engines.build(cfg, student, c.teacher, c.tok, **where)
     if d.main:
         print(engines.describe(cfg, sampler), file=sys.stderr)
     eval_drift = DriftCheck(teacher, cfg.topk, drift) if teacher.model is not None else None
@@ -202,6 +213,7 @@ def setup_run(c: Checked) -> Prepared:
         rows=slice(*d.split(batch_size)),  # this rank's samples of each step's global batch
         batch_size=batch_size,
         device=c.device,
+        panel=panel,
     )
     return Prepared(run, log, c.saved, c.test_problems, c.eval_cap, eval_drift)
 

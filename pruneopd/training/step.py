@@ -29,6 +29,7 @@ from pruneopd.tokenizer import decode_response, prompt_ids
 from pruneopd.training import step_metrics
 from pruneopd.training.distributed import Dist, ParallelStudent
 from pruneopd.training.objective import loss_chunk_for, token_losses
+from pruneopd.training.panel import Judged, Panel
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Run:
     rows: slice  # this rank's samples of each step's global batch
     batch_size: int  # the global batch: prompts_per_step x responses_per_prompt
     device: torch.device
+    panel: Panel | None = None  # several teachers (then also `teacher`): routed or mixed
 
 
 def on_every_rank(d: Dist, call):
@@ -117,6 +119,7 @@ class Weighed:
     eff_len_all_B: torch.Tensor  # l_i of the global batch (what the budget sees)
     rewards: list[float]
     seconds: float  # scoring and weighing, plus the pruner's incremental scoring
+    judged: Judged | None = None  # several teachers: each one's view, for its metrics
 
 
 def score_and_weigh(run: Run, batch: Batch) -> Weighed:
@@ -129,8 +132,28 @@ def score_and_weigh(run: Run, batch: Batch) -> Weighed:
     B, T = mask_BT.shape
     tokens_BT = r.response_tokens_BT(run.tok.pad_token_id).to(device)
     cand_BTK = r.student_topk_ids_BTK().to(device)
+    first = run.rows.start  # global index of this rank's first sample
+    per = cfg.responses_per_prompt
+    mine = [batch.problems[(first + i) // per] for i in range(B)]  # each sample's problem
+    judged = None
     if batch.pruner is not None:
         scores = batch.pruner.assemble(B, T)
+    elif run.panel is not None:  # each sample scored and judged by its teacher(s)
+        owners = run.panel.owners(mine)
+        judged = on_every_rank(
+            run.d,
+            lambda: run.panel.judge(
+                run.drift,
+                batch.prompts,
+                r.responses,
+                owners,
+                k=cfg.topk,
+                cand_BTK=cand_BTK,
+                tokens_BT=tokens_BT,
+                mask_BT=mask_BT,
+            ),
+        )
+        scores = judged.scores
     else:
         scores = on_every_rank(
             run.d,
@@ -138,18 +161,21 @@ def score_and_weigh(run: Run, batch: Batch) -> Weighed:
                 batch.prompts, r.responses, k=cfg.topk, candidate_ids_BTK=cand_BTK
             ),
         )
-    tw = weigh_tokens(
-        run.drift, cand_BTK, scores.topk_ids_BTK, scores.topk_logprobs_BTK, tokens_BT, mask_BT
-    )
+    if judged is not None:
+        tw = judged.tw
+    else:
+        tw = weigh_tokens(
+            run.drift, cand_BTK, scores.topk_ids_BTK, scores.topk_logprobs_BTK, tokens_BT, mask_BT
+        )
     eff_len_all_B = run.d.gather(tw.eff_len_B)  # the budget sees the global batch
     texts = [decode_response(run.tok, x) for x in r.responses]
-    first = run.rows.start  # global index of this rank's first sample
-    per = cfg.responses_per_prompt
-    rewards = [run.task.check(batch.problems[(first + i) // per], t) for i, t in enumerate(texts)]
+    rewards = [run.task.check(p, t) for p, t in zip(mine, texts, strict=True)]
     logratio_BT = scores.token_logprobs_BT - r.student_logprobs_BT().to(device)  # a_t
     mw = run.method.weigh(tw, mask_BT, rewards, logratio_BT)
     seconds = time.perf_counter() - t0 + (batch.pruner.seconds if batch.pruner else 0.0)
-    return Weighed(mask_BT, tokens_BT, cand_BTK, scores, tw, mw, eff_len_all_B, rewards, seconds)
+    return Weighed(
+        mask_BT, tokens_BT, cand_BTK, scores, tw, mw, eff_len_all_B, rewards, seconds, judged
+    )
 
 
 @dataclass
@@ -253,6 +279,8 @@ def metrics_phase(run: Run, step: int, batch: Batch, w: Weighed, upd: Update) ->
     }
     if mw.tail_BT is not None:
         m["gate_rate"] = d.sum([float(mw.tail_BT.sum())])[0] / max(1, m["tokens_generated"])
+    if w.judged is not None:  # per teacher: overlap, drift rate, reward, tokens
+        m.update(run.panel.metrics(w.judged, w.mask_BT, w.rewards, d))
     if mw.audit:  # what the method learns from, over the global batch
         m.update(zip(mw.audit, d.sum(list(mw.audit.values())), strict=True))
     m.update(run.method.learn(step, w.eff_len_all_B, m))  # next_cap (and prune's hit_ratio)

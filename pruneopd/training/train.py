@@ -25,6 +25,7 @@ from pruneopd.training import distributed
 from pruneopd.training.checkpoint import GracefulStop, rng_state, set_rng_state
 from pruneopd.training.evaluate import cached, combine, eval_key, evaluate
 from pruneopd.training.pair import PairError  # noqa: F401  (part of this module's interface)
+from pruneopd.training.panel import add_totals, summary_teachers
 from pruneopd.training.setup import Prepared, check_run, setup_run
 from pruneopd.training.step import metrics_phase, sample_phase, score_and_weigh, update_phase
 
@@ -211,6 +212,8 @@ def _loop(cfg, p: Prepared) -> dict:
                 totals[k] += m[k]
             for k in ("tokens_generated", "tokens_scored", "tokens_trained"):
                 totals[k] += m[k]
+            if run.panel is not None:  # several teachers: each one's tokens, overlap, ...
+                add_totals(totals, m)
             log.log(step + 1, m)
             if cfg.log_samples and d.main:
                 rows = _sample_rows(tok, batch.rollout, w.tw, w.scores, batch.cap, cfg.log_samples)
@@ -257,6 +260,9 @@ def _loop(cfg, p: Prepared) -> dict:
         "final_cap": method.final_cap(),
         "evals": history["eval"],
     }
+    if run.panel is not None:
+        summary = {k: v for k, v in summary.items() if not k.startswith("teacher/")}
+        summary["teachers"] = summary_teachers(totals)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.close()
     return summary
