@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import warnings
 
@@ -59,6 +60,7 @@ from _common import (
     summary,
     write_json,
 )
+from speed_matrix import add_suite_args, suite_main
 
 
 def make_trl(student, teacher, tok, args):
@@ -150,7 +152,10 @@ def main() -> None:
     add_common_args(p, steps=10, batch=8, new_tokens=128)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, both sides")
     p.add_argument("--trl-out", default="/tmp/pruneopd-peer-trl", help="TRL's output_dir")
+    add_suite_args(p)
     args = p.parse_args()
+    if args.suite:  # the step rows of a suite, each in its own process (speed_matrix.py)
+        return suite_main(args, ["benchmarks/peer_trl.py", *sys.argv[1:]], "step")
     setup(args)
     warnings.filterwarnings("ignore")
     import trl

@@ -26,6 +26,7 @@ Smoke test:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -40,6 +41,7 @@ from _common import (
     summary,
     write_json,
 )
+from speed_matrix import add_suite_args, suite_main
 
 from pruneopd.engines.rollout import left_pad, pick_engine, sample
 
@@ -59,7 +61,11 @@ def main() -> None:
         action="store_true",
         help="skip the row that samples with engine=lean for comparison",
     )
+    p.add_argument("--no-topk-row", action="store_true", help="skip the top-K row")
+    add_suite_args(p)
     args = p.parse_args()
+    if args.suite:  # the sampler rows of a suite, each in its own process (speed_matrix.py)
+        return suite_main(args, ["benchmarks/rollout_vs_generate.py", *sys.argv[1:]], "sample")
     setup(args)
     model, _, tok = load_models(args, teacher=False)
     model.eval()
@@ -101,10 +107,9 @@ def main() -> None:
             )
         return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
-    variants = {
-        f"pruneopd sample ({engine})": ours,
-        f"pruneopd sample ({engine}) topk={args.topk}": lambda ps: ours(ps, args.topk),
-    }
+    variants = {f"pruneopd sample ({engine})": ours}
+    if not args.no_topk_row:
+        variants[f"pruneopd sample ({engine}) topk={args.topk}"] = lambda ps: ours(ps, args.topk)
     if engine != "lean" and not args.no_lean_row:
         variants[f"pruneopd sample (lean) topk={args.topk}"] = lambda ps: ours(
             ps, args.topk, "lean"

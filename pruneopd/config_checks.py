@@ -101,6 +101,7 @@ def validate(c: TrainConfig) -> None:
         "warmup_steps",
         "eval_every",
         "eval_samples",
+        "eval_batch",
         "eval_max_len",
         "log_samples",
         "budget_step",

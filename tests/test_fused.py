@@ -19,7 +19,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from pruneopd.engines import fused
+from pruneopd.engines import fused, rollout
 from pruneopd.engines.decode import LeanDecoder
 from pruneopd.engines.rollout import pick_engine, sample
 
@@ -263,3 +263,67 @@ def test_several_stop_ids_stop_every_engine_alike():
     assert end in ends  # stopped at the end-of-turn token
     assert all(end not in r[:-1] and EOS not in r[:-1] for r in runs[0].responses)
     assert runs[0].responses != one.responses
+
+
+PLANS = {
+    "spread-1": lambda A: fused.Plan(1, False, ""),
+    "spread-5": lambda A: fused.Plan(5, False, ""),  # groups of 5, 5, 2 of the 12 samples
+    "split-4": lambda A: fused.Plan(4, True, ""),
+    "split-all": lambda A: fused.Plan(A, True, ""),  # the plan of a real model
+}
+
+
+@pytest.mark.parametrize("plan", sorted(PLANS))
+def test_every_sampling_plan_gives_the_lean_engines_tokens(plan, monkeypatch):
+    """sample_steps with its samples in other groups than the zoo's (spread groups of 1 and 5,
+    split groups of 4 and of every active sample, as samples stop): the same tokens, stops,
+    log-probs and top-k ids as the lean engine, greedy and sampled (check_engines_agree);
+    split-all also on two threads (the columns, attention units and picks shared between
+    them, each thread with its own scratch)."""
+    monkeypatch.setattr(fused.FusedDecoder, "plan", lambda self: PLANS[plan](self.K.shape[1]))
+    stopped_by = check_engines_agree(MODELS["llama-gqa-d8"](), "lean", "fused", 40)
+    assert {"eos", "cap"} <= set(stopped_by)
+    if plan == "split-all":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            check_engines_agree(MODELS["llama-gqa-d8"](), "lean", "fused", 24)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def test_plan_follows_what_is_streamed():
+    """Weights that fit the caches (the zoo's): spread groups of 4 at any batch, so the zoo's
+    tokens are unchanged; weights streamed from memory (SmolLM2's 81M student: 324 MB, 23 KB
+    of KV cache per slot): one group per thread at 8 and 32 samples and up to 600 slots, one
+    split group for fewer samples than threads, groups of 4 again once the KV cache outweighs
+    the weights."""
+    mb = 1 << 20
+
+    def plan(*a):
+        p = fused.plan_sampling(*a)
+        return p.group, p.split
+
+    for A in (1, 4, 8, 32, 64):
+        assert plan(3 * mb, 70 * mb // 32, A, 2) == (4, False)
+    for A in (2, 8, 32):
+        for slots in (128, 256, 600):
+            assert plan(324 * mb, 23040 * slots, A, 2) == (A // 2, False)
+    assert plan(324 * mb, 23040 * 300, 1, 2) == (1, True)
+    assert plan(324 * mb, 23040 * 300, 32, 1) == (32, False)
+    # a mid-size model with a huge KV cache per sample: groups of 4 keep theirs cached
+    assert plan(40 * mb, 8 * mb, 32, 2) == (4, False)
+
+
+def test_the_engine_is_said_once(capsys):
+    model = tiny_llama(V)
+    kw = dict(max_new_tokens=3, eos_id=EOS, pad_id=PAD, temperature=0.0)
+    rollout._SAID.clear()
+    sample(model, PROMPTS, **kw)
+    sample(model, PROMPTS, **kw)
+    sample(model, PROMPTS, engine="lean", **kw)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("pruneopd: sampling 4 samples on the fused engine, groups of 4")
+    assert "they stay in the CPU caches" in lines[0]
+    assert lines[1].startswith("pruneopd: sampling 4 samples on the lean engine")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
 
@@ -225,6 +226,12 @@ def assert_one_line_stop(code, err, status, *needles):
     assert code == status, err
     config, err = err.split("\n", 1)  # the start-up line saying which config applied
     assert config.startswith("pruneopd: config: the zoo's prune-same preset")
+    # the sampler's groups (issue 30: said once per process when sampling starts)
+    err = "".join(
+        x
+        for x in err.splitlines(keepends=True)
+        if not re.match(r"pruneopd: sampling \d+ samples ", x)
+    )
     start, err = err.split("\n", 1)  # the start-up line naming the engines, then the stop
     assert start.startswith("pruneopd: sampling: ") and "; scoring: vllm server at " in start
     assert err.endswith("\n") and err.count("\n") == 1, f"expected one line, got:\n{err}"

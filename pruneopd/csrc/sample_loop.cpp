@@ -3,15 +3,22 @@
 // student's log-prob of the pick and its top-k ids, then the decode step that gives the next
 // logits, n times, without returning to Python between tokens.
 //
-// The samples are split into groups of a few, and each thread runs its groups one after the
-// other, each group all n steps at once, single-threaded (one sgemm per projection of the
-// group's rows). So a group's KV cache, read once per step, stays in the CPU caches across its
-// n steps instead of coming from memory at every token: at 32 samples x 500 slots the cache
-// of the whole batch (~70 MB for the long zoo's student) is larger than the L3; a group's is
-// a few MB.
+// The samples are split into groups, each group running all n steps at once, in one of two
+// ways (pruneopd.fused.plan_sampling picks which from the bytes each streams):
+// - spread (split = false): each thread runs its groups one after the other, single-threaded
+//   (one sgemm per projection of the group's rows). A group's KV cache, read once per step,
+//   stays in the CPU caches across its n steps instead of coming from memory at every token:
+//   at 32 samples x 500 slots the cache of the whole batch (~70 MB for the long zoo's
+//   student) is larger than the L3; a group's is a few MB. Every group re-reads every weight,
+//   which costs nothing while the weights fit the caches (the zoo's models, a few MB).
+// - split (split = true): the groups run one after the other, each step's projections with
+//   their output columns split over the threads, its attention over (sample, kv head) and its
+//   picks over the samples. With one group of all samples every weight is read once per step:
+//   the way for models whose weights (hundreds of MB) are what is streamed from memory.
+// The two give the same picks and logits up to the projections' float rounding.
 //
 // Shapes: A active samples, n steps, H hidden, Hq / Hkv query / key-value heads, D head dim,
-// G = Hq / Hkv, S cache slots, I intermediate, V vocabulary, k top-k.
+// G = Hq / Hkv, S cache slots, I intermediate, V vocabulary, k top-k, T threads.
 #include "sample_loop.h"
 
 #include <ATen/Parallel.h>
@@ -35,10 +42,15 @@ void rms(const float* x, const float* w, float* out, int64_t rows, int64_t n, fl
   for (int64_t r = 0; r < rows; ++r) rms_row(x + r * n, w, out + r * n, n, eps);
 }
 
-// out[m, N] = beta * out + x[m, K] @ w[N, K]^T (one single-threaded sgemm)
+// out[m, N] = beta * out + x[m, K] @ w[N, K]^T: one sgemm per thread over a share of the N
+// columns (inside a parallel region, as in the spread mode, one sgemm over all of them)
 inline void lin(const float* x, int64_t m, int64_t K, const float* w, int64_t N, float beta,
                 float* out) {
-  mm(false, true, m, N, K, 1.f, x, K, w, K, beta, out, N);
+  const int64_t nt = at::get_num_threads();
+  const int64_t grain = std::max<int64_t>(32, (N + nt - 1) / nt);
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    mm(false, true, m, n1 - n0, K, 1.f, x, K, w + n0 * K, K, beta, out + n0, N);
+  });
 }
 
 struct Layer {
@@ -59,12 +71,20 @@ struct Model {
   const bool* att;  // [A, S] (true = attend) or null
 };
 
+// A group's rows; per thread (T of them: 1 in the spread mode) the attention scores and
+// the pick's probabilities and order
 struct Scratch {
   std::vector<float> x, h, qkv, attn, gu, act, scores, probs;
   std::vector<int32_t> order;
-  Scratch(const Model& m, int64_t g)
+  int64_t S, V;
+  Scratch(const Model& m, int64_t g, int64_t T)
       : x(g * m.H), h(g * m.H), qkv(g * (m.Hq + 2 * m.Hkv) * m.D), attn(g * m.Hq * m.D),
-        gu(g * 2 * m.I), act(g * m.I), scores(m.S), probs(m.V), order(m.V) {}
+        gu(g * 2 * m.I), act(g * m.I), scores(T * m.S), probs(T * m.V), order(T * m.V), S(m.S),
+        V(m.V) {}
+  // this thread's share (thread 0 inside a parallel region that runs serially)
+  float* scores_of(int64_t t) { return scores.data() + t * S; }
+  float* probs_of(int64_t t) { return probs.data() + t * V; }
+  int32_t* order_of(int64_t t) { return order.data() + t * V; }
 };
 
 // One decode step of the g samples a0..a0+g-1: token tok[r] at cache slot `slot` and rotary
@@ -82,13 +102,15 @@ void decode_rows(const Model& m, int64_t a0, int64_t g, const int64_t* tok, cons
       for (int64_t r = 0; r < g; ++r)
         std::memcpy(s.qkv.data() + r * qkv_n, w.qkv_bias, qkv_n * sizeof(float));
     lin(s.h.data(), g, H, w.qkv, qkv_n, w.qkv_bias ? 1.f : 0.f, s.qkv.data());
-    for (int64_t r = 0; r < g; ++r) {
-      const int64_t a = a0 + r;
-      float* row = s.qkv.data() + r * qkv_n;
-      const float* c = m.cos + pos[r] * D;
-      const float* sn = m.sin + pos[r] * D;
-      const bool* att = m.att ? m.att + a * m.S : nullptr;
-      for (int64_t kv = 0; kv < m.Hkv; ++kv) {
+    // rotary, the cache write and the attention per (row, kv head), split over the threads
+    at::parallel_for(0, g * m.Hkv, 1, [&](int64_t u0, int64_t u1) {
+      float* scores = s.scores_of(at::get_thread_num());
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t r = u / m.Hkv, kv = u % m.Hkv, a = a0 + r;
+        float* row = s.qkv.data() + r * qkv_n;
+        const float* c = m.cos + pos[r] * D;
+        const float* sn = m.sin + pos[r] * D;
+        const bool* att = m.att ? m.att + a * m.S : nullptr;
         float* q = row + kv * G * D;  // the G query heads of this kv head
         for (int64_t j = 0; j < G; ++j) rope(q + j * D, c, sn, D);
         float* k = row + m.Hq * D + kv * D;
@@ -101,9 +123,9 @@ void decode_rows(const Model& m, int64_t a0, int64_t g, const int64_t* tok, cons
         std::memcpy(Vc + slot * D, v, D * sizeof(float));
         float* o = s.attn.data() + r * m.Hq * D + kv * G * D;
         for (int64_t j = 0; j < G; ++j)
-          attend(q + j * D, Kc, Vc, att, L, D, m.scale, s.scores.data(), o + j * D);
+          attend(q + j * D, Kc, Vc, att, L, D, m.scale, scores, o + j * D);
       }
-    }
+    });
     lin(s.attn.data(), g, m.Hq * D, w.o, H, 1.f, s.x.data());
     rms(s.x.data(), w.post_norm, s.h.data(), g, H, m.eps);
     lin(s.h.data(), g, H, w.gate_up, 2 * I, 0.f, s.gu.data());
@@ -122,8 +144,7 @@ void decode_rows(const Model& m, int64_t a0, int64_t g, const int64_t* tok, cons
 // Zero the probabilities p[0:V] outside the top_p nucleus, as rollout.top_p_filter: in
 // descending order, a token goes when the mass before it (the cumulative sum in double, as
 // torch's, minus its own probability) reaches top_p, so the most likely token always stays.
-void nucleus(float* p, int64_t V, float top_p, Scratch& s) {
-  int32_t* ord = s.order.data();
+void nucleus(float* p, int64_t V, float top_p, int32_t* ord) {
   std::iota(ord, ord + V, 0);
   std::stable_sort(ord, ord + V, [p](int32_t a, int32_t b) { return p[a] > p[b]; });
   double acc = 0.0;
@@ -140,9 +161,9 @@ void nucleus(float* p, int64_t V, float top_p, Scratch& s) {
 // exceeds u times the total; its temperature-1 log-prob; the ids of the k largest logits,
 // largest first.
 int64_t pick(const float* l, int64_t V, float u, float temperature, float top_p, int64_t k,
-             float* logp, int32_t* topk, Scratch& s) {
+             float* logp, int32_t* topk, float* p, int32_t* ord) {
   const float mx = row_max(l, V);
-  float* p = s.probs.data();  // exp(l - max): the softmax numerators at temperature 1
+  // p: exp(l - max), the softmax numerators at temperature 1
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < V; ++j) {
@@ -171,7 +192,7 @@ int64_t pick(const float* l, int64_t V, float u, float temperature, float top_p,
     }
     const float inv = 1.f / tsum;
     for (int64_t j = 0; j < V; ++j) p[j] *= inv;
-    if (top_p < 1.f) nucleus(p, V, top_p, s);
+    if (top_p < 1.f) nucleus(p, V, top_p, ord);
     double acc = 0.0;
     for (int64_t j = 0; j < V; ++j) {
       acc += static_cast<double>(p[j]);
@@ -183,7 +204,6 @@ int64_t pick(const float* l, int64_t V, float u, float temperature, float top_p,
   }
   *logp = (l[tok] - mx) - log_sum;
   if (k > 0) {
-    int32_t* ord = s.order.data();
     std::iota(ord, ord + V, 0);
     std::partial_sort(ord, ord + k, ord + V, [l](int32_t a, int32_t b) {
       return l[a] > l[b] || (l[a] == l[b] && a < b);
@@ -200,8 +220,8 @@ std::vector<torch::Tensor> sample_steps(
     torch::Tensor embed, torch::Tensor K, torch::Tensor V, torch::Tensor pos_A,
     torch::Tensor cos_SD, torch::Tensor sin_SD, torch::Tensor attend_AS,
     torch::Tensor uniforms_An, int64_t slot, int64_t n, double temperature, double top_p,
-    int64_t k, const std::vector<int64_t>& eos_ids, bool decode_last, int64_t group, int64_t n_heads, int64_t n_kv,
-    double eps, double scale) {
+    int64_t k, const std::vector<int64_t>& eos_ids, bool decode_last, int64_t group, bool split,
+    int64_t n_heads, int64_t n_kv, double eps, double scale) {
   for (const auto* t : {&logits_AV, &head_VH, &embed, &K, &V, &cos_SD, &sin_SD})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
                 "sample_steps: contiguous float32 CPU tensors expected");
@@ -248,38 +268,51 @@ std::vector<torch::Tensor> sample_steps(
   const float temp = static_cast<float>(temperature), ftop_p = static_cast<float>(top_p);
   group = std::max<int64_t>(1, std::min(group, A));
   const int64_t n_groups = (A + group - 1) / group;
+  const int64_t T = split ? std::max<int64_t>(1, at::get_num_threads()) : 1;
 
-  at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
-    Scratch s(m, group);
-    std::vector<int64_t> cur(group), cpos(group);
-    std::vector<char> done(group);
-    for (int64_t gi = g0; gi < g1; ++gi) {
-      const int64_t a0 = gi * group, g = std::min(group, A - a0);
-      std::fill(done.begin(), done.end(), 0);
-      int64_t live = g;
-      for (int64_t step = 0; step < n && live > 0; ++step) {
-        for (int64_t r = 0; r < g; ++r) {
+  // all n steps of group gi (rows a0..a0+g-1); inside a parallel region (spread) every
+  // at::parallel_for below runs serially as thread 0
+  auto run_group = [&](int64_t gi, Scratch& s) {
+    const int64_t a0 = gi * group, g = std::min(group, A - a0);
+    std::vector<int64_t> cur(g), cpos(g);
+    std::vector<char> done(g, 0), hit(g, 0);
+    int64_t live = g;
+    for (int64_t step = 0; step < n && live > 0; ++step) {
+      at::parallel_for(0, g, 1, [&](int64_t r0, int64_t r1) {
+        const int64_t th = at::get_thread_num();
+        for (int64_t r = r0; r < r1; ++r) {
           if (done[r]) continue;
           const int64_t a = a0 + r;
           const float ua = greedy ? 0.f : up[a * un + step];
           const int64_t t = pick(lg + a * Vv, Vv, ua, temp, ftop_p, k, lp + a * n + step,
-                                 tp + (a * n + step) * kk, s);
+                                 tp + (a * n + step) * kk, s.probs_of(th), s.order_of(th));
           tk[a * n + step] = t;
           ln[a] = step + 1;
           cur[r] = t;
           cpos[r] = pp[a] + step;
-          if (std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end()) {
-            done[r] = 1;
-            --live;
-          }
+          hit[r] = std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end();
         }
-        if (live == 0 || (step + 1 == n && !decode_last)) break;
-        // finished rows are decoded too (their results are never read), so the group stays
-        // one block of rows for the projections
-        decode_rows(m, a0, g, cur.data(), cpos.data(), slot + step, s, lg + a0 * Vv);
-      }
+      });
+      for (int64_t r = 0; r < g; ++r)
+        if (!done[r] && hit[r]) {
+          done[r] = 1;
+          --live;
+        }
+      if (live == 0 || (step + 1 == n && !decode_last)) break;
+      // finished rows are decoded too (their results are never read), so the group stays
+      // one block of rows for the projections
+      decode_rows(m, a0, g, cur.data(), cpos.data(), slot + step, s, lg + a0 * Vv);
     }
-  });
+  };
+  if (split) {
+    Scratch s(m, group, T);
+    for (int64_t gi = 0; gi < n_groups; ++gi) run_group(gi, s);
+  } else {
+    at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
+      Scratch s(m, group, 1);
+      for (int64_t gi = g0; gi < g1; ++gi) run_group(gi, s);
+    });
+  }
   return {tok_An, logp_An, topk_Ank, len_A, logits};
 }
 

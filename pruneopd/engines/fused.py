@@ -11,9 +11,12 @@ SiLU * up, the down projection added in place.
 
 `FusedDecoder.sample_steps` goes further: a block of tokens per call (the pick from the
 logits with the caller's uniforms, the log-prob and top-k, the decode step), with the samples
-in groups of `SAMPLE_GROUP` that each run all the block's steps before the next group starts,
-so a group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e).
-`rollout.sample` uses it on this engine.
+in groups that each run all the block's steps before the next group starts. `plan_sampling`
+picks the groups from what each step streams from memory: on a model whose weights fit the
+CPU caches (the zoo's, a few MB), groups of `SAMPLE_GROUP` spread over the threads, so a
+group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e); on one
+whose weights do not (a real model, hundreds of MB), one group per thread, so each thread
+reads every weight once per step, not once per group of 4 (docs/benchmarks.md 10). `rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -38,6 +41,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +54,9 @@ _SOURCES = [_CSRC / "fused_decode.cpp", _CSRC / "causal_attention.cpp", _CSRC / 
 # samples per group in `FusedDecoder.sample_steps`: a group runs all its steps of a call
 # before the next group starts, so its KV cache stays in the CPU caches between tokens
 SAMPLE_GROUP = 4
+# weights up to this size stay in the CPU caches (L2 + a share of L3) from one group's step to
+# the next: the zoo's models (<= 4 MB) do, a real model (>= 100 MB) is streamed from memory
+CACHED_WEIGHT_BYTES = 32 << 20
 _EXT = None  # the loaded extension module
 _ERROR: str | None = None  # why it could not be loaded, once tried
 _NOTED = False  # whether available() has said why
@@ -167,6 +174,70 @@ def supported(model) -> bool:
     return plain and p.dtype == torch.float32 and p.device.type == "cpu"
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How `sample_steps` runs A samples: groups of `group` rows, spread over the threads
+    (split False) or one after the other with each step split over them (split True)."""
+
+    group: int
+    split: bool
+    why: str
+
+
+def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int) -> Plan:
+    """The groups of A samples on `threads` threads, from the bytes one decode step streams
+    from memory: the weights (every projection and the head, read once per group: free while
+    they fit the CPU caches) and the KV cache (one sample's at full length, every layer: free
+    while a group's fits the caches, kept there between the group's tokens).
+
+    Candidates, each spread over the threads (a thread runs its groups all n steps at once,
+    with no synchronisation between threads inside a block):
+    - groups of SAMPLE_GROUP (the zoo's models: their tokens are pinned by the golden runs,
+      and this wins any tie);
+    - one group per thread (ceil(A / threads) samples): each thread reads every weight once
+      per step.
+    With fewer samples than threads, one split group (each step's columns, attention units and
+    picks shared by the threads) when the weights are streamed. Measured on the SmolLM2
+    student under load (docs/benchmarks.md 10): one group per thread 1.6-2x one split group,
+    which waits at ~80 barriers per step for threads the other processes hold."""
+    mb = 1 << 20
+    threads = max(1, threads)
+    cached = weight_bytes <= CACHED_WEIGHT_BYTES
+
+    def streamed(group: int) -> int:
+        """Bytes from memory per step of the busiest thread."""
+        n_groups = -(-A // group)
+        per_thread = -(-n_groups // threads)
+        weights = 0 if cached else per_thread * weight_bytes
+        kv = group * kv_bytes_per_sample
+        return weights + per_thread * (0 if kv <= CACHED_WEIGHT_BYTES else kv)
+
+    if not cached and A < threads:
+        return Plan(
+            A,
+            True,
+            f"weights {weight_bytes / mb:.0f} MB streamed from memory and {A} sample(s) for "
+            f"{threads} threads: each step split over the threads",
+        )
+    per_thread = -(-A // threads)
+    small, large = streamed(SAMPLE_GROUP), streamed(per_thread)
+    if small < large or (small == large and cached):
+        return Plan(
+            SAMPLE_GROUP,
+            False,
+            f"weights {weight_bytes / mb:.0f} MB"
+            f"{' (they stay in the CPU caches)' if cached else ''}: groups of {SAMPLE_GROUP} "
+            f"stream {small / mb:.0f} MB per step and thread, one group per thread {large / mb:.0f} MB",
+        )
+    return Plan(
+        per_thread,
+        False,
+        f"weights {weight_bytes / mb:.0f} MB streamed from memory: one group per thread "
+        f"streams {large / mb:.0f} MB per step and thread, groups of {SAMPLE_GROUP} "
+        f"{small / mb:.0f} MB",
+    )
+
+
 class FusedDecoder(decode.LeanDecoder):
     """LeanDecoder whose one-token `step` is one call into the compiled extension."""
 
@@ -196,6 +267,15 @@ class FusedDecoder(decode.LeanDecoder):
             self.weights.append(self.dec.norm.weight.detach())
         self.scale = float(self.dec.layers[0].self_attn.scaling)
         self.cos_SD, self.sin_SD = self.cos_SD.contiguous(), self.sin_SD.contiguous()
+        head = self.model.get_output_embeddings().weight
+        self.weight_bytes = sum(w.numel() * w.element_size() for w in [*self.weights, head])
+        # one sample's KV cache at full length, every layer
+        self.kv_bytes_per_sample = 2 * self.K[:, 0].numel() * self.K.element_size()
+
+    def plan(self) -> Plan:
+        """`plan_sampling` for this model and its current samples."""
+        A, threads = self.K.shape[1], torch.get_num_threads()
+        return plan_sampling(self.weight_bytes, self.kv_bytes_per_sample, A, threads)
 
     def select(self, keep_A: torch.Tensor) -> None:
         super().select(keep_A)
@@ -257,7 +337,7 @@ class FusedDecoder(decode.LeanDecoder):
         topk: int,
         eos_id: int | tuple[int, ...],
         decode_last: bool,
-        group: int | None = None,
+        plan: Plan | None = None,
     ):
         """n tokens per sample in one call into the extension, from the logits [A, V] of
         response position t: each step picks a token (argmax at temperature 0, else the
@@ -265,8 +345,9 @@ class FusedDecoder(decode.LeanDecoder):
         records its temperature-1 log-prob and top-k ids, and decodes it (a sample stops at
         eos_id; the last step decodes only with decode_last). Returns (tokens [A, n],
         log-probs [A, n], top-k ids [A, n, max(topk, 1)] int32, tokens produced [A], logits
-        [A, V] after the last decode). The samples run in groups of `group` rows, each group all n steps at
-        once (csrc/sample_loop.cpp)."""
+        [A, V] after the last decode). The samples run as `plan` says (default: `self.plan()`),
+        each group all n steps at once (csrc/sample_loop.cpp)."""
+        plan = plan or self.plan()
         head = self.model.get_output_embeddings()
         u = torch.empty(0) if uniforms_An is None else uniforms_An
         return self.ext.sample_steps(
@@ -288,7 +369,8 @@ class FusedDecoder(decode.LeanDecoder):
             topk,
             stop_id_list(eos_id),
             decode_last,
-            group or SAMPLE_GROUP,
+            plan.group,
+            plan.split,
             self.n_heads,
             self.n_kv,
             self.eps,

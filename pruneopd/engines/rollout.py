@@ -11,6 +11,7 @@ V = vocabulary, C = chunk length, K = student top-k, T = longest response.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,7 @@ from pruneopd.models import cache_kwarg
 _CAP, _EOS, _PRUNED = 0, 1, 2
 _STOP_NAMES = {_CAP: "cap", _EOS: "eos", _PRUNED: "pruned"}
 BLOCK = 32  # tokens per call into the extension when sampling on the fused engine, unchunked
+_SAID: set[tuple] = set()  # the engine choices already said on stderr (once per process each)
 
 
 def sample(
@@ -135,6 +137,30 @@ def pick_engine(model, engine: str) -> str:
     return engine
 
 
+def say_engine(engine: str, plan: fused.Plan | None, B: int) -> None:
+    """One line on stderr, the first time in this process that `sample` runs this way: the
+    engine, the fused engine's groups, and why."""
+    key = (engine, plan and (plan.group == B, plan.group, plan.split))
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    if plan is not None:
+        how = (
+            f"one group of {plan.group} samples, each step split over the threads"
+            if plan.split
+            else f"groups of {plan.group} samples spread over the threads"
+        )
+        line = f"fused engine, {how}: {plan.why}"
+    else:
+        why = {
+            "fused": "token by token (the head or the embedding is not a plain layer)",
+            "lean": "the model's weights in PyTorch operators (no fused kernel for it here)",
+            "hf": "the model's own forward (no lean decoder for this architecture)",
+        }
+        line = f"{engine} engine, {why[engine]}"
+    print(f"pruneopd: sampling {B} samples on the {line}", file=sys.stderr, flush=True)
+
+
 def _sample_loop(
     model,
     prompts,
@@ -181,7 +207,9 @@ def _sample_loop(
     chunk_ids_A, chunk_start = active_A, 0
     decoders = {"fused": fused.FusedDecoder, "lean": decode.LeanDecoder}
     lean_decoder = decoders[engine](model, cache, P, N) if engine in decoders else None
-    if engine == "fused" and lean_decoder.can_sample_steps():
+    blocks = engine == "fused" and lean_decoder.can_sample_steps()
+    say_engine(engine, lean_decoder.plan() if blocks else None, B)
+    if blocks:
         lean_decoder.read_padding(attention_mask_BP)
         buffers = (tokens_BN, logprobs_BN, topk_BNK, lengths_B, stop_code_B)
         _sample_blocks(

@@ -100,6 +100,8 @@ def evaluate(
     accuracy on those problems and on the rest (`accuracy_drifted`, `accuracy_reliable`, None
     when there are none). With `keep > 0`, `responses`: the greedy responses to the first
     `keep` problems (index, prompt text with special tokens, response text, correct).
+    `batch_size` problems are sampled together (greedy; `rollout.sample` picks the engine
+    and its groups for the batch, see `fused.plan_sampling`).
     """
     was_training = model.training
     model.eval()

@@ -10,7 +10,7 @@ What runs where:
   the adapted projections' weights, which hold W + (alpha / r) B A and are recomputed after each
   update (`refresh`). Sampling therefore runs at full-model speed with the adapters in, and the
   merged copy costs the adapted projections' weights once more in memory (q/k/v/o of the
-  real pair's student: 13.3M of its 81.4M weights, docs/benchmarks.md section 10);
+  real pair's student: 13.3M of its 81.4M weights, docs/benchmarks.md section 11);
 - checkpoints hold the adapters (peft's adapter folder) and the optimizer's state over them;
   the frozen weights are the `student` the config names, loaded again on resume.
 """

@@ -101,6 +101,7 @@ def _loop(cfg, p: Prepared) -> dict:
                     mine,
                     max_new_tokens=p.eval_cap,
                     samples=cfg.eval_samples,
+                    batch_size=cfg.eval_batch or len(mine),
                     seed=cfg.seed,
                     drift=p.eval_drift,
                     keep=cfg.log_samples,
@@ -115,6 +116,7 @@ def _loop(cfg, p: Prepared) -> dict:
                 p.test_problems,
                 cap=p.eval_cap,
                 samples=cfg.eval_samples,
+                batch=cfg.eval_batch,
                 seed=cfg.seed if cfg.eval_samples else 0,
                 drift=p.eval_drift.settings() if p.eval_drift else None,
             )
