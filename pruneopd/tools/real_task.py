@@ -17,9 +17,9 @@ problems (N = 20-30) have responses of ~180-280 tokens. The answer is checked by
 equal the total, so one wrong addition anywhere makes the answer wrong: a long chain where the
 student drifts and the teacher's per-token signal tells it where.
 
-SmolLM2-135M-Instruct cannot do it untouched (0 of 6 with the raw GGUF weights): the teacher is
-fine-tuned on the reference responses (`pruneopd real tune teacher`), the depth-pruned student
-warmed up on them for fewer steps (`pruneopd real tune student`); see docs/real.md.
+SmolLM2-135M-Instruct is not trained for it (its accuracy untouched: docs/benchmarks.md,
+section 11): the teacher is fine-tuned on the reference responses (`pruneopd real tune teacher`), the depth-pruned student
+warmed up on them for fewer steps (`pruneopd real tune student`).
 
 Files are plain JSONL rows `{"prompt", "answer", "response"}`: `prompt`/`answer` are what
 `data=` reads; `response` is the reference used by the fine-tunes only.
