@@ -270,6 +270,9 @@ PLANS = {
     "spread-5": lambda A: fused.Plan(5, False, ""),  # groups of 5, 5, 2 of the 12 samples
     "split-4": lambda A: fused.Plan(4, True, ""),
     "split-all": lambda A: fused.Plan(A, True, ""),  # the plan of a real model
+    # one spread group: parallel_for may run it outside a parallel region, and then its own
+    # parallel loops use every thread (each needs its scratch; once a heap overflow)
+    "spread-all": lambda A: fused.Plan(A, False, ""),
 }
 
 
@@ -283,7 +286,7 @@ def test_every_sampling_plan_gives_the_lean_engines_tokens(plan, monkeypatch):
     monkeypatch.setattr(fused.FusedDecoder, "plan", lambda self: PLANS[plan](self.K.shape[1]))
     stopped_by = check_engines_agree(MODELS["llama-gqa-d8"](), "lean", "fused", 40)
     assert {"eos", "cap"} <= set(stopped_by)
-    if plan == "split-all":
+    if plan in ("split-all", "spread-all"):
         threads = torch.get_num_threads()
         torch.set_num_threads(2)
         try:

@@ -308,8 +308,11 @@ std::vector<torch::Tensor> sample_steps(
     Scratch s(m, group, T);
     for (int64_t gi = 0; gi < n_groups; ++gi) run_group(gi, s);
   } else {
+    // every thread's share of the scratch: with one group, parallel_for may run it outside a
+    // parallel region, and then the group's own parallel_for calls do use the threads
+    const int64_t T_all = std::max<int64_t>(1, at::get_num_threads());
     at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
-      Scratch s(m, group, 1);
+      Scratch s(m, group, T_all);
       for (int64_t gi = g0; gi < g1; ++gi) run_group(gi, s);
     });
   }
