@@ -139,6 +139,7 @@ def tune(
     dev_task = DataTask(dev, tok)
     problems = dev_task.train[:eval_n]
     started, history = time.time(), []
+    last: dict = {}  # the latest evaluation: {"step", "res"}
 
     def write_log(entry: dict) -> None:
         history.append(entry)
@@ -152,6 +153,7 @@ def tune(
 
     def on_eval(step: int) -> bool:
         res = evaluate(model, tok, dev_task, problems, max_new_tokens=400)
+        last.update(step=step, res=res)
         write_log(
             {"step": step, "dev_accuracy": res["accuracy"], "mean_length": res["mean_length"]}
         )
@@ -180,7 +182,10 @@ def tune(
         on_checkpoint=on_checkpoint,
         resume=resume,
     )
-    final = evaluate(model, tok, dev_task, problems, max_new_tokens=400)
+    if last.get("step") == taken:  # ended right after an evaluation (the target reached)
+        final = last["res"]
+    else:
+        final = evaluate(model, tok, dev_task, problems, max_new_tokens=400)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     record = {
