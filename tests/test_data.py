@@ -297,3 +297,36 @@ def test_eval_scores_a_model_on_a_data_file(qwen_pair, capsys, monkeypatch):
     for extra in ([], ["--task", "regs", "--data", str(FIX / "math_plain.jsonl")]):
         code, cap = run_main([*args, *extra], capsys)
         assert code == 2 and cap.err.count("\n") == 1 and "exactly one of --task" in cap.err
+
+
+def test_real_task_batches_train_on_the_answer_only_and_resume(tok, tmp_path):
+    """The running-sums files (pruneopd real task) and the fine-tune's batches: labels only on
+    the answer and its end-of-turn tokens; a stream restored from its state goes on alike."""
+    from pruneopd.tools.real_task import write_task
+    from pruneopd.tools.real_tune import ChatBatches, conversation_ids, read_rows
+
+    info = write_task(tmp_path, n_train=20, n_dev=4, n_test=6)
+    assert (info["train"], info["dev"], info["test"]) == (20, 4, 6)
+    rows = read_rows(tmp_path / "train.jsonl")
+    r = rows[0]
+    xs = [int(x) for x in r["prompt"].splitlines()[1].split(", ")]
+    assert r["answer"] == str(sum(xs)) and r["response"].endswith(f"The total is {sum(xs)}.")
+    prompts = {
+        json.loads(x)["prompt"]
+        for f in ("train", "dev", "test")
+        for x in (tmp_path / f"{f}.jsonl").read_text().splitlines()
+    }
+    assert len(prompts) == 30  # no prompt in two files
+    head, tail = conversation_ids(tok, r["prompt"], r["response"])
+    b = ChatBatches(rows, tok, batch_size=3, seed=0)
+    ids_BL, labels_BL = next(b)
+    for ids_L, labels_L in zip(ids_BL, labels_BL, strict=True):
+        kept = labels_L != -100
+        assert torch.equal(ids_L[kept], labels_L[kept]) and kept.any() and not kept[0]
+    state = b.state_dict()
+    again = ChatBatches(rows, tok, batch_size=3, seed=0)
+    again.load_state_dict(state)
+    for _ in range(8):  # across the epoch boundary (20 rows, 3 a batch)
+        x, y = next(b), next(again)
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+    assert tok.decode(tail).startswith(r["response"][:10]) and len(head) > 0
