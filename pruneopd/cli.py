@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
+
+from pruneopd.errors import say
 
 EXIT_USAGE = 2
 
@@ -20,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _die(msg: str) -> None:
-    print(f"pruneopd: error: {msg}", file=sys.stderr)
+    say(f"pruneopd: error: {msg}")
     raise SystemExit(EXIT_USAGE)
 
 
@@ -47,7 +48,7 @@ def cmd_zoo_build(args) -> None:
             out,
             spec,
             seed=args.seed,
-            log=lambda s: print(s, file=sys.stderr),
+            log=say,
             only=only,
             force=args.force,
         )
@@ -70,7 +71,7 @@ def _zoo_build_experts(args) -> None:
             Path(args.out) / "experts",
             FAST_EXPERTS if args.fast else EXPERTS,
             seed=args.seed,
-            log=lambda s: print(s, file=sys.stderr),
+            log=say,
             force=args.force,
         )
     except ValueError as e:
@@ -106,7 +107,7 @@ def cmd_zoo_card(args) -> None:
         n=args.n,
         trained=trained,
         seed=args.seed,
-        log=lambda s: print(s, file=sys.stderr),
+        log=say,
     )
     print(Path(args.out) / "testbed.json")
 
@@ -132,7 +133,7 @@ def cmd_eval(args) -> None:
     problems = task.problems("test", args.n, seed=args.seed, difficulty=args.difficulty or None)
     model = load_model(args.model)
     if note:
-        print(note, file=sys.stderr)
+        say(note)
     res = evaluate(
         model,
         tok,
@@ -195,7 +196,7 @@ def cmd_bench(args) -> None:
         eval_problems=args.eval_problems,
         suite=args.suite,
         methods=tuple(args.methods.split(",")) if args.methods else METHODS,
-        log=lambda s: print(s, file=sys.stderr, flush=True),
+        log=say,
     )
     print(Path(args.out) / "report.md")
 
@@ -217,9 +218,7 @@ def cmd_import_gguf(args) -> None:
     from pruneopd.tools.gguf_import import import_gguf
 
     set_threads()
-    info = import_gguf(
-        args.file, args.out, force=args.force, log=lambda s: print(s, file=sys.stderr)
-    )
+    info = import_gguf(args.file, args.out, force=args.force, log=say)
     print(json.dumps(info, indent=2))
 
 
@@ -228,9 +227,7 @@ def cmd_real_build(args) -> None:
     from pruneopd.tools.real import build_real
 
     set_threads()
-    res = build_real(
-        args.source, args.out, force=args.force, log=lambda s: print(s, file=sys.stderr)
-    )
+    res = build_real(args.source, args.out, force=args.force, log=say)
     print(json.dumps(res, indent=2))
 
 
@@ -267,7 +264,7 @@ def cmd_real_tune(args) -> None:
         batch_size=args.batch,
         eval_every=args.eval_every,
         target=target if args.target is None else args.target,
-        log=lambda s: print(s, file=sys.stderr, flush=True),
+        log=say,
     )
     print(json.dumps(res, indent=2))
 
@@ -312,7 +309,7 @@ def cmd_card(args) -> None:
     from pruneopd.tools.card import run_card, summary_lines
 
     path, origin = _config_path(args.config, args.overrides)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    log = say
     result = run_card(args.overrides, path, args.n, args.out, log=log, origin=origin)
     for line in summary_lines(result, args.out):
         print(line)
@@ -501,22 +498,19 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exception(e.__cause__)
-        print(f"pruneopd: {_one_line(e)}", file=sys.stderr)
+        say(f"pruneopd: {_one_line(e)}")
         raise SystemExit(e.exit_code) from None
     except (ConfigError, PairError, OSError) as e:  # bad input: files, paths, permissions
         _die(_one_line(e))
     except ValueError as e:  # bad arguments caught by the library (task names, splits, ...)
         _die(_one_line(e))
     except KeyboardInterrupt:
-        print("pruneopd: interrupted", file=sys.stderr)
+        say("pruneopd: interrupted")
         raise SystemExit(130) from None
     except Exception as e:
         if os.environ.get("PRUNEOPD_DEBUG"):
             raise
-        print(
-            f"pruneopd: internal error: {_one_line(e)} (PRUNEOPD_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-        )
+        say(f"pruneopd: internal error: {_one_line(e)} (PRUNEOPD_DEBUG=1 shows the traceback)")
         raise SystemExit(1) from None
 
 

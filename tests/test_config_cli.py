@@ -295,3 +295,18 @@ def test_note_busy_cores_once(monkeypatch, capsys):
     monkeypatch.setattr(models, "_noted", [])
     models.note_busy_cores()  # the user chose the threads: no note
     assert capsys.readouterr().err == ""
+
+
+def test_a_stderr_line_is_one_write(monkeypatch):
+    """Torchrun ranks share stderr: a line and its newline go out in one write, or two ranks'
+    stop lines run together (seen in CI: '...resume=autopruneopd: step 2 ...')."""
+    import sys
+    from types import SimpleNamespace
+
+    from pruneopd.errors import say
+
+    writes = []
+    fake = SimpleNamespace(write=writes.append, flush=lambda: None)
+    monkeypatch.setattr(sys, "stderr", fake)
+    say("pruneopd: step 2 of 5 stopped: x")
+    assert writes == ["pruneopd: step 2 of 5 stopped: x\n"]

@@ -11,7 +11,6 @@ V = vocabulary, C = chunk length, K = student top-k, T = longest response.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import torch
@@ -32,6 +31,7 @@ from pruneopd.engines.token_pick import (  # noqa: F401  (also this module's int
     sample_uniforms,
     top_p_filter,
 )
+from pruneopd.errors import say
 from pruneopd.models import cache_kwarg
 
 _CAP, _EOS, _PRUNED = 0, 1, 2
@@ -158,7 +158,7 @@ def say_engine(engine: str, plan: fused.Plan | None, B: int) -> None:
             "hf": "the model's own forward (no lean decoder for this architecture)",
         }
         line = f"{engine} engine, {why[engine]}"
-    print(f"pruneopd: sampling {B} samples on the {line}", file=sys.stderr, flush=True)
+    say(f"pruneopd: sampling {B} samples on the {line}")
 
 
 def _sample_loop(

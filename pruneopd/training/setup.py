@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from pruneopd.config import ConfigError, TrainConfig, config_to_yaml
 from pruneopd.engines import choose as engines
 from pruneopd.engines.records import left_pad
+from pruneopd.errors import say
 from pruneopd.method import build_method, method_class
 from pruneopd.method.weighing import DriftSettings
 from pruneopd.models import note_busy_cores
@@ -197,7 +197,7 @@ def setup_run(c: Checked) -> Prepared:
     else:
         sampler, teacher = engines.build(cfg, student, c.teacher, c.tok, **where)
     if d.main:
-        print(engines.describe(cfg, sampler), file=sys.stderr)
+        say(engines.describe(cfg, sampler))
     eval_drift = DriftCheck(teacher, cfg.topk, drift) if teacher.model is not None else None
     run = Run(
         cfg=cfg,

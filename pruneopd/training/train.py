@@ -11,7 +11,6 @@ models, optimiser, method, engines, resume) and runs the steps; each step is the
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pruneopd.engines.faults import EngineFailure
+from pruneopd.errors import say
 from pruneopd.models import set_threads
 from pruneopd.training import distributed, lora
 from pruneopd.training.checkpoint import GracefulStop, rng_state, set_rng_state
@@ -76,7 +76,7 @@ def train(cfg, dry_run: bool = False, origin: str = "") -> dict:
     checked = check_run(cfg)
     if checked.d.main:
         for note in ([origin] if origin else []) + checked.notes:
-            print(note, file=sys.stderr)
+            say(note)
     if dry_run:
         resume_from = checked.resume_from
         return {"checked": True, "resume_from": str(resume_from) if resume_from else None}
