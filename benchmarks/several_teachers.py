@@ -48,10 +48,21 @@ def main() -> None:
     ap.add_argument("--out", default="runs/several-teachers")
     ap.add_argument("--steps", type=int, default=0, help="override max_steps (0: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--variants",
+        default="routed,expert-regs,expert-add,mixture",
+        help="which variants, by the first word of their label (default: all four)",
+    )
     args = ap.parse_args()
+    keys = {label.split()[0]: label for label in VARIANTS}
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in keys]
+    if unknown:
+        raise SystemExit(f"several_teachers: unknown --variants {unknown}; known: {list(keys)}")
     rows = {}
     before_by_task = None
-    for label, overrides in VARIANTS.items():
+    for label in (keys[v] for v in wanted):
+        overrides = VARIANTS[label]
         out = Path(args.out) / label.split()[0].replace("/", "-")
         extra = [f"out={out}", "overwrite=true", f"seed={args.seed}", "progress=false"]
         if args.steps:

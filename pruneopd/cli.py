@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-problems", type=int, help="override the preset's test problems")
     b.add_argument(
         "--methods",
-        help="comma-separated subset (default: all nine: full, prefix, "
-        "prefix-sched, prune, prune-online, hybrid, prefix-adaptive, iw-opd, window)",
+        help="comma-separated subset (default: all ten: full, prefix, "
+        "prefix-sched, prune, prune-online, hybrid, prefix-adaptive, iw-opd, window, auto)",
     )
     b.add_argument(
         "--suite",

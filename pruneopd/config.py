@@ -86,7 +86,8 @@ class TrainConfig:
     method: str = _f(
         "prune",
         "full | prefix | prefix-adaptive | prune | hybrid (prune + outcome reward on the tail) | "
-        "iw-opd (prefix-discrepancy token weights) | window (probe-audited window); "
+        "iw-opd (prefix-discrepancy token weights) | window (probe-audited window) | "
+        "auto (train up to the probed top-1 reliability horizon); "
         "the classes of pruneopd.method",
     )
     loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
@@ -162,6 +163,19 @@ class TrainConfig:
         0.2,
         "window: a probe grows H when more than this share of its OPD signal sum |a_t| lies "
         "past H, and shrinks it otherwise",
+    )
+    # ---- auto: the probed reliability horizon (docs/method.md) -----------------------------
+    auto_probe_every: int = _f(
+        10, "auto: step 0 and every N-th step sample to max_len to find the horizon (0 = step 0)"
+    )
+    auto_agree: float = _f(
+        0.95,
+        "auto: the horizon is the first bucket (past min_len) where the teacher's top-1 agrees "
+        "with the student's on fewer than this share of tokens",
+    )
+    auto_bucket: int = _f(32, "auto: positions pooled per bucket of the probe's top-1 agreement")
+    auto_w_drop: float = _f(
+        0.02, "auto: weight lost per top-1 disagreement (w_t = clip(1 - this * count, 0, 1))"
     )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(

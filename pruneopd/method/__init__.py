@@ -1,5 +1,5 @@
 """The method: pure tensor functions of Prune-OPD and its baselines (drift monitor,
-reliability weights, budget, losses, the hybrid gate, IW-OPD's weights, the probed window)
+reliability weights, budget, losses, the hybrid gate, IW-OPD's weights, the probed window, the reliability horizon)
 and the method classes built from the config.
 
 `METHODS` names every method class; `build_method(cfg)` is the one place the config's
@@ -9,6 +9,7 @@ and the method classes built from the config.
 from __future__ import annotations
 
 from pruneopd.method.adaptive_prefix import AdaptivePrefixOPD
+from pruneopd.method.auto import AutoOPD
 from pruneopd.method.base import Method, MethodWeights
 from pruneopd.method.full_opd import FullOPD
 from pruneopd.method.hybrid import HybridOPD
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {
     "hybrid": HybridOPD,
     "iw-opd": IWOPD,
     "window": WindowOPD,
+    "auto": AutoOPD,
 }
 
 

@@ -47,6 +47,8 @@ class TokenWeights:
 
     overlap_BT: float32 top-K' overlap o_t; events_BT: bool e_t; weights_BT: float32 w_t;
     multipliers_BT: float32 m_t; eff_len_B: long, the effective reliable length l_i.
+    agree_BT: bool, the student's and the teacher's top-1 are the same token (method `auto`'s
+    signal); None where several teachers' weights are mixed.
     """
 
     overlap_BT: torch.Tensor
@@ -54,6 +56,7 @@ class TokenWeights:
     weights_BT: torch.Tensor
     multipliers_BT: torch.Tensor
     eff_len_B: torch.Tensor
+    agree_BT: torch.Tensor | None = None
 
 
 def weigh_tokens(
@@ -79,4 +82,5 @@ def weigh_tokens(
     weights_BT, multipliers_BT, eff_len_B = reliability_weights(
         events_BT, mask_BT, drift.w_drop, drift.w_base
     )
-    return TokenWeights(overlap_BT, events_BT, weights_BT, multipliers_BT, eff_len_B)
+    agree_BT = (student_topk_ids_BTK[..., 0] == teacher_topk_ids_BTK[..., 0]) & mask_BT.bool()
+    return TokenWeights(overlap_BT, events_BT, weights_BT, multipliers_BT, eff_len_B, agree_BT)

@@ -3,7 +3,7 @@
 For each suite (`short`: the regs zoo, presets in `configs/`; `long`: the long-horizon loop
 zoo, presets in `configs/long/`, docs/testbed.md), pair (same-family, cross-family), method (full OPD, prefix OPD fixed and
 scheduled, Prune-OPD as released, Prune-OPD with online pruning, the hybrid gate, the adaptive
-prefix, IW-OPD, the probe-audited window: `METHODS`) and seed, one training run
+prefix, IW-OPD, the probe-audited window, auto: `METHODS`) and seed, one training run
 from the preset `configs/{method}-{pair}.yaml`, with the preset's steps, prompts, optimizer
 and evaluation overridden identically for every run. Runs go to `OUT/runs/{pair}/{method}/
 seed{k}/`; a run that already has its `summary.json` is not run again, so an interrupted

@@ -26,6 +26,7 @@ METHODS = (
     "prefix-adaptive",
     "iw-opd",
     "window",
+    "auto",
 )
 CORE_METHODS = METHODS[:5]  # the released method and its baselines; then ours, then the field's
 CONFIGS = Path(__file__).parents[1] / "configs"
