@@ -168,10 +168,10 @@ class TrainConfig:
     auto_probe_every: int = _f(
         10, "auto: step 0 and every N-th step sample to max_len to find the horizon (0 = step 0)"
     )
-    auto_agree: float = _f(
-        0.95,
-        "auto: the horizon is the first bucket (past min_len) where the teacher's top-1 agrees "
-        "with the student's on fewer than this share of tokens",
+    auto_drop: float = _f(
+        0.03,
+        "auto: the horizon is the first bucket start past min_len from which on the teacher's "
+        "top-1 agrees with the student's on a share more than this below the share before min_len",
     )
     auto_bucket: int = _f(32, "auto: positions pooled per bucket of the probe's top-1 agreement")
     auto_w_drop: float = _f(

@@ -31,22 +31,36 @@ def test_agreement_by_bucket_by_hand():
 
 
 def test_reliability_horizon_by_hand():
-    kw = dict(bucket=2, threshold=0.75, min_len=2, max_len=8)
-    # shares 1.0, 0.5, 1.0, 0.5: bucket 0 starts before min_len (ignored), bucket 1 falls below
-    assert reliability_horizon([2, 1, 2, 1], [2, 2, 2, 2], **kw) == 2
-    # bucket 1 has one token (fewer than `bucket`): says nothing; bucket 3 is the first below
-    assert reliability_horizon([2, 0, 2, 1], [2, 1, 2, 2], **kw) == 6
-    assert reliability_horizon([2, 2, 2, 2], [2, 2, 2, 2], **kw) == 8  # never below: L_max
-    assert reliability_horizon([0, 0, 0], [2, 2, 2], **{**kw, "min_len": 3}) == 4  # starts >= 3
+    kw = dict(bucket=1, drop=0.05, min_len=1, max_len=8)
+    c = [4, 4, 4, 4]
+    # shares 1.0, 0.75, 1.0, 0.5: head (position 0) 1.0; from 1 on 0.75 < 0.95 -> 1
+    assert reliability_horizon([4, 3, 4, 2], c, **kw) == 1
+    # shares 1.0, 1.0, 1.0, 0.75: from 1 on 0.917, from 2 on 0.875: every suffix below -> 1
+    assert reliability_horizon([4, 4, 4, 3], c, **kw) == 1
+    # min_len 2: head (0, 1) 1.0; from 2 on 0.875 < 0.95 -> 2
+    assert reliability_horizon([4, 4, 4, 3], c, **{**kw, "min_len": 2}) == 2
+    # drop 0.3: no suffix is 0.3 under the head (the lowest, the last bucket, is 0.75) -> L_max
+    assert reliability_horizon([4, 4, 4, 3], c, **{**kw, "drop": 0.3}) == 8
+    # the same share all along, however low: no horizon
+    assert reliability_horizon([2, 2, 2, 2], c, **kw) == 8
+    # a suffix of fewer than 4 x bucket tokens says nothing: only the last bucket is low
+    assert reliability_horizon([4, 4, 4, 0], [4, 4, 4, 3], **{**kw, "min_len": 3}) == 8
+    # too few head tokens: no horizon
+    assert reliability_horizon([3, 0, 0, 0], [3, 4, 4, 4], **kw) == 8
+    # the docstring's example
+    kw32 = dict(bucket=32, drop=0.05, max_len=128)
+    a, n = [128, 125.44, 115.2, 115.2], [128] * 4
+    assert reliability_horizon(a, n, min_len=32, **kw32) == 32
+    assert reliability_horizon(a, n, min_len=64, **kw32) == 64
 
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(
         method="auto",
         max_len=8,
-        min_len=2,
+        min_len=4,
         auto_bucket=2,
-        auto_agree=0.75,
+        auto_drop=0.2,
         auto_probe_every=2,
         auto_w_drop=0.5,
         w_base=1.0,
@@ -65,7 +79,7 @@ def test_auto_method_weighs_and_learns_the_horizon():
     # w_t = clip(1 - 0.5 * C_t, 0, 1); m_t = (w_t + 1) / 2: row 0 disagrees at 3, 4, 5
     assert mw.mult_BT[0].tolist() == [1, 1, 1, 0.75, 0.5, 0.5, 0.5, 0.5]
     assert mw.mult_BT[1].tolist() == [1, 1, 1, 1, 0.75, 0.5, 0.5, 0.5]
-    # buckets of 2: shares 1, 0.75, 0, 1 -> the first below 0.75 past min_len starts at 4
+    # buckets of 2: shares 1, 0.75, 0, 1; head (before min_len 4) 7/8; from 4 on 0.5 < 0.675
     metrics = dict(mw.audit)
     out = m.learn(0, None, metrics)
     assert out == {"top1_agreement": 11 / 16, "horizon": 4, "next_cap": 4}
@@ -95,7 +109,7 @@ def test_auto_method_weighs_and_learns_the_horizon():
     "kw,key",
     [
         (dict(auto_probe_every=-1), "auto_probe_every"),
-        (dict(auto_agree=1.5), "auto_agree"),
+        (dict(auto_drop=1.5), "auto_drop"),
         (dict(auto_bucket=0), "auto_bucket"),
         (dict(auto_w_drop=-0.1), "auto_w_drop"),
     ],
@@ -128,8 +142,8 @@ def _weights(out) -> dict:
 
 
 def test_auto_probes_on_schedule_and_trains_up_to_the_horizon(zoo, tmp_path):
-    # agreement threshold 1: the first bucket past min_len with any disagreement is the horizon
-    kw = dict(method="auto", auto_probe_every=2, auto_bucket=8, auto_agree=1.0, min_len=16)
+    # drop 0: the first bucket start past min_len from which on the agreement is any lower
+    kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
     s = train(_tiny(tmp_path, "a", max_steps=3, **kw))
     rows = _rows(tmp_path / "a")
     assert rows[0]["cap"] == rows[2]["cap"] == 48  # steps 0 and 2 probe to L_max
@@ -142,9 +156,9 @@ def test_auto_probes_on_schedule_and_trains_up_to_the_horizon(zoo, tmp_path):
 
 
 def test_auto_with_a_reliable_teacher_trains_exactly_like_full(zoo, tmp_path):
-    # threshold 0 and no weight lost: the horizon stays L_max, every multiplier is 1
+    # drop 1 and no weight lost: the horizon stays L_max, every multiplier is 1
     train(_tiny(tmp_path, "full", method="full"))
-    train(_tiny(tmp_path, "auto", method="auto", auto_agree=0.0, auto_w_drop=0.0))
+    train(_tiny(tmp_path, "auto", method="auto", auto_drop=1.0, auto_w_drop=0.0))
     full, auto = _rows(tmp_path / "full"), _rows(tmp_path / "auto")
     assert [r["loss"] for r in auto] == [r["loss"] for r in full]
     wf, wa = _weights(tmp_path / "full"), _weights(tmp_path / "auto")
@@ -152,7 +166,7 @@ def test_auto_with_a_reliable_teacher_trains_exactly_like_full(zoo, tmp_path):
 
 
 def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path):
-    kw = dict(method="auto", auto_probe_every=2, auto_bucket=8, auto_agree=1.0, min_len=16)
+    kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
     train(_tiny(tmp_path, "ref", max_steps=4, **kw))
     train(_tiny(tmp_path, "two", max_steps=2, **kw))
     train(_tiny(tmp_path, "two", max_steps=4, resume="auto", **kw))

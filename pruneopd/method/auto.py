@@ -12,9 +12,10 @@ agreeing with the student's, and trains up to there:
 - Probe steps (step 0, then every `auto_probe_every` steps) sample up to L_max; the teacher
   scores every token. Over the global batch's valid tokens, the top-1 agreement
   `1[argmax pi_S(.|y_<t) = argmax pi_T(.|y_<t)]` is pooled in buckets of `auto_bucket`
-  positions. The horizon R is the start of the first bucket at or past L_min whose agreement
-  is below `auto_agree` (buckets with fewer than `auto_bucket` tokens say nothing), or L_max
-  when there is none. A compatible pair keeps R = L_max: `auto` is then full OPD.
+  positions. The horizon R is the first bucket start at or past L_min from which on the
+  pooled agreement is more than `auto_drop` below the agreement before L_min (the teacher
+  starts agreeing less as the response goes on), or L_max when there is none. A pair that
+  agrees alike all along (however much) keeps R = L_max: `auto` is then full OPD.
 - Every step's cap is R (L_max on probes), and only tokens before R are trained (a probe's
   update is an ordinary step's).
 - Weights: the monotone reliability weight of the top-1 signal, w_t = clip(1 - auto_w_drop *
@@ -61,21 +62,29 @@ def reliability_horizon(
     counts: list[float],
     *,
     bucket: int,
-    threshold: float,
+    drop: float,
     min_len: int,
     max_len: int,
 ) -> int:
-    """The start of the first bucket at or past `min_len` whose agreement share is below
-    `threshold` (buckets of fewer than `bucket` tokens are skipped), at least `min_len`;
-    `max_len` when no bucket falls below.
+    """Where the teacher starts agreeing less: with `head` the agreement share of the buckets
+    before `min_len`, the start of the first bucket at or past `min_len` from which on the
+    pooled agreement share (that bucket to the last) is below `head - drop`; `max_len` when
+    none is, or when the head or a suffix has fewer than 4 * `bucket` tokens (too few to say).
 
-    Example: shares [1.0, 0.97, 0.9, 0.8], bucket 32, threshold 0.95, min_len 32 -> 64.
+    Example: buckets of 32 with shares 1.0, 0.98, 0.9, 0.9 (equal counts), min_len 32, drop
+    0.05: head 1.0; from 32 on 0.927 < 0.95 -> 32. With min_len 64: head 0.99, from 64 on 0.9 -> 64.
     """
-    for i, (a, c) in enumerate(zip(agrees, counts, strict=True)):
-        start = i * bucket
-        if start < min_len or c < bucket:
+    starts = [i * bucket for i in range(len(agrees))]
+    head_a = sum(a for a, s in zip(agrees, starts, strict=True) if s < min_len)
+    head_n = sum(c for c, s in zip(counts, starts, strict=True) if s < min_len)
+    if head_n < 4 * bucket:
+        return max_len
+    head = head_a / head_n
+    for i, start in enumerate(starts):
+        if start < min_len:
             continue
-        if a / c < threshold:
+        n = sum(counts[i:])
+        if n >= 4 * bucket and sum(agrees[i:]) / n < head - drop:
             return max(min_len, min(start, max_len))
     return max_len
 
@@ -133,7 +142,7 @@ class AutoOPD(Method):
                 agrees,
                 counts,
                 bucket=cfg.auto_bucket,
-                threshold=cfg.auto_agree,
+                drop=cfg.auto_drop,
                 min_len=cfg.min_len,
                 max_len=cfg.max_len,
             )

@@ -11,6 +11,10 @@ and issue 31's methods added to it (every earlier case kept as it was) with
     python tests/golden/golden_runs.py --write --only short/iw-opd-cross,short/window-cross,\
         long/iw-opd-cross,long/window-cross,short/iw-opd-cross-sampled_rkl
 
+and the reliability horizon (issue 31.2) with
+
+    python tests/golden/golden_runs.py --write --only short/auto-cross,long/auto-cross
+
 Floats are compared exactly, so the record holds only on the CPU it was made on: the file
 keeps that CPU's model name and ISA flags, and the test skips (saying so) on another one.
 """
@@ -47,7 +51,8 @@ _COMMON = [
 _METHODS = ["full", "prefix", "prefix-sched", "prefix-adaptive", "prune", "prune-online", "hybrid"]
 _ADAPTIVE = ["prefix_window=2", "prefix_kl_threshold=10"]  # P moves within 3 steps
 _WINDOW = ["window_probe_every=2"]  # step 1 probes to L_max and moves H
-_FIELD = ["iw-opd", "window"]  # issue 31's methods, added later (--write --only)
+_AUTO = ["auto_probe_every=2"]  # steps 0 and 2 probe, step 1 samples up to the horizon
+_FIELD = ["iw-opd", "window", "auto"]  # issue 31's methods, added later (--write --only)
 
 
 def cases() -> list[tuple[str, str, list[str]]]:
@@ -63,7 +68,7 @@ def cases() -> list[tuple[str, str, list[str]]]:
         )
     for suite, folder in (("short", "pruneopd/configs"), ("long", "pruneopd/configs/long")):
         for m in _FIELD:
-            extra = _WINDOW if m == "window" else []
+            extra = {"window": _WINDOW, "auto": _AUTO}.get(m, [])
             out.append((f"{suite}/{m}-cross", f"{folder}/{m}-cross.yaml", extra))
     out.append(  # the paper's sampled-token objective
         (
