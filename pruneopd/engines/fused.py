@@ -184,6 +184,15 @@ class Plan:
     why: str
 
 
+def _size(n: int) -> str:
+    """Bytes in binary units: 0 B, 512 KiB, 3.9 MiB, 311 MiB, 1.2 GiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
 def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int) -> Plan:
     """The groups of A samples on `threads` threads, from the bytes one decode step streams
     from memory: the weights (every projection and the head, read once per group: free while
@@ -200,7 +209,6 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
     picks shared by the threads) when the weights are streamed. Measured on the SmolLM2
     student under load (docs/benchmarks.md 10): one group per thread 1.6-2x one split group,
     which waits at ~80 barriers per step for threads the other processes hold."""
-    mb = 1 << 20
     threads = max(1, threads)
     cached = weight_bytes <= CACHED_WEIGHT_BYTES
 
@@ -216,7 +224,7 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
         return Plan(
             A,
             True,
-            f"weights {weight_bytes / mb:.0f} MB streamed from memory and {A} sample(s) for "
+            f"weights {_size(weight_bytes)} streamed from memory and {A} sample(s) for "
             f"{threads} threads: each step split over the threads",
         )
     per_thread = -(-A // threads)
@@ -225,16 +233,16 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
         return Plan(
             SAMPLE_GROUP,
             False,
-            f"weights {weight_bytes / mb:.0f} MB"
+            f"weights {_size(weight_bytes)}"
             f"{' (they stay in the CPU caches)' if cached else ''}: groups of {SAMPLE_GROUP} "
-            f"stream {small / mb:.0f} MB per step and thread, one group per thread {large / mb:.0f} MB",
+            f"stream {_size(small)} per step and thread, one group per thread {_size(large)}",
         )
     return Plan(
         per_thread,
         False,
-        f"weights {weight_bytes / mb:.0f} MB streamed from memory: one group per thread "
-        f"streams {large / mb:.0f} MB per step and thread, groups of {SAMPLE_GROUP} "
-        f"{small / mb:.0f} MB",
+        f"weights {_size(weight_bytes)} streamed from memory: one group per thread "
+        f"streams {_size(large)} per step and thread, groups of {SAMPLE_GROUP} "
+        f"{_size(small)}",
     )
 
 
