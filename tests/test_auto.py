@@ -5,13 +5,11 @@ like full OPD, and a run stopped and resumed ends as one never stopped."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny import tiny_run_config
+from tiny import final_weights, metric_rows, short_run_config
 
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.method import build_method
@@ -128,24 +126,11 @@ def test_auto_refuses_a_mixture_of_teachers():
 # ---- on the fast zoo ----------------------------------------------------------------------
 
 
-def _tiny(tmp_path, name, **kw) -> TrainConfig:
-    return tiny_run_config(tmp_path, name, **{"max_steps": 2, "lr": 1e-2, "save_every": 0, **kw})
-
-
-def _rows(out) -> list[dict]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows if "loss" in r]
-
-
-def _weights(out) -> dict:
-    return load_file(out / "final" / "model.safetensors")
-
-
 def test_auto_probes_on_schedule_and_trains_up_to_the_horizon(zoo, tmp_path):
     # drop 0: the first bucket start past min_len from which on the agreement is any lower
     kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
-    s = train(_tiny(tmp_path, "a", max_steps=3, **kw))
-    rows = _rows(tmp_path / "a")
+    s = train(short_run_config(tmp_path, "a", max_steps=3, **kw))
+    rows = metric_rows(tmp_path / "a")
     assert rows[0]["cap"] == rows[2]["cap"] == 48  # steps 0 and 2 probe to L_max
     horizon = rows[0]["horizon"]
     assert 16 <= horizon < 48 and rows[1]["cap"] == horizon == rows[0]["next_cap"]
@@ -157,21 +142,21 @@ def test_auto_probes_on_schedule_and_trains_up_to_the_horizon(zoo, tmp_path):
 
 def test_auto_with_a_reliable_teacher_trains_exactly_like_full(zoo, tmp_path):
     # drop 1 and no weight lost: the horizon stays L_max, every multiplier is 1
-    train(_tiny(tmp_path, "full", method="full"))
-    train(_tiny(tmp_path, "auto", method="auto", auto_drop=1.0, auto_w_drop=0.0))
-    full, auto = _rows(tmp_path / "full"), _rows(tmp_path / "auto")
+    train(short_run_config(tmp_path, "full", method="full"))
+    train(short_run_config(tmp_path, "auto", method="auto", auto_drop=1.0, auto_w_drop=0.0))
+    full, auto = metric_rows(tmp_path / "full"), metric_rows(tmp_path / "auto")
     assert [r["loss"] for r in auto] == [r["loss"] for r in full]
-    wf, wa = _weights(tmp_path / "full"), _weights(tmp_path / "auto")
+    wf, wa = final_weights(tmp_path / "full"), final_weights(tmp_path / "auto")
     assert all(torch.equal(wf[k], wa[k]) for k in wf)
 
 
 def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path):
     kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
-    train(_tiny(tmp_path, "ref", max_steps=4, **kw))
-    train(_tiny(tmp_path, "two", max_steps=2, **kw))
-    train(_tiny(tmp_path, "two", max_steps=4, resume="auto", **kw))
-    ref, two = _rows(tmp_path / "ref"), _rows(tmp_path / "two")
+    train(short_run_config(tmp_path, "ref", max_steps=4, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=2, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=4, resume="auto", **kw))
+    ref, two = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "two")
     assert ref[1]["cap"] < 48  # the horizon moved before the stop: the checkpoint carries it
     assert ref == two
-    wa, wb = _weights(tmp_path / "ref"), _weights(tmp_path / "two")
+    wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -5,12 +5,9 @@ window run stopped and resumed ends as one never stopped."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny import tiny_run_config
+from tiny import final_weights, metric_rows, short_run_config
 
 from pruneopd.config import ConfigError, TrainConfig
 from pruneopd.method import build_method
@@ -137,26 +134,13 @@ def test_bad_keys_are_config_errors(kw, key):
 # ---- on the fast zoo ----------------------------------------------------------------------
 
 
-def _tiny(tmp_path, name, **kw) -> TrainConfig:
-    return tiny_run_config(tmp_path, name, **{"max_steps": 2, "lr": 1e-2, "save_every": 0, **kw})
-
-
-def _rows(out) -> list[dict]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows if "loss" in r]
-
-
-def _weights(out) -> dict:
-    return load_file(out / "final" / "model.safetensors")
-
-
 def test_iw_opd_with_gamma_zero_trains_exactly_like_full_and_weighs_otherwise(zoo, tmp_path):
-    train(_tiny(tmp_path, "full", method="full"))
-    train(_tiny(tmp_path, "iw0", method="iw-opd", iw_gamma=0.0))
-    train(_tiny(tmp_path, "iw", method="iw-opd", iw_gamma=0.5))
-    full, iw0, iw = (_rows(tmp_path / n) for n in ("full", "iw0", "iw"))
+    train(short_run_config(tmp_path, "full", method="full"))
+    train(short_run_config(tmp_path, "iw0", method="iw-opd", iw_gamma=0.0))
+    train(short_run_config(tmp_path, "iw", method="iw-opd", iw_gamma=0.5))
+    full, iw0, iw = (metric_rows(tmp_path / n) for n in ("full", "iw0", "iw"))
     assert [r["loss"] for r in iw0] == [r["loss"] for r in full]
-    wf, w0 = _weights(tmp_path / "full"), _weights(tmp_path / "iw0")
+    wf, w0 = final_weights(tmp_path / "full"), final_weights(tmp_path / "iw0")
     assert all(torch.equal(wf[k], w0[k]) for k in wf)
     assert all(r["cap"] == 48 for r in iw) and iw[0]["tokens_trained"] == full[0]["tokens_trained"]
     # the same first rollout and teacher scores, other weights: another loss
@@ -165,8 +149,8 @@ def test_iw_opd_with_gamma_zero_trains_exactly_like_full_and_weighs_otherwise(zo
 
 def test_window_probes_on_schedule_and_trains_only_its_window(zoo, tmp_path):
     kw = dict(method="window", window_len=8, window_min=8, window_step=8, window_probe_every=2)
-    s = train(_tiny(tmp_path, "w", max_steps=4, **kw))
-    rows = _rows(tmp_path / "w")
+    s = train(short_run_config(tmp_path, "w", max_steps=4, **kw))
+    rows = metric_rows(tmp_path / "w")
     caps = [r["cap"] for r in rows]
     assert caps[1] == caps[3] == 48 and caps[0] == 8  # steps 1 and 3 probe to L_max
     assert caps[2] == rows[1]["window"] == rows[1]["next_cap"]  # the probe's verdict holds next
@@ -186,11 +170,11 @@ def test_window_run_stopped_and_resumed_is_exact(zoo, tmp_path):
         window_probe_every=2,
         window_tail_share=0.0,  # every probe with any tail signal grows H
     )
-    train(_tiny(tmp_path, "ref", max_steps=5, **kw))
-    train(_tiny(tmp_path, "two", max_steps=3, **kw))
-    train(_tiny(tmp_path, "two", max_steps=5, resume="auto", **kw))
-    ref, two = _rows(tmp_path / "ref"), _rows(tmp_path / "two")
+    train(short_run_config(tmp_path, "ref", max_steps=5, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=3, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=5, resume="auto", **kw))
+    ref, two = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "two")
     assert [r["cap"] for r in ref][2] > 8  # H moved before the stop: the checkpoint carries it
     assert ref == two
-    wa, wb = _weights(tmp_path / "ref"), _weights(tmp_path / "two")
+    wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -49,3 +49,23 @@ def tiny_run_config(tmp_path, name: str = "run", **kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def short_run_config(tmp_path, name: str, **kw):
+    """`tiny_run_config` for the methods' zoo tests: 2 steps, lr 1e-2, no checkpoints."""
+    return tiny_run_config(tmp_path, name, **{"max_steps": 2, "lr": 1e-2, "save_every": 0, **kw})
+
+
+def metric_rows(out) -> list[dict]:
+    """A run's metrics.jsonl training rows without their wall-clock times."""
+    import json
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows if "loss" in r]
+
+
+def final_weights(out) -> dict:
+    """The saved student's tensors (out/final)."""
+    from safetensors.torch import load_file
+
+    return load_file(out / "final" / "model.safetensors")
