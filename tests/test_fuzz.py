@@ -114,13 +114,13 @@ def write_case(path: Path, data: bytes) -> Path:
 
 def test_fuzzed_config_files_exit_0_or_2_with_one_line(base, tmp_path, capsys):
     rng = random.Random(0)
-    errors = fuzz(
-        100,
+    errors = fuzz(  # 60 cases: each accepted one loads the models (the suite's slowest test)
+        60,
         lambda n: write_case(tmp_path / f"cfg{n}.yaml", mutate(base, rng)),
         lambda p: ["train", "--config", str(p), "--check"],
         capsys,
     )
-    assert errors >= 50, f"only {errors} of 100 mutations were rejected: the fuzzer is too weak"
+    assert errors >= 30, f"only {errors} of 60 mutations were rejected: the fuzzer is too weak"
     assert not (tmp_path / "run").exists()  # --check writes nothing
 
 
