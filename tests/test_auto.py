@@ -69,6 +69,7 @@ def _cfg(**kw) -> TrainConfig:
 def test_auto_method_weighs_and_learns_the_horizon():
     m = build_method(_cfg())
     assert isinstance(m, AutoOPD) and [m.cap(s) for s in range(4)] == [8, 8, 8, 8]
+    assert m.state_dict() == {"horizon": None} and m.final_cap() == 8  # not measured yet
     mask_BT = torch.ones(2, 8, dtype=torch.bool)
     agree_BT = torch.tensor([[1, 1, 1, 0, 0, 0, 1, 1], [1, 1, 1, 1, 0, 0, 1, 1]]).bool()
     tw = SimpleNamespace(agree_BT=agree_BT)
@@ -80,7 +81,7 @@ def test_auto_method_weighs_and_learns_the_horizon():
     # buckets of 2: shares 1, 0.75, 0, 1; head (before min_len 4) 7/8; from 4 on 0.5 < 0.675
     metrics = dict(mw.audit)
     out = m.learn(0, None, metrics)
-    assert out == {"top1_agreement": 11 / 16, "horizon": 4, "next_cap": 4}
+    assert out == {"top1_agreement": 11 / 16, "probe_horizon": 4, "horizon": 4, "next_cap": 4}
     assert metrics == {}  # the per-bucket sums are consumed, not logged
     assert [m.cap(s) for s in range(1, 5)] == [4, 8, 4, 8]  # steps 2 and 4 probe
     mw = m.weigh(tw, mask_BT, [0.0, 0.0], torch.zeros(2, 8))
@@ -101,6 +102,9 @@ def test_auto_method_weighs_and_learns_the_horizon():
         == 8
     )
     assert m.state_dict() == {"horizon": 8} and m.final_cap() == 8
+    # R only grows: a later probe that finds the decay again does not lower it
+    out = m.learn(4, None, dict(m.weigh(tw, mask_BT, [0, 0], torch.zeros(2, 8)).audit))
+    assert out["probe_horizon"] == 4 and out["horizon"] == 8 and m.cap(5) == 8
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,11 @@ agreeing with the student's, and trains up to there:
   pooled agreement is more than `auto_drop` below the agreement before L_min (the teacher
   starts agreeing less as the response goes on), or L_max when there is none. A pair that
   agrees alike all along (however much) keeps R = L_max: `auto` is then full OPD.
+- R only grows: a later probe can raise it, never lower it. A decay that appears during
+  training is the student's own drift (its samples degrade and the teacher disagrees with
+  them), which is what the teacher is there to correct; measured: with a horizon that could
+  shrink, the long suite's same pair lost its horizon to L_min at step 50 of 100 (the student's
+  agreement fell from 0.995 to 0.96) and ended at 69.9% against full OPD's 91.4%.
 - Every step's cap is R (L_max on probes), and only tokens before R are trained (a probe's
   update is an ordinary step's).
 - Weights: the monotone reliability weight of the top-1 signal, w_t = clip(1 - auto_w_drop *
@@ -97,7 +102,7 @@ class AutoOPD(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.horizon = cfg.max_len  # before the first probe (step 0 probes)
+        self.horizon: int | None = None  # R; None until step 0's probe has measured it
 
     @classmethod
     def check(cls, cfg, *, world: int) -> None:
@@ -114,7 +119,7 @@ class AutoOPD(Method):
         return step == 0 or (every > 0 and step % every == 0)
 
     def cap(self, step: int) -> int:
-        return self.cfg.max_len if self.is_probe(step) else self.horizon
+        return self.cfg.max_len if self.is_probe(step) or self.horizon is None else self.horizon
 
     def weigh(self, tw, mask_BT, rewards, logratio_BT) -> MethodWeights:
         cfg = self.cfg
@@ -124,7 +129,7 @@ class AutoOPD(Method):
             valid_BT & ~agree_BT, mask_BT, cfg.auto_w_drop, cfg.w_base
         )
         mult_BT = mult_BT / (1.0 + cfg.w_base)  # 1 while reliable: a compatible pair is full OPD
-        train_mask_BT = window_mask(mask_BT, self.horizon)
+        train_mask_BT = window_mask(mask_BT, self.horizon or cfg.max_len)
         agrees, counts = agreement_by_bucket(agree_BT, mask_BT, cfg.auto_bucket, cfg.max_len)
         audit = {f"auto_agree_{i}": a for i, a in enumerate(agrees)}
         audit.update({f"auto_count_{i}": c for i, c in enumerate(counts)})
@@ -138,7 +143,7 @@ class AutoOPD(Method):
         seen = sum(counts)
         out = {"top1_agreement": sum(agrees) / seen if seen else 0.0}
         if self.is_probe(step):
-            self.horizon = reliability_horizon(
+            probed = reliability_horizon(
                 agrees,
                 counts,
                 bucket=cfg.auto_bucket,
@@ -146,15 +151,22 @@ class AutoOPD(Method):
                 min_len=cfg.min_len,
                 max_len=cfg.max_len,
             )
-        return {**out, "horizon": self.horizon, "next_cap": self.cap(step + 1)}
+            # R only grows: a decay that appears during training is the student's own drift,
+            # the errors the teacher is there to correct (docs/method.md)
+            self.horizon = max(self.horizon or 0, probed)
+            out["probe_horizon"] = probed
+        return {**out, "horizon": self.horizon or cfg.max_len, "next_cap": self.cap(step + 1)}
 
     def final_cap(self) -> int:
-        return self.horizon
+        return self.horizon or self.cfg.max_len
 
     def state_dict(self) -> dict:
         return {"horizon": self.horizon}
 
     def load_state_dict(self, state: dict | None) -> None:
+        if state["horizon"] is None:
+            self.horizon = None
+            return
         horizon = int(state["horizon"])
         if not 1 <= horizon <= self.cfg.max_len:
             raise ValueError(
