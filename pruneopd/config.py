@@ -87,7 +87,7 @@ class TrainConfig:
         "prune",
         "full | prefix | prefix-adaptive | prune | hybrid (prune + outcome reward on the tail) | "
         "iw-opd (prefix-discrepancy token weights) | window (probe-audited window) | "
-        "auto (train up to the probed top-1 reliability horizon); "
+        "auto (measure where the teacher's top-1 agreement decays: full OPD or a prefix up to it); "
         "the classes of pruneopd.method",
     )
     loss: str = _f("topk_rkl", "sampled_rkl | topk_rkl | full_rkl | forward_kl | jsd")
@@ -164,19 +164,16 @@ class TrainConfig:
         "window: a probe grows H when more than this share of its OPD signal sum |a_t| lies "
         "past H, and shrinks it otherwise",
     )
-    # ---- auto: the probed reliability horizon (docs/method.md) -----------------------------
-    auto_probe_every: int = _f(
-        10, "auto: step 0 and every N-th step sample to max_len to find the horizon (0 = step 0)"
+    # ---- auto: the measured horizon (docs/method.md) ---------------------------------------
+    auto_probe_steps: int = _f(
+        6, "auto: the first N steps are full OPD and measure the top-1 agreement by position"
     )
     auto_drop: float = _f(
-        0.03,
-        "auto: the horizon is the first bucket start past min_len from which on the teacher's "
-        "top-1 agrees with the student's on a share more than this below the share before min_len",
+        0.02,
+        "auto: the horizon is the first bucket past min_len whose top-1 agreement is more than "
+        "this below the agreement before min_len (none: full OPD; else the adaptive prefix up to it)",
     )
-    auto_bucket: int = _f(32, "auto: positions pooled per bucket of the probe's top-1 agreement")
-    auto_w_drop: float = _f(
-        0.02, "auto: weight lost per top-1 disagreement (w_t = clip(1 - this * count, 0, 1))"
-    )
+    auto_bucket: int = _f(32, "auto: positions pooled per bucket of the top-1 agreement")
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(
         "lean",

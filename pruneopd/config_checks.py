@@ -69,10 +69,9 @@ def validate(c: TrainConfig) -> None:
             c.window_len,
             f"must be within [window_min, max_len] = [{c.window_min}, {c.max_len}]",
         )
-    _need(c.auto_probe_every >= 0, "auto_probe_every", c.auto_probe_every, "must be >= 0")
+    _need(c.auto_probe_steps >= 1, "auto_probe_steps", c.auto_probe_steps, "must be >= 1")
     _need(0 <= c.auto_drop <= 1, "auto_drop", c.auto_drop, "must be in [0, 1]")
     _need(c.auto_bucket >= 1, "auto_bucket", c.auto_bucket, "must be >= 1")
-    _need(c.auto_w_drop >= 0, "auto_w_drop", c.auto_w_drop, "must be >= 0")
     _need(c.prefix_window >= 2, "prefix_window", c.prefix_window, "must be >= 2")
     _need(c.prefix_step >= 1, "prefix_step", c.prefix_step, "must be >= 1")
     _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")

@@ -12,6 +12,7 @@ import torch
 from tiny import final_weights, metric_rows, short_run_config
 
 from pruneopd.config import ConfigError, TrainConfig
+from pruneopd.method import auto as auto_mod
 from pruneopd.method import build_method
 from pruneopd.method.auto import AutoOPD, agreement_by_bucket, reliability_horizon
 from pruneopd.training.train import train
@@ -29,91 +30,94 @@ def test_agreement_by_bucket_by_hand():
 
 
 def test_reliability_horizon_by_hand():
-    kw = dict(bucket=1, drop=0.05, min_len=1, max_len=8)
-    c = [4, 4, 4, 4]
-    # shares 1.0, 0.75, 1.0, 0.5: head (position 0) 1.0; from 1 on 0.75 < 0.95 -> 1
-    assert reliability_horizon([4, 3, 4, 2], c, **kw) == 1
-    # shares 1.0, 1.0, 1.0, 0.75: from 1 on 0.917, from 2 on 0.875: every suffix below -> 1
-    assert reliability_horizon([4, 4, 4, 3], c, **kw) == 1
-    # min_len 2: head (0, 1) 1.0; from 2 on 0.875 < 0.95 -> 2
-    assert reliability_horizon([4, 4, 4, 3], c, **{**kw, "min_len": 2}) == 2
-    # drop 0.3: no suffix is 0.3 under the head (the lowest, the last bucket, is 0.75) -> L_max
-    assert reliability_horizon([4, 4, 4, 3], c, **{**kw, "drop": 0.3}) == 8
+    kw = dict(bucket=1, drop=0.2, min_len=1, max_len=8)
+    c = [8, 8, 8, 8]
+    # the docstring's example: shares 1.0, 0.875, 1.0, 0.5; head 1.0; first below 0.8 at 3
+    assert reliability_horizon([8, 7, 8, 4], c, **kw) == 3
+    # min_len 2: head (positions 0, 1) 15/16; position 3's 0.5 < 0.7375 -> 3; min_len 4: none
+    assert reliability_horizon([8, 7, 8, 4], c, **{**kw, "min_len": 2}) == 3
+    assert reliability_horizon([8, 7, 8, 4], c, **{**kw, "min_len": 4}) == 8
+    # drop 0.6: nothing is 0.6 under the head -> L_max
+    assert reliability_horizon([8, 7, 8, 4], c, **{**kw, "drop": 0.6}) == 8
     # the same share all along, however low: no horizon
     assert reliability_horizon([2, 2, 2, 2], c, **kw) == 8
-    # a suffix of fewer than 4 x bucket tokens says nothing: only the last bucket is low
-    assert reliability_horizon([4, 4, 4, 0], [4, 4, 4, 3], **{**kw, "min_len": 3}) == 8
+    # a bucket of fewer than 8 x bucket tokens says nothing
+    assert reliability_horizon([8, 8, 0, 4], [8, 8, 7, 8], **kw) == 3
     # too few head tokens: no horizon
-    assert reliability_horizon([3, 0, 0, 0], [3, 4, 4, 4], **kw) == 8
-    # the docstring's example
-    kw32 = dict(bucket=32, drop=0.05, max_len=128)
-    a, n = [128, 125.44, 115.2, 115.2], [128] * 4
-    assert reliability_horizon(a, n, min_len=32, **kw32) == 32
-    assert reliability_horizon(a, n, min_len=64, **kw32) == 64
+    assert reliability_horizon([7, 0, 0, 0], [7, 8, 8, 8], **kw) == 8
+    # buckets of 32: the horizon is a bucket start, at least min_len
+    kw32 = dict(bucket=32, drop=0.02, min_len=64, max_len=128)
+    assert reliability_horizon([256, 256, 256, 240], [256] * 4, **kw32) == 96
 
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(
         method="auto",
         max_len=8,
-        min_len=4,
-        auto_bucket=2,
+        min_len=2,
+        auto_bucket=1,
         auto_drop=0.2,
-        auto_probe_every=2,
-        auto_w_drop=0.5,
-        w_base=1.0,
+        auto_probe_steps=2,
+        prefix_step=2,
+        prefix_window=2,
+        prefix_kl_threshold=0.5,
     )
     return TrainConfig(**{**base, **kw})
 
 
-def test_auto_method_weighs_and_learns_the_horizon():
+def _batch(agree_rows):
+    agree_BT = torch.tensor(agree_rows).bool()
+    return SimpleNamespace(agree_BT=agree_BT), torch.ones_like(agree_BT)
+
+
+def test_auto_measures_then_trains_an_adaptive_prefix_up_to_the_horizon():
     m = build_method(_cfg())
-    assert isinstance(m, AutoOPD) and [m.cap(s) for s in range(4)] == [8, 8, 8, 8]
-    assert m.state_dict() == {"horizon": None} and m.final_cap() == 8  # not measured yet
-    mask_BT = torch.ones(2, 8, dtype=torch.bool)
-    agree_BT = torch.tensor([[1, 1, 1, 0, 0, 0, 1, 1], [1, 1, 1, 1, 0, 0, 1, 1]]).bool()
-    tw = SimpleNamespace(agree_BT=agree_BT)
-    mw = m.weigh(tw, mask_BT, [0.0, 0.0], torch.zeros(2, 8))
-    assert mw.train_mask_BT.all()  # before the first probe the horizon is L_max
-    # w_t = clip(1 - 0.5 * C_t, 0, 1); m_t = (w_t + 1) / 2: row 0 disagrees at 3, 4, 5
-    assert mw.mult_BT[0].tolist() == [1, 1, 1, 0.75, 0.5, 0.5, 0.5, 0.5]
-    assert mw.mult_BT[1].tolist() == [1, 1, 1, 1, 0.75, 0.5, 0.5, 0.5]
-    # buckets of 2: shares 1, 0.75, 0, 1; head (before min_len 4) 7/8; from 4 on 0.5 < 0.675
-    metrics = dict(mw.audit)
-    out = m.learn(0, None, metrics)
-    assert out == {"top1_agreement": 11 / 16, "probe_horizon": 4, "horizon": 4, "next_cap": 4}
-    assert metrics == {}  # the per-bucket sums are consumed, not logged
-    assert [m.cap(s) for s in range(1, 5)] == [4, 8, 4, 8]  # steps 2 and 4 probe
-    mw = m.weigh(tw, mask_BT, [0.0, 0.0], torch.zeros(2, 8))
-    assert mw.train_mask_BT.tolist() == [[True] * 4 + [False] * 4] * 2
-    assert (mw.mult_BT[:, 4:] == 0).all()
-    # a step that is not a probe keeps the horizon whatever its agreement says
-    all_agree = SimpleNamespace(agree_BT=torch.ones(2, 8, dtype=torch.bool))
-    assert (
-        m.learn(1, None, dict(m.weigh(all_agree, mask_BT, [0, 0], torch.zeros(2, 8)).audit))[
-            "horizon"
-        ]
-        == 4
-    )
-    assert (
-        m.learn(2, None, dict(m.weigh(all_agree, mask_BT, [0, 0], torch.zeros(2, 8)).audit))[
-            "horizon"
-        ]
-        == 8
-    )
-    assert m.state_dict() == {"horizon": 8} and m.final_cap() == 8
-    # R only grows: a later probe that finds the decay again does not lower it
-    out = m.learn(4, None, dict(m.weigh(tw, mask_BT, [0, 0], torch.zeros(2, 8)).audit))
-    assert out["probe_horizon"] == 4 and out["horizon"] == 8 and m.cap(5) == 8
+    assert isinstance(m, AutoOPD) and m.cap(0) == 8 and m.final_cap() == 8
+    # 8 samples per step (a bucket speaks with 8 tokens); position 5 disagrees on 6 of 8
+    rows = [[1, 1, 1, 1, 1, 0, 1, 1]] * 6 + [[1] * 8] * 2
+    tw, mask_BT = _batch(rows)
+    mw = m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8))
+    assert mw.train_mask_BT.all() and torch.equal(mw.mult_BT, mask_BT.float())  # full OPD
+    metrics = {**mw.audit, "rkl": 1.0}
+    assert m.learn(0, None, metrics) == {"horizon": 8, "next_cap": 8}  # step 1 still measures
+    assert set(metrics) == {"rkl"}  # the per-bucket sums are consumed, not logged
+    out = m.learn(1, None, {**m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
+    # head (positions 0, 1) 1.0; position 5's share 0.25 < 0.8 -> R = 5; the prefix starts at 2
+    assert out["horizon"] == 5 and out["next_cap"] == 2 and out["top1_by_position"][5] == 0.25
+    mw = m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8))
+    assert mw.audit is None and mw.train_mask_BT[0].tolist() == [True] * 2 + [False] * 6
+    # the adaptive prefix: KL learnt (<= 0.5 over a window of 2) -> +2, up to R = 5
+    caps = [m.learn(s, None, {"rkl": 0.1})["next_cap"] for s in range(2, 8)]
+    assert caps == [2, 4, 4, 5, 5, 5] and m.final_cap() == 5
+
+
+def test_auto_without_a_decay_stays_full_opd():
+    m = build_method(_cfg(auto_probe_steps=1))
+    tw, mask_BT = _batch([[1] * 8] * 8)
+    out = m.learn(0, None, {**m.weigh(tw, mask_BT, [0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
+    assert out["horizon"] == 8 and m.prefix is None
+    assert [m.learn(s, None, {"rkl": 0.0})["next_cap"] for s in range(1, 4)] == [8, 8, 8]
+
+
+def test_auto_state_round_trips():
+    m = build_method(_cfg())
+    tw, mask_BT = _batch([[1, 1, 1, 1, 1, 0, 1, 1]] * 8)
+    for s in range(2):
+        m.learn(s, None, {**m.weigh(tw, mask_BT, [0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
+    m.learn(2, None, {"rkl": 0.1})
+    again = build_method(_cfg())
+    again.load_state_dict(m.state_dict())
+    assert again.state_dict() == m.state_dict() and again.cap(0) == m.cap(0)
+    with pytest.raises(ValueError, match="buckets saved"):
+        build_method(_cfg(max_len=16)).load_state_dict(m.state_dict())
 
 
 @pytest.mark.parametrize(
     "kw,key",
     [
-        (dict(auto_probe_every=-1), "auto_probe_every"),
+        (dict(auto_probe_steps=0), "auto_probe_steps"),
         (dict(auto_drop=1.5), "auto_drop"),
         (dict(auto_bucket=0), "auto_bucket"),
-        (dict(auto_w_drop=-0.1), "auto_w_drop"),
     ],
 )
 def test_bad_keys_are_config_errors(kw, key):
@@ -130,37 +134,39 @@ def test_auto_refuses_a_mixture_of_teachers():
 # ---- on the fast zoo ----------------------------------------------------------------------
 
 
-def test_auto_probes_on_schedule_and_trains_up_to_the_horizon(zoo, tmp_path):
-    # drop 0: the first bucket start past min_len from which on the agreement is any lower
-    kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
-    s = train(short_run_config(tmp_path, "a", max_steps=3, **kw))
+def test_auto_measures_then_trains_up_to_the_horizon(zoo, tmp_path, monkeypatch):
+    # the fast zoo's pair agrees on nearly every token: drop 0 and any bucket speaking, so the
+    # first bucket past min_len that agrees less than the head is the horizon
+    monkeypatch.setattr(auto_mod, "MIN_BUCKET_SAMPLES", 1)
+    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, min_len=16)
+    s = train(short_run_config(tmp_path, "a", max_steps=4, **kw))
     rows = metric_rows(tmp_path / "a")
-    assert rows[0]["cap"] == rows[2]["cap"] == 48  # steps 0 and 2 probe to L_max
-    horizon = rows[0]["horizon"]
-    assert 16 <= horizon < 48 and rows[1]["cap"] == horizon == rows[0]["next_cap"]
-    assert rows[1]["tokens_trained"] <= 4 * horizon
-    assert all(0 <= r["top1_agreement"] <= 1 for r in rows)
+    assert [r["cap"] for r in rows] == [48, 48, 16, 16]  # 2 measuring steps, then the prefix
+    assert 16 <= rows[1]["horizon"] < 48 and "top1_by_position" in rows[1]
+    assert all(r["tokens_trained"] <= 4 * 16 for r in rows[2:])
     assert not any(k.startswith("auto_") for r in rows for k in r)
-    assert s["final_cap"] == rows[-1]["horizon"]
+    assert s["final_cap"] == 16
 
 
-def test_auto_with_a_reliable_teacher_trains_exactly_like_full(zoo, tmp_path):
-    # drop 1 and no weight lost: the horizon stays L_max, every multiplier is 1
+def test_auto_without_a_horizon_trains_exactly_like_full(zoo, tmp_path):
     train(short_run_config(tmp_path, "full", method="full"))
-    train(short_run_config(tmp_path, "auto", method="auto", auto_drop=1.0, auto_w_drop=0.0))
+    train(short_run_config(tmp_path, "auto", method="auto", auto_probe_steps=1, auto_drop=1.0))
     full, auto = metric_rows(tmp_path / "full"), metric_rows(tmp_path / "auto")
     assert [r["loss"] for r in auto] == [r["loss"] for r in full]
     wf, wa = final_weights(tmp_path / "full"), final_weights(tmp_path / "auto")
     assert all(torch.equal(wf[k], wa[k]) for k in wf)
 
 
-def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path):
-    kw = dict(method="auto", auto_probe_every=2, auto_bucket=4, auto_drop=0.0, min_len=16)
-    train(short_run_config(tmp_path, "ref", max_steps=4, **kw))
-    train(short_run_config(tmp_path, "two", max_steps=2, **kw))
-    train(short_run_config(tmp_path, "two", max_steps=4, resume="auto", **kw))
+def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_mod, "MIN_BUCKET_SAMPLES", 1)
+    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, min_len=16)
+    kw.update(prefix_step=8, prefix_window=2, prefix_kl_threshold=100.0)
+    train(short_run_config(tmp_path, "ref", max_steps=5, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=3, **kw))  # stops inside the prefix
+    train(short_run_config(tmp_path, "two", max_steps=5, resume="auto", **kw))
     ref, two = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "two")
-    assert ref[1]["cap"] < 48  # the horizon moved before the stop: the checkpoint carries it
+    caps = [r["cap"] for r in ref]
+    assert caps[:4] == [48, 48, 16, 16] and caps[4] > 16  # the prefix grew after the stop
     assert ref == two
     wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -51,7 +51,7 @@ _COMMON = [
 _METHODS = ["full", "prefix", "prefix-sched", "prefix-adaptive", "prune", "prune-online", "hybrid"]
 _ADAPTIVE = ["prefix_window=2", "prefix_kl_threshold=10"]  # P moves within 3 steps
 _WINDOW = ["window_probe_every=2"]  # step 1 probes to L_max and moves H
-_AUTO = ["auto_probe_every=2"]  # steps 0 and 2 probe, step 1 samples up to the horizon
+_AUTO = ["auto_probe_steps=2"]  # steps 0-1 measure, step 2 trains their verdict
 _FIELD = ["iw-opd", "window", "auto"]  # issue 31's methods, added later (--write --only)
 
 
