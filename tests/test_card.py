@@ -87,6 +87,11 @@ def test_card_on_the_zoo_writes_a_config_that_trains(tmp_path, capsys, monkeypat
     assert line == "recommended: " + " ".join(f"{k}={v}" for k, v in rec["keys"].items())
     assert rec["keys"]["loss_chunk"] == 4096 and rec["keys"]["max_len"] <= 64
     assert (out / "top1_by_position.png").exists()
+    # method auto's horizon on these samples, and the line that says it
+    horizon = rec["auto_horizon"]
+    assert horizon is None or 32 <= horizon < 64
+    auto = next(x for x in cap.out.splitlines() if x.startswith("method auto: "))
+    assert ("no horizon" in auto) == (horizon is None)
     from pruneopd.config import load_config
 
     cfg = load_config(out / "card.yaml", [f"out={tmp_path / 'run'}"])

@@ -134,6 +134,24 @@ def recommend(ps: PairSamples, max_len: int) -> dict:
     return {"keys": keys, "monitor": pick, "sweep": rows}
 
 
+def auto_horizon(ps: PairSamples, cfg) -> int:
+    """Where method `auto` would put this pair's horizon from these samples (its rule,
+    `method.auto.reliability_horizon`, over the card's top-1 agreement by position with the
+    config's auto_bucket, auto_drop, min_len and max_len): max_len when the agreement holds."""
+    from pruneopd.method.auto import agreement_by_bucket, reliability_horizon
+
+    agree_BT = (ps.s_BTK[..., 0] == ps.t_BTK[..., 0]) & ps.mask_BT
+    agrees, counts = agreement_by_bucket(agree_BT, ps.mask_BT, cfg.auto_bucket, cfg.max_len)
+    return reliability_horizon(
+        agrees,
+        counts,
+        bucket=cfg.auto_bucket,
+        drop=cfg.auto_drop,
+        min_len=cfg.min_len,
+        max_len=cfg.max_len,
+    )
+
+
 def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: str = "") -> dict:
     """`pruneopd card`: load the pair and the held-out problems as `pruneopd train` would,
     sample, score, recommend, write OUT/card.json, OUT/card.yaml and the plots."""
@@ -162,6 +180,8 @@ def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: 
     card = card_of(ps, k=cfg.monitor_k, tau=cfg.tau, w_drop=cfg.w_drop)
     rec = recommend(ps, cfg.max_len)
     rec["keys"]["loss_chunk"] = loss_chunk_for(student.config.vocab_size)
+    horizon = auto_horizon(ps, cfg)
+    rec["auto_horizon"] = horizon if horizon < cfg.max_len else None  # None: no decay
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     plot_curves({"pair": card}, outp / "top1_by_position.png", "top1_curve", "top-1 agreement")
@@ -175,6 +195,15 @@ def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: 
         + yaml.safe_dump({**pair, "method": "prune", **rec["keys"]}, sort_keys=False)
     )
     return result
+
+
+def _auto_line(horizon: int | None) -> str:
+    if horizon is None:
+        return "method auto: the top-1 agreement holds along the responses (no horizon): full OPD"
+    return (
+        f"method auto: the top-1 agreement decays from token {horizon}: an adaptive prefix up "
+        "to there (docs/method.md, 'Measured horizon (auto)')"
+    )
 
 
 def summary_lines(result: dict, out: str) -> list[str]:
@@ -192,6 +221,7 @@ def summary_lines(result: dict, out: str) -> list[str]:
         f"of samples{where}",
         f"monitor K={m['k']} tau={m['tau']} w_drop={m['w_drop']}: {m['reason']}",
         "recommended: " + " ".join(f"{k}={v}" for k, v in rec["keys"].items()),
+        _auto_line(rec.get("auto_horizon")),
         f"written: {Path(out) / 'card.json'}, {Path(out) / 'card.yaml'} (pruneopd train --config "
         f"{Path(out) / 'card.yaml'})",
     ]
