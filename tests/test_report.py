@@ -195,3 +195,11 @@ def test_the_overlap_histogram_is_drawn_from_the_counts(tmp_path, monkeypatch):
     for pair, xs in OVERLAPS.items():
         want, _ = np.histogram(xs, bins=20, range=(0, 1), density=True)
         assert np.allclose(drawn[pair], want)
+
+
+def test_every_bench_method_has_a_plot_colour():
+    from pruneopd.tools.bench_results import METHODS
+    from pruneopd.tools.report_plots import METHOD_COLORS
+
+    assert list(METHOD_COLORS) == list(METHODS)
+    assert len(set(METHOD_COLORS.values())) == len(METHODS)

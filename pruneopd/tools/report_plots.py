@@ -14,6 +14,27 @@ PAIR_TITLES = {
 }
 
 
+# one colour per bench method, in METHODS' order (tests/test_report.py checks every method has one)
+METHOD_COLORS = dict(
+    zip(
+        METHODS,
+        [
+            "tab:gray",
+            "tab:blue",
+            "tab:cyan",
+            "tab:red",
+            "tab:orange",
+            "tab:green",
+            "tab:purple",
+            "tab:brown",
+            "tab:olive",
+            "black",
+        ],
+        strict=True,
+    )
+)
+
+
 def plots(out: Path, results: dict) -> list[Path]:
     """The bench's PNG plots in `out`, drawn from results.json's binned curves."""
     import matplotlib
@@ -22,23 +43,7 @@ def plots(out: Path, results: dict) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    colors = dict(
-        zip(
-            METHODS,
-            [
-                "tab:gray",
-                "tab:blue",
-                "tab:cyan",
-                "tab:red",
-                "tab:orange",
-                "tab:green",
-                "tab:purple",
-                "tab:brown",
-                "tab:olive",
-            ],
-            strict=True,
-        )
-    )
+    colors = METHOD_COLORS
     for pair in PAIRS:
         runs = [r for r in results["runs"] if r["pair"] == pair]
         if not runs:
