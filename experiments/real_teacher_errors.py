@@ -40,7 +40,7 @@ def main() -> None:
     for r, ids in zip(rows, out, strict=True):
         got = tok.decode(ids[enc.input_ids.shape[1] :], skip_special_tokens=True).split("\n")
         want = r["response"].split("\n")
-        diff = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
+        diff = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), None)
         if diff is None and len(got) >= len(want):
             print(f"answer {r['answer']}: right")
         elif diff is None:
