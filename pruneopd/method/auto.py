@@ -86,6 +86,19 @@ def reliability_horizon(
     return max_len
 
 
+def configured_horizon(agrees: list[float], counts: list[float], cfg) -> int:
+    """`reliability_horizon` with the config's auto_bucket, auto_drop, min_len and max_len (the
+    method's decision, and the card's forecast of it)."""
+    return reliability_horizon(
+        agrees,
+        counts,
+        bucket=cfg.auto_bucket,
+        drop=cfg.auto_drop,
+        min_len=cfg.min_len,
+        max_len=cfg.max_len,
+    )
+
+
 class AutoOPD(Method):
     """Method `auto`: full OPD while it measures the top-1 agreement by position, then full OPD
     (no decay) or the adaptive prefix from L_min up to the horizon R."""
@@ -143,14 +156,7 @@ class AutoOPD(Method):
                 self.agrees[i] += metrics.pop(f"auto_agree_{i}")
                 self.counts[i] += metrics.pop(f"auto_count_{i}")
             if step + 1 >= max(1, cfg.auto_probe_steps):
-                self.horizon = reliability_horizon(
-                    self.agrees,
-                    self.counts,
-                    bucket=cfg.auto_bucket,
-                    drop=cfg.auto_drop,
-                    min_len=cfg.min_len,
-                    max_len=cfg.max_len,
-                )
+                self.horizon = configured_horizon(self.agrees, self.counts, cfg)
                 out["top1_by_position"] = [
                     round(a / c, 4) if c else None
                     for a, c in zip(self.agrees, self.counts, strict=True)

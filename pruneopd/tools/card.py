@@ -138,18 +138,11 @@ def auto_horizon(ps: PairSamples, cfg) -> int:
     """Where method `auto` would put this pair's horizon from these samples (its rule,
     `method.auto.reliability_horizon`, over the card's top-1 agreement by position with the
     config's auto_bucket, auto_drop, min_len and max_len): max_len when the agreement holds."""
-    from pruneopd.method.auto import agreement_by_bucket, reliability_horizon
+    from pruneopd.method.auto import agreement_by_bucket, configured_horizon
 
     agree_BT = (ps.s_BTK[..., 0] == ps.t_BTK[..., 0]) & ps.mask_BT
     agrees, counts = agreement_by_bucket(agree_BT, ps.mask_BT, cfg.auto_bucket, cfg.max_len)
-    return reliability_horizon(
-        agrees,
-        counts,
-        bucket=cfg.auto_bucket,
-        drop=cfg.auto_drop,
-        min_len=cfg.min_len,
-        max_len=cfg.max_len,
-    )
+    return configured_horizon(agrees, counts, cfg)
 
 
 def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: str = "") -> dict:
