@@ -169,9 +169,12 @@ class TrainConfig:
         6, "auto: the first N steps are full OPD and measure the top-1 agreement by position"
     )
     auto_drop: float = _f(
-        0.02,
+        0.03,
         "auto: the horizon is the first bucket past min_len whose top-1 agreement is more than "
         "this below the agreement before min_len (none: full OPD; else the adaptive prefix up to it)",
+    )
+    auto_persist: int = _f(
+        2, "auto: consecutive buckets that must agree that much less to make a horizon"
     )
     auto_bucket: int = _f(32, "auto: positions pooled per bucket of the top-1 agreement")
     # ---- engines (docs/scaling.md) ------------------------------------------------------

@@ -72,6 +72,7 @@ def validate(c: TrainConfig) -> None:
     _need(c.auto_probe_steps >= 1, "auto_probe_steps", c.auto_probe_steps, "must be >= 1")
     _need(0 <= c.auto_drop <= 1, "auto_drop", c.auto_drop, "must be in [0, 1]")
     _need(c.auto_bucket >= 1, "auto_bucket", c.auto_bucket, "must be >= 1")
+    _need(c.auto_persist >= 1, "auto_persist", c.auto_persist, "must be >= 1")
     _need(c.prefix_window >= 2, "prefix_window", c.prefix_window, "must be >= 2")
     _need(c.prefix_step >= 1, "prefix_step", c.prefix_step, "must be >= 1")
     _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")

@@ -27,6 +27,15 @@ def test_agreement_by_bucket_by_hand():
     # positions past max_len count in the last bucket
     agrees, counts = agreement_by_bucket(agree_BT & mask_BT, mask_BT, 2, 4)
     assert agrees == [3.0, 3.0] and counts == [4.0, 5.0]
+    # skip_end 2: row 0 (4 tokens) keeps positions 0-1, row 1 (5 tokens) keeps 0-2
+    agrees, counts = agreement_by_bucket(agree_BT & mask_BT, mask_BT, 2, 6, skip_end=2)
+    assert agrees == [3.0, 0.0, 0.0] and counts == [4.0, 1.0, 0.0]
+    # the docstring's example
+    one_BT = torch.ones(1, 4, dtype=torch.bool)
+    assert agreement_by_bucket(torch.tensor([[1, 0, 1, 1]]).bool(), one_BT, 2, 4, skip_end=2) == (
+        [1.0, 0.0],
+        [2.0, 0.0],
+    )
 
 
 def test_reliability_horizon_by_hand():
@@ -48,6 +57,15 @@ def test_reliability_horizon_by_hand():
     # buckets of 32: the horizon is a bucket start, at least min_len
     kw32 = dict(bucket=32, drop=0.02, min_len=64, max_len=128)
     assert reliability_horizon([256, 256, 256, 240], [256] * 4, **kw32) == 96
+    # persist 2: shares 1, 0.5, 1, 0.5, 0.5 -> the run of two starts at 3; a lone dip is none
+    assert reliability_horizon([8, 4, 8, 4, 4], [8] * 5, **kw, persist=2) == 3
+    assert reliability_horizon([8, 7, 8, 4], c, **kw, persist=2) == 8
+    # a bucket reached by fewer than half the responses (tokens of the first) does not speak,
+    # and breaks a run: 16 tokens at first, 8 at position 2 (half: speaks), 7 at 3 (does not)
+    assert reliability_horizon([16, 16, 0, 0], [16, 16, 8, 7], **kw) == 2
+    assert reliability_horizon([16, 16, 16, 0], [16, 16, 16, 7], **kw) == 8
+    assert reliability_horizon([16, 4, 0, 0], [16, 8, 8, 7], **kw, persist=2) == 1
+    assert reliability_horizon([16, 16, 0, 0, 0], [16, 16, 8, 7, 8], **kw, persist=2) == 8
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -73,8 +91,8 @@ def _batch(agree_rows):
 def test_auto_measures_then_trains_an_adaptive_prefix_up_to_the_horizon():
     m = build_method(_cfg())
     assert isinstance(m, AutoOPD) and m.cap(0) == 8 and m.final_cap() == 8
-    # 8 samples per step (a bucket speaks with 8 tokens); position 5 disagrees on 6 of 8
-    rows = [[1, 1, 1, 1, 1, 0, 1, 1]] * 6 + [[1] * 8] * 2
+    # 8 samples per step (a bucket speaks with 8 tokens); positions 5 and 6 disagree on 6 of 8
+    rows = [[1, 1, 1, 1, 1, 0, 0, 1]] * 6 + [[1] * 8] * 2
     tw, mask_BT = _batch(rows)
     mw = m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8))
     assert mw.train_mask_BT.all() and torch.equal(mw.mult_BT, mask_BT.float())  # full OPD
@@ -82,8 +100,10 @@ def test_auto_measures_then_trains_an_adaptive_prefix_up_to_the_horizon():
     assert m.learn(0, None, metrics) == {"horizon": 8, "next_cap": 8}  # step 1 still measures
     assert set(metrics) == {"rkl"}  # the per-bucket sums are consumed, not logged
     out = m.learn(1, None, {**m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
-    # head (positions 0, 1) 1.0; position 5's share 0.25 < 0.8 -> R = 5; the prefix starts at 2
-    assert out["horizon"] == 5 and out["next_cap"] == 2 and out["top1_by_position"][5] == 0.25
+    # head (positions 0, 1) 1.0; positions 5 and 6 (2 in a row) 0.25 < 0.8 -> R = 5; the
+    # prefix starts at 2; each response's last position (7) is left out of the measurement
+    assert out["horizon"] == 5 and out["next_cap"] == 2
+    assert out["top1_by_position"][5:] == [0.25, 0.25, None]
     mw = m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8))
     assert mw.audit is None and mw.train_mask_BT[0].tolist() == [True] * 2 + [False] * 6
     # the adaptive prefix: KL learnt (<= 0.5 over a window of 2) -> +2, up to R = 5
@@ -101,7 +121,7 @@ def test_auto_without_a_decay_stays_full_opd():
 
 def test_auto_state_round_trips():
     m = build_method(_cfg())
-    tw, mask_BT = _batch([[1, 1, 1, 1, 1, 0, 1, 1]] * 8)
+    tw, mask_BT = _batch([[1, 1, 1, 1, 1, 0, 0, 1]] * 8)
     for s in range(2):
         m.learn(s, None, {**m.weigh(tw, mask_BT, [0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
     m.learn(2, None, {"rkl": 0.1})
@@ -118,6 +138,7 @@ def test_auto_state_round_trips():
         (dict(auto_probe_steps=0), "auto_probe_steps"),
         (dict(auto_drop=1.5), "auto_drop"),
         (dict(auto_bucket=0), "auto_bucket"),
+        (dict(auto_persist=0), "auto_persist"),
     ],
 )
 def test_bad_keys_are_config_errors(kw, key):
@@ -138,7 +159,8 @@ def test_auto_measures_then_trains_up_to_the_horizon(zoo, tmp_path, monkeypatch)
     # the fast zoo's pair agrees on nearly every token: drop 0 and any bucket speaking, so the
     # first bucket past min_len that agrees less than the head is the horizon
     monkeypatch.setattr(auto_mod, "MIN_BUCKET_SAMPLES", 1)
-    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, min_len=16)
+    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, auto_persist=1)
+    kw["min_len"] = 16
     s = train(short_run_config(tmp_path, "a", max_steps=4, **kw))
     rows = metric_rows(tmp_path / "a")
     assert [r["cap"] for r in rows] == [48, 48, 16, 16]  # 2 measuring steps, then the prefix
@@ -159,7 +181,8 @@ def test_auto_without_a_horizon_trains_exactly_like_full(zoo, tmp_path):
 
 def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path, monkeypatch):
     monkeypatch.setattr(auto_mod, "MIN_BUCKET_SAMPLES", 1)
-    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, min_len=16)
+    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, auto_persist=1)
+    kw["min_len"] = 16
     kw.update(prefix_step=8, prefix_window=2, prefix_kl_threshold=100.0)
     train(short_run_config(tmp_path, "ref", max_steps=5, **kw))
     train(short_run_config(tmp_path, "two", max_steps=3, **kw))  # stops inside the prefix

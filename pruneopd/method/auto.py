@@ -38,16 +38,25 @@ MIN_BUCKET_SAMPLES = 8  # a bucket speaks with at least 8 x auto_bucket tokens
 
 
 def agreement_by_bucket(
-    agree_BT: torch.Tensor, mask_BT: torch.Tensor, bucket: int, max_len: int
+    agree_BT: torch.Tensor, mask_BT: torch.Tensor, bucket: int, max_len: int, skip_end: int = 0
 ) -> tuple[list[float], list[float]]:
     """Top-1 agreements and valid tokens per bucket of `bucket` positions up to `max_len`
-    (floats, to be summed over processes and steps). agree_BT: bool [B, T]; mask_BT: valid.
+    (floats, to be summed over processes and steps). agree_BT: bool [B, T]; mask_BT: valid
+    (each row's valid tokens first). `skip_end`: each response's last `skip_end` tokens are
+    left out (where a response ends, the answer and EOS, the pair disagrees for another reason
+    than drift: the end of a response is not a position where drift has set in).
 
-    Example: agree [[1, 0, 1, 1]], all valid, bucket 2, max_len 4 -> ([1, 2], [2, 2]).
+    Example: agree [[1, 0, 1, 1]], all valid, bucket 2, max_len 4 -> ([1, 2], [2, 2]);
+    skip_end 2 -> ([1, 0], [2, 0]).
     """
     n = -(-max_len // bucket)
     B, T = mask_BT.shape
     valid_BT = mask_BT.bool()
+    if skip_end > 0:
+        len_B = valid_BT.sum(1)
+        valid_BT = valid_BT & (
+            torch.arange(T, device=mask_BT.device)[None, :] < (len_B - skip_end)[:, None]
+        )
     pos_T = torch.arange(T, device=mask_BT.device) // bucket
     idx_BT = pos_T[None, :].expand(B, T)[valid_BT].clamp(max=n - 1)
     agrees = torch.zeros(n, dtype=torch.float64, device=mask_BT.device)
@@ -65,14 +74,20 @@ def reliability_horizon(
     drop: float,
     min_len: int,
     max_len: int,
+    persist: int = 1,
 ) -> int:
     """With `head` the agreement share of the buckets that start before `min_len`, the start of
-    the first bucket at or past `min_len` whose share is below `head - drop`; `max_len` when
-    none is (buckets of fewer than MIN_BUCKET_SAMPLES * `bucket` tokens are skipped, and
-    without that many head tokens there is no horizon).
+    the first run of `persist` consecutive buckets at or past `min_len` whose shares are all
+    below `head - drop`; `max_len` when there is none.
+
+    A bucket speaks only with at least MIN_BUCKET_SAMPLES * `bucket` tokens and at least half
+    as many as the first bucket (half of the measured responses reach it: past that, the
+    responses still running are the unusually long ones, a selection, not the pair's drift);
+    a bucket that does not speak breaks a run. Without MIN_BUCKET_SAMPLES * `bucket` head
+    tokens there is no horizon.
 
     Example: buckets of 1 with 8 tokens each, shares 1.0, 0.875, 1.0, 0.5; min_len 1, drop 0.2
-    -> head 1.0, the first share below 0.8 is position 3's -> 3.
+    -> head 1.0, the first share below 0.8 is position 3's -> 3 (persist 2: no run -> max_len).
     """
     enough = MIN_BUCKET_SAMPLES * bucket
     starts = [i * bucket for i in range(len(agrees))]
@@ -80,14 +95,29 @@ def reliability_horizon(
     if head_n < enough:
         return max_len
     head = sum(a for a, s in zip(agrees, starts, strict=True) if s < min_len) / head_n
-    for a, c, start in zip(agrees, counts, starts, strict=True):
-        if start >= min_len and c >= enough and a / c < head - drop:
-            return max(min_len, min(start, max_len))
+    speaks = max(enough, counts[0] / 2)
+    run = 0
+    for i, (a, c, start) in enumerate(zip(agrees, counts, starts, strict=True)):
+        if start >= min_len and c >= speaks and a / c < head - drop:
+            run += 1
+            if run >= max(1, persist):
+                return max(min_len, min(starts[i - run + 1], max_len))
+        else:
+            run = 0
     return max_len
 
 
+def measured_agreement(
+    agree_BT: torch.Tensor, mask_BT: torch.Tensor, cfg
+) -> tuple[list[float], list[float]]:
+    """`agreement_by_bucket` as method `auto` measures it (and the card forecasts it): buckets
+    of the config's auto_bucket up to max_len, each response's last auto_bucket tokens left out."""
+    bucket = cfg.auto_bucket
+    return agreement_by_bucket(agree_BT, mask_BT, bucket, cfg.max_len, skip_end=bucket)
+
+
 def configured_horizon(agrees: list[float], counts: list[float], cfg) -> int:
-    """`reliability_horizon` with the config's auto_bucket, auto_drop, min_len and max_len (the
+    """`reliability_horizon` with the config's auto_bucket, auto_drop, auto_persist, min_len and max_len (the
     method's decision, and the card's forecast of it)."""
     return reliability_horizon(
         agrees,
@@ -96,6 +126,7 @@ def configured_horizon(agrees: list[float], counts: list[float], cfg) -> int:
         drop=cfg.auto_drop,
         min_len=cfg.min_len,
         max_len=cfg.max_len,
+        persist=cfg.auto_persist,
     )
 
 
@@ -140,9 +171,7 @@ class AutoOPD(Method):
         train_mask_BT = window_mask(mask_BT, cap)
         audit = None
         if self.horizon is None:  # still measuring
-            agrees, counts = agreement_by_bucket(
-                tw.agree_BT.bool(), mask_BT, self.cfg.auto_bucket, self.cfg.max_len
-            )
+            agrees, counts = measured_agreement(tw.agree_BT.bool(), mask_BT, self.cfg)
             audit = {f"auto_agree_{i}": a for i, a in enumerate(agrees)}
             audit.update({f"auto_count_{i}": c for i, c in enumerate(counts)})
         return MethodWeights(train_mask_BT.float(), train_mask_BT, audit=audit)

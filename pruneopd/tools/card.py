@@ -138,10 +138,10 @@ def auto_horizon(ps: PairSamples, cfg) -> int:
     """Where method `auto` would put this pair's horizon from these samples (its rule,
     `method.auto.reliability_horizon`, over the card's top-1 agreement by position with the
     config's auto_bucket, auto_drop, min_len and max_len): max_len when the agreement holds."""
-    from pruneopd.method.auto import agreement_by_bucket, configured_horizon
+    from pruneopd.method.auto import configured_horizon, measured_agreement
 
     agree_BT = (ps.s_BTK[..., 0] == ps.t_BTK[..., 0]) & ps.mask_BT
-    agrees, counts = agreement_by_bucket(agree_BT, ps.mask_BT, cfg.auto_bucket, cfg.max_len)
+    agrees, counts = measured_agreement(agree_BT, ps.mask_BT, cfg)
     return configured_horizon(agrees, counts, cfg)
 
 

@@ -11,7 +11,8 @@ and issue 31's methods added to it (every earlier case kept as it was) with
     python tests/golden/golden_runs.py --write --only short/iw-opd-cross,short/window-cross,\
         long/iw-opd-cross,long/window-cross,short/iw-opd-cross-sampled_rkl
 
-and the reliability horizon (issue 31.2) with
+and the reliability horizon (issue 31.2; recorded again when it left out each response's last
+bucket) with
 
     python tests/golden/golden_runs.py --write --only short/auto-cross,long/auto-cross
 
