@@ -5,8 +5,8 @@ each the chat template's user turn + the assistant's reference answer (loss on t
 its end-of-turn tokens only), with `pruneopd.tools.sft.train_sft` (AdamW, warm-up + cosine).
 Every `eval_every` steps it scores greedy accuracy on a dev file with the trainer's own
 `evaluate`, logs to OUT.log.jsonl and checkpoints to OUT.ckpt/ (weights, optimizer, the batch
-stream's position), so a run that is stopped resumes where it was and ends as an
-uninterrupted one would. It stops early once dev accuracy reaches `target` (if set). The
+stream's position); Ctrl-C or SIGTERM finishes the step under way and checkpoints it too. So a
+run that is stopped resumes where it was and ends as an uninterrupted one would. It stops early once dev accuracy reaches `target` (if set). The
 finished model is OUT (save_pretrained + tokenizer) with `pruneopd-tune.json` written last.
 """
 
@@ -116,7 +116,9 @@ def tune(
     from pruneopd.tasks.data import DataTask
     from pruneopd.tokenizer import ensure_padding
     from pruneopd.tools.sft import train_sft
+    from pruneopd.training.checkpoint import GracefulStop
     from pruneopd.training.evaluate import evaluate
+    from pruneopd.training.train import TrainingStopped
 
     out = Path(out)
     if (out / TUNE_MARKER).exists():
@@ -170,18 +172,26 @@ def tune(
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
 
-    taken = train_sft(
-        model,
-        batches,
-        steps=steps,
-        lr=lr,
-        warmup=warmup,
-        eval_every=eval_every,
-        on_eval=on_eval,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        resume=resume,
-    )
+    with GracefulStop() as stop:
+        taken = train_sft(
+            model,
+            batches,
+            steps=steps,
+            lr=lr,
+            warmup=warmup,
+            eval_every=eval_every,
+            on_eval=on_eval,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            resume=resume,
+            stop=stop,
+        )
+    if stop.requested and taken < steps:
+        raise TrainingStopped(
+            f"{stop.signal_name}: the fine-tune stopped after step {taken} of {steps}, saved in "
+            f"{ckpt}; the same command continues it",
+            exit_code=stop.exit_code,
+        )
     if last.get("step") == taken:  # ended right after an evaluation (the target reached)
         final = last["res"]
     else:

@@ -131,6 +131,7 @@ def train_sft(
     distill_weight: float = 0.0,
     eval_from: int = 0,
     eval_below_loss: float = 0.0,
+    stop=None,
 ) -> int:
     """Train for up to `steps` steps; `on_eval(step)` runs every `eval_every` steps and
     stops training early when it returns True (from step `eval_from` on, and once the
@@ -144,6 +145,10 @@ def train_sft(
 
     `distill_from` (a frozen model) adds `distill_weight` x `logit_matching_loss` against
     its logits to the cross-entropy on the reference tokens.
+
+    `stop` (a `training.checkpoint.GracefulStop`): once it is requested (Ctrl-C, SIGTERM), the
+    step under way finishes, `on_checkpoint` saves it and training returns that step (the
+    caller tells a stop from the end by `stop.requested`).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     start = 0
@@ -175,11 +180,15 @@ def train_sft(
         due = eval_every and (step + 1) % eval_every == 0 and step + 1 >= eval_from
         if eval_below_loss > 0 and sum(recent) / len(recent) >= eval_below_loss:
             due = False
-        if due and on_eval is not None:
+        stopping = stop is not None and stop.requested
+        evaluated = due and on_eval is not None
+        if evaluated:
             if on_eval(step + 1):
                 return step + 1
             model.train()
-            if on_checkpoint is not None:
-                state = {"optimizer": opt.state_dict(), "batches": batches.state_dict()}
-                on_checkpoint(step + 1, {**state, "step": step + 1})
+        if (evaluated or stopping) and on_checkpoint is not None:
+            state = {"optimizer": opt.state_dict(), "batches": batches.state_dict()}
+            on_checkpoint(step + 1, {**state, "step": step + 1})
+        if stopping:
+            return step + 1
     return steps
