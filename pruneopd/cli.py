@@ -205,8 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides allowed on both sides of an option
+    (`train a=1 --config F b=2`: argparse alone takes the overrides before `--config` and
+    refuses the rest); they keep their order, the later winning."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     from pruneopd.config import ConfigError
     from pruneopd.engines.faults import EngineFailure
     from pruneopd.training.train import PairError, TrainingStopped

@@ -310,3 +310,20 @@ def test_a_stderr_line_is_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", fake)
     say("pruneopd: step 2 of 5 stopped: x")
     assert writes == ["pruneopd: step 2 of 5 stopped: x\n"]
+
+
+def test_overrides_on_both_sides_of_an_option(tmp_path):
+    from pruneopd.cli import parse
+
+    args = parse(["train", "a=1", "--config", "c.yaml", "b=2", "a=3"])
+    assert args.config == "c.yaml" and args.overrides == ["a=1", "b=2", "a=3"]  # the last a wins
+    args = parse(["card", "student=s", "--n", "8", "teacher=t"])
+    assert args.n == 8 and args.overrides == ["student=s", "teacher=t"]
+
+
+@pytest.mark.parametrize(
+    "argv", [["train", "a=1", "--config", "c.yaml", "stray"], ["eval", "--model", "m", "x=1"]]
+)
+def test_what_is_not_an_override_is_still_refused(capsys, argv):
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "unrecognized arguments")
