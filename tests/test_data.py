@@ -58,6 +58,16 @@ def test_train_prompts_cycle_in_seeded_epochs_and_test_is_held_out(tok):
     assert a == task.problems("train", 50, seed=3) and a != task.problems("train", 50, seed=4)
     assert set(p.prompt for p in a[:20]) == set(p.prompt for p in task.train)  # one epoch
     assert not set(p.prompt for p in a) & set(p.prompt for p in task.test)
+    assert task.eval_name == "data:math_plain.jsonl (its last 4 records)"
+
+
+def test_eval_data_is_what_evaluations_score_and_name(tok):
+    task = DataTask(FIX / "math_plain.jsonl", tok, eval_path=FIX / "math_gsm8k.jsonl")
+    gsm8k = DataTask(FIX / "math_gsm8k.jsonl", tok)
+    assert len(task.train) == 24 and [p.answer for p in task.test] == [
+        p.answer for p in gsm8k.train
+    ]
+    assert task.eval_name == "data:math_gsm8k.jsonl"  # evaluations' records name the eval file
 
 
 @pytest.mark.parametrize(

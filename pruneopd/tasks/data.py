@@ -168,8 +168,11 @@ class DataTask:
         # route: (field, teacher names): each record's field names its teacher (several teachers)
         fields = (prompt_field, answer_field, chat_template, route)
         self.train = self._problems(*read_records(self.path), self.path, tok, *fields)
+        # what evaluations score, as their records name it: the eval file, or the held-out tail
+        self.eval_name = self.name
         if eval_path:
             self.test = self._problems(*read_records(eval_path), Path(eval_path), tok, *fields)
+            self.eval_name = f"data:{Path(eval_path).name}"
         elif eval_holdout:
             if len(self.train) <= eval_holdout:
                 raise DataError(
@@ -177,6 +180,7 @@ class DataTask:
                     f"eval_problems={eval_holdout} for evaluation (pass eval_data=FILE)"
                 )
             self.train, self.test = self.train[:-eval_holdout], self.train[-eval_holdout:]
+            self.eval_name = f"{self.name} (its last {eval_holdout} records)"
         else:
             self.test = []
 

@@ -158,7 +158,7 @@ def evaluate(
     bar.close()
     model.train(was_training)
     out = {
-        "task": task.name,
+        "task": getattr(task, "eval_name", task.name),
         "n": len(problems),
         "accuracy": sum(correct) / len(correct),
         "partial_credit": sum(credit) / len(credit),
