@@ -23,6 +23,7 @@ from pruneopd.errors import say
 from pruneopd.models import set_threads
 from pruneopd.training import distributed, lora
 from pruneopd.training.checkpoint import GracefulStop, rng_state, set_rng_state
+from pruneopd.training.ending_watch import EndingWatch
 from pruneopd.training.evaluate import cached, combine, eval_key, evaluate
 from pruneopd.training.pair import PairError  # noqa: F401  (part of this module's interface)
 from pruneopd.training.panel import add_totals, summary_teachers
@@ -174,6 +175,7 @@ def _loop(cfg, p: Prepared) -> dict:
         total=cfg.max_steps,
     )
     stop = GracefulStop()
+    ending = EndingWatch()  # says once if the student stops ending its responses
     with stop:
         for step in bar:
             rng_at_start, offsets_at_start = rng_state(run.gen), log.offsets()
@@ -219,6 +221,9 @@ def _loop(cfg, p: Prepared) -> dict:
             if run.panel is not None:  # several teachers: each one's tokens, overlap, ...
                 add_totals(totals, m)
             log.log(step + 1, m)
+            note = ending.update(step + 1, m["eos_rate"], m["mean_len"], batch.cap)
+            if note and d.main:
+                say(note)
             if cfg.log_samples and d.main:
                 rows = _sample_rows(tok, batch.rollout, w.tw, w.scores, batch.cap, cfg.log_samples)
                 log.samples(step + 1, rows)
