@@ -26,6 +26,17 @@ def cap_path(steps: list[dict]) -> str:
     return ", ".join(out) if len(out) <= 6 else ", ".join(out[:3] + ["...", *out[-2:]])
 
 
+def ending_note_step(steps: list[dict]) -> int | None:
+    """The step at which the trainer's EndingWatch says the student stopped ending (or None)."""
+    from pruneopd.training.ending_watch import EndingWatch
+
+    watch = EndingWatch()
+    for r in steps:
+        if watch.update(r["step"], r["eos_rate"], r["mean_len"], r["cap"]):
+            return r["step"]
+    return None
+
+
 def summarize(run: Path) -> dict:
     """A run's numbers; a run stopped before its end (no summary.json) from its metrics, with
     its time as the sum of its steps' (wall) times and no CPU time."""
@@ -59,6 +70,7 @@ def summarize(run: Path) -> dict:
         "cap": cap_path(steps),
         "mean_len": sum(r["mean_len"] for r in steps) / len(steps),
         "eos_last": steps[-1]["eos_rate"],
+        "note_at": ending_note_step(steps),
         "weight": sum(r["weight_mean"] for r in steps) / len(steps),
         "eff_len": sum(r["eff_len_mean"] for r in steps) / len(steps),
     }
@@ -72,7 +84,7 @@ def main() -> None:
     points = sorted({k for r in runs for k in r["evals"]})
     head = ["run", "method", "steps", *(f"acc. step {k}" for k in points)]
     head += ["CPU s", "s / step (wall)", "tokens sampled / step", "cap", "mean len"]
-    head += ["EOS rate, last step", "weight mean", "reliable length"]
+    head += ["EOS rate, last step", "'stopped ending' note at", "weight mean", "reliable length"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in runs:
@@ -80,7 +92,8 @@ def main() -> None:
         cells += [f"{100 * r['evals'][k]:.1f}%" if k in r["evals"] else "-" for k in points]
         cells += [f"{r['cpu']:,.0f}" if r["cpu"] is not None else "(stopped)", f"{r['step_s']:.0f}"]
         cells += [f"{r['generated'] / r['steps']:,.0f}", r["cap"], f"{r['mean_len']:.0f}"]
-        cells += [f"{r['eos_last']:.2f}", f"{r['weight']:.2f}", f"{r['eff_len']:.0f}"]
+        cells += [f"{r['eos_last']:.2f}", str(r["note_at"] or "-")]
+        cells += [f"{r['weight']:.2f}", f"{r['eff_len']:.0f}"]
         print("| " + " | ".join(cells) + " |")
 
 
