@@ -78,7 +78,7 @@ def make_trl(student, teacher, tok, args):
         beta=1.0,
         temperature=1.0,
         max_new_tokens=n,
-        per_device_train_batch_size=args.batch * args.responses_per_prompt,
+        per_device_train_batch_size=trl_micro_prompts(args) * args.responses_per_prompt,
         learning_rate=args.lr,
         weight_decay=0.0,
         warmup_steps=0,
@@ -132,19 +132,35 @@ def trl_rows(prompts, n, eos_id):
     ]
 
 
-def trl_step(trainer, counted, prompts, n, eos_id) -> tuple[float, int]:
-    """One optimizer step of TRL's HF Trainer loop: (seconds, tokens generated)."""
+def trl_micro_prompts(args) -> int:
+    """Prompts per TRL forward: --trl-micro-batch samples (0: the whole step at once)."""
+    micro = args.trl_micro_batch or args.batch * args.responses_per_prompt
+    if micro % args.responses_per_prompt or (args.batch * args.responses_per_prompt) % micro:
+        raise SystemExit(
+            f"peer_trl: --trl-micro-batch {micro} must be a multiple of --responses-per-prompt "
+            f"and divide the step's {args.batch * args.responses_per_prompt} samples"
+        )
+    return micro // args.responses_per_prompt
+
+
+def trl_step(trainer, counted, prompts, n, eos_id, micro: int) -> tuple[float, int]:
+    """One optimizer step of TRL's HF Trainer loop, its prompts in micro-batches of `micro`
+    prompts with the gradient accumulated (as a TRL user does when the step's logits do not fit
+    in memory): (seconds, tokens generated)."""
     t0 = time.perf_counter()
-    batch = trainer.data_collator(trl_rows(prompts, n, eos_id))
-    samples, num_items = trainer.get_batch_samples(iter([batch]), 1, trainer.args.device)
-    trainer.current_gradient_accumulation_steps = 1
+    chunks = [prompts[i : i + micro] for i in range(0, len(prompts), micro)]
+    batches = [trainer.data_collator(trl_rows(c, n, eos_id)) for c in chunks]
+    samples, num_items = trainer.get_batch_samples(iter(batches), len(batches), trainer.args.device)
+    trainer.current_gradient_accumulation_steps = len(batches)  # the loss is divided by it
     model = trainer.model
-    trainer.training_step(model, samples[0], num_items)
+    before = len(counted)
+    for inputs in samples:
+        trainer.training_step(model, inputs, num_items)
     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.lr_scheduler.step()
     model.zero_grad()
-    return time.perf_counter() - t0, counted[-1]
+    return time.perf_counter() - t0, sum(counted[before:])
 
 
 def main() -> None:
@@ -152,6 +168,13 @@ def main() -> None:
     add_common_args(p, steps=10, batch=8, new_tokens=128)
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, both sides")
     p.add_argument("--trl-out", default="/tmp/pruneopd-peer-trl", help="TRL's output_dir")
+    p.add_argument(
+        "--trl-micro-batch",
+        type=int,
+        default=0,
+        help="samples per TRL forward, the gradient accumulated over the step (0: the whole "
+        "step; TRL's full-vocabulary logits of 32 x 256 SmolLM2 samples exceed 24 GiB)",
+    )
     add_suite_args(p)
     args = p.parse_args()
     if args.suite:  # the step rows of a suite, each in its own process (speed_matrix.py)
@@ -176,7 +199,7 @@ def main() -> None:
         return r["t_step"], r["tokens"]
 
     def theirs(prompts):
-        return trl_step(trainer, counted, prompts, n, eos)
+        return trl_step(trainer, counted, prompts, n, eos, trl_micro_prompts(args))
 
     per_step = step_prompts(args, tok, args.warmup + args.steps)
     times = {"pruneopd": [], "trl": []}
@@ -218,6 +241,7 @@ def main() -> None:
             "benchmark": "peer_trl",
             **environment(args),
             "trl": trl.__version__,
+            "trl_micro_batch": trl_micro_prompts(args) * args.responses_per_prompt,
             "results": rows,
             "ratio_median": ratio_med,
             "ratio_total": ratio_tot,

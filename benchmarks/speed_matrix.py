@@ -50,6 +50,7 @@ class Row:
     target: float
     steps: int = 2
     warmup: int = 1
+    trl_micro: int = 0  # TRL's samples per forward (0: the whole step)
 
     def command(self, real: Path, json_out: str, threads: int) -> list[str]:
         models = ["--student", _model_path(self.student, real)]
@@ -58,6 +59,8 @@ class Row:
             models += ["--zoo", str(LONG_ZOO)]
         script = "rollout_vs_generate.py" if self.script == "sample" else "peer_trl.py"
         extra = ["--no-lean-row", "--no-topk-row"] if self.script == "sample" else []
+        if self.trl_micro:
+            extra += ["--trl-micro-batch", str(self.trl_micro)]
         return [
             sys.executable,
             str(ROOT / "benchmarks" / script),
@@ -109,7 +112,9 @@ def _suite(name: str) -> list[Row]:
         Row("zoo long student (0.8M)", "step", zs, zt, 32, 512, 2.0),
         Row("SmolLM2 teacher (135M) sampled", "sample", rt, rt, 32, 256, 1.3, **real),
         Row("SmolLM2 student (81M)", "step", rs, rt, 8, 256, 1.5, **real),
-        Row("SmolLM2 student (81M)", "step", rs, rt, 32, 256, 1.5, **real),
+        # TRL's logits of 32 x 256 samples (49,152 ids) take more than 24 GiB: its step in
+        # micro-batches of 8 samples, the gradient accumulated (pruneopd: one batch, 4.4 GB)
+        Row("SmolLM2 student (81M)", "step", rs, rt, 32, 256, 1.5, trl_micro=8, **real),
         # never below 1x: 8 and 32 samples, 128 and 512 tokens, all three models
         Row("SmolLM2 student (81M)", "sample", rs, rt, 8, 128, 1.0, **real),
         Row("SmolLM2 student (81M)", "sample", rs, rt, 32, 128, 1.0, **real),
@@ -146,17 +151,36 @@ def run_suite(args, only: str | None = None) -> list[tuple[Row, dict | None]]:
                 subprocess.run(cmd, env=env, check=True, timeout=left)
                 res = json.loads(Path(path).read_text())
             except (subprocess.SubprocessError, OSError) as e:
-                print(f"speed_matrix: not measured ({type(e).__name__})", flush=True)
-                res = None
+                why = failure(e)
+                print(f"speed_matrix: not measured: {why}", flush=True)
+                res = {"failed": why}
         out.append((row, res))
     return out
+
+
+def failure(e: Exception) -> str:
+    """Why a row's process gave no result, in a few words for the table."""
+    code = getattr(e, "returncode", None)
+    if isinstance(e, subprocess.TimeoutExpired):
+        return "stopped at the budget"
+    if code in (-9, 137):
+        return "killed (SIGKILL: out of memory)"
+    return f"{type(e).__name__} (exit {code})" if code is not None else type(e).__name__
 
 
 def ratio(res: dict) -> tuple[float, str]:
     """(ratio, detail) of one row's --json: the median-based ratio and both sides' tok/s."""
     if res["benchmark"] == "peer_trl":
         ours, theirs = res["results"][0], res["results"][1]
-        return res["ratio_median"], _detail(ours, theirs, "TRL")
+        detail = _detail(ours, theirs, "TRL")
+        a = res.get("args", {})
+        micro, whole = (
+            res.get("trl_micro_batch"),
+            a.get("batch", 0) * a.get("responses_per_prompt", 0),
+        )
+        if micro and micro < whole:
+            detail += f"; TRL in micro-batches of {micro} samples"
+        return res["ratio_median"], detail
     first, gen = res["results"][0], res["results"][-1]
     return first["ratio"], _detail(first, gen, "generate")
 
@@ -177,10 +201,9 @@ def table(results: list[tuple[Row, dict | None]]) -> str:
     for row, res in results:
         what = "sampler vs `generate`" if row.script == "sample" else "full-OPD step vs TRL GKD"
         size = f"{row.samples} x {row.tokens}"
-        if res is None:
-            lines.append(
-                f"| {row.label} | {what} | {size} | - | {row.target:.1f}x | not yet measured | - |"
-            )
+        if res is None or "failed" in res:
+            why = "not yet measured" if res is None else f"failed: {res['failed']}"
+            lines.append(f"| {row.label} | {what} | {size} | - | {row.target:.1f}x | {why} | - |")
             continue
         r, detail = ratio(res)
         met = "yes" if r >= row.target else "**no**"

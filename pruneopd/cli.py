@@ -201,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument(
         "--target", type=float, help="stop once dev accuracy reaches it (teacher 0.6, student off)"
     )
+    ru.add_argument(
+        "--from",
+        dest="start",
+        help="start from this folder (a name under --real or a path; default: the built ROLE): "
+        "e.g. --from student-sums --out student-sums-300 continues a finished warm-up",
+    )
+    ru.add_argument("--out", help="write here (a name under --real or a path; default ROLE-sums)")
+    ru.add_argument("--seed", type=int, default=0, help="the order of the training rows")
     ru.set_defaults(fn=cmd_real_tune)
     return p
 

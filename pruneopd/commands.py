@@ -242,21 +242,31 @@ def cmd_real_tune(args) -> None:
 
     real = Path(args.real) if args.real else default_out()
     data = real / "sums"
-    for f in (real / args.role / "config.json", data / "train.jsonl", data / "dev.jsonl"):
+
+    def under_real(name: str | None, default: str) -> Path:
+        path = Path(name or default).expanduser()
+        return path if path.is_absolute() or path.exists() else real / path
+
+    start = under_real(getattr(args, "start", None), args.role)
+    out = under_real(getattr(args, "out", None), f"{args.role}-sums")
+    if start.resolve() == out.resolve():
+        _die(f"real tune: --from and --out are the same folder ({out}): name another --out")
+    for f in (start / "config.json", data / "train.jsonl", data / "dev.jsonl"):
         if not f.exists():
             _die(f"{f} does not exist: run `pruneopd real build` and `pruneopd real task` first")
     steps, target = TUNE_DEFAULTS[args.role]
     set_threads()
     res = tune(
-        real / args.role,
+        start,
         data / "train.jsonl",
         data / "dev.jsonl",
-        real / f"{args.role}-sums",
+        out,
         steps=args.steps or steps,
         lr=args.lr,
         batch_size=args.batch,
         eval_every=args.eval_every,
         target=target if args.target is None else args.target,
+        seed=getattr(args, "seed", 0),
         log=say,
     )
     print(json.dumps(res, indent=2))

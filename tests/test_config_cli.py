@@ -327,3 +327,28 @@ def test_overrides_on_both_sides_of_an_option(tmp_path):
 def test_what_is_not_an_override_is_still_refused(capsys, argv):
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, "unrecognized arguments")
+
+
+def test_real_tune_from_and_out(tmp_path, monkeypatch, capsys):
+    """`real tune student --from A --out B` starts from A and writes B (names under --real);
+    a missing start or the same folder twice is one line, exit 2."""
+    import pruneopd.tools.real_tune as real_tune
+
+    real = tmp_path / "real"
+    (real / "sums").mkdir(parents=True)
+    for name in ("train.jsonl", "dev.jsonl"):
+        (real / "sums" / name).write_text("")
+    (real / "student-sums").mkdir()
+    (real / "student-sums" / "config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(real_tune, "tune", lambda *a, **k: calls.append((a, k)) or {"ok": 1})
+    base = ["real", "tune", "student", "--real", str(real)]
+    main([*base, "--from", "student-sums", "--out", "student-300", "--steps", "7", "--seed", "3"])
+    (start, _, _, out), kw = calls[0]
+    assert (start, out) == (real / "student-sums", real / "student-300")
+    assert kw["steps"] == 7 and kw["seed"] == 3
+    capsys.readouterr()
+    code, _, err = run_cli([*base, "--from", "student-sums", "--out", "student-sums"], capsys)
+    assert_one_line_error(code, err, "--from and --out are the same folder")
+    code, _, err = run_cli([*base, "--from", "nope"], capsys)
+    assert_one_line_error(code, err, str(real / "nope" / "config.json"), "does not exist")
