@@ -318,6 +318,25 @@ def test_plan_follows_what_is_streamed():
     assert plan(40 * mb, 8 * mb, 32, 2) == (4, False)
 
 
+def test_a_quiet_machine_splits_streamed_weights():
+    """No other process busy: a streamed model's samples in one split group (every weight read
+    once per step), at any batch; cached weights (the zoo's) and one thread as before."""
+    mb = 1 << 20
+
+    def plan(*a):
+        p = fused.plan_sampling(*a, quiet=True)
+        return p.group, p.split
+
+    for A in (2, 8, 32):
+        assert plan(324 * mb, 23040 * 300, A, 2) == (A, True)
+        assert plan(3 * mb, 70 * mb // 32, A, 2) == (4, False)
+        assert plan(324 * mb, 23040 * 300, A, 1) == (A, False)
+    assert "no other process busy" in fused.plan_sampling(324 * mb, 23040, 8, 2, quiet=True).why
+    # a huge KV cache per sample (8 MB): weights 40 MB + every KV cache 256 MB once per step,
+    # 148 MB per thread, against 4 groups of 4 per thread reading the weights 4 times, 160 MB
+    assert plan(40 * mb, 8 * mb, 32, 2) == (32, True)
+
+
 def test_the_engine_is_said_once(capsys):
     model = tiny_llama(V)
     kw = dict(max_new_tokens=3, eos_id=EOS, pad_id=PAD, temperature=0.0)

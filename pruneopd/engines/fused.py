@@ -16,7 +16,9 @@ picks the groups from what each step streams from memory: on a model whose weigh
 CPU caches (the zoo's, a few MB), groups of `SAMPLE_GROUP` spread over the threads, so a
 group's KV cache stays in the CPU caches between its tokens (docs/benchmarks.md 6e); on one
 whose weights do not (a real model, hundreds of MB), one group per thread, so each thread
-reads every weight once per step, not once per group of 4 (docs/benchmarks.md 10). `rollout.sample` uses it on this engine.
+reads every weight once per step, not once per group of 4, or, when no other process is busy
+(`cpu_load.machine_quiet`), one split group that reads every weight once per step
+(docs/benchmarks.md 10). `rollout.sample` uses it on this engine.
 
 The extension is compiled on first use with `torch.utils.cpp_extension.load` (about 40 s on 2
 cores; it needs a C++ compiler and `ninja`) and cached in torch's extensions folder
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from pruneopd.engines import decode
+from pruneopd.engines import cpu_load, decode
 from pruneopd.engines.records import stop_id_list
 
 _CSRC = Path(__file__).parents[1] / "csrc"
@@ -193,7 +195,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int) -> Plan:
+def plan_sampling(
+    weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: int, quiet: bool = False
+) -> Plan:
     """The groups of A samples on `threads` threads, from the bytes one decode step streams
     from memory: the weights (every projection and the head, read once per group: free while
     they fit the CPU caches) and the KV cache (one sample's at full length, every layer: free
@@ -205,10 +209,12 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
       and this wins any tie);
     - one group per thread (ceil(A / threads) samples): each thread reads every weight once
       per step.
-    With fewer samples than threads, one split group (each step's columns, attention units and
-    picks shared by the threads) when the weights are streamed. Measured on the SmolLM2
-    student under load (docs/benchmarks.md 10): one group per thread 1.6-2x one split group,
-    which waits at ~80 barriers per step for threads the other processes hold."""
+    With fewer samples than threads, or on a `quiet` machine (no other process busy:
+    `cpu_load.machine_quiet`), one split group (each step's columns, attention units and picks
+    shared by the threads, every weight read once per step) when the weights are streamed.
+    Measured on the SmolLM2 student (docs/benchmarks.md 10): quiet, the split group 1.15-1.21x
+    one group per thread; under load, one group per thread 1.6-2x the split group, which waits
+    at ~80 barriers per step for threads the other processes hold."""
     threads = max(1, threads)
     cached = weight_bytes <= CACHED_WEIGHT_BYTES
 
@@ -229,6 +235,17 @@ def plan_sampling(weight_bytes: int, kv_bytes_per_sample: int, A: int, threads: 
         )
     per_thread = -(-A // threads)
     small, large = streamed(SAMPLE_GROUP), streamed(per_thread)
+    if quiet and not cached and threads > 1:
+        kv_all = A * kv_bytes_per_sample
+        split = -(-(weight_bytes + (0 if kv_all <= CACHED_WEIGHT_BYTES else kv_all)) // threads)
+        if split <= min(small, large):
+            return Plan(
+                A,
+                True,
+                f"weights {_size(weight_bytes)} streamed from memory and no other process "
+                f"busy: one split group streams {_size(split)} per step and thread, one group "
+                f"per thread {_size(large)}",
+            )
     if small < large or (small == large and cached):
         return Plan(
             SAMPLE_GROUP,
@@ -283,7 +300,9 @@ class FusedDecoder(decode.LeanDecoder):
     def plan(self) -> Plan:
         """`plan_sampling` for this model and its current samples."""
         A, threads = self.K.shape[1], torch.get_num_threads()
-        return plan_sampling(self.weight_bytes, self.kv_bytes_per_sample, A, threads)
+        streamed = self.weight_bytes > CACHED_WEIGHT_BYTES and threads > 1
+        quiet = streamed and cpu_load.machine_quiet()  # measured only where it matters
+        return plan_sampling(self.weight_bytes, self.kv_bytes_per_sample, A, threads, quiet)
 
     def select(self, keep_A: torch.Tensor) -> None:
         super().select(keep_A)
