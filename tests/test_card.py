@@ -69,6 +69,19 @@ def test_which_config_a_run_starts_from(tmp_path):
     assert path == Path("my.yaml") and line == "pruneopd: config: my.yaml"
 
 
+def test_first_departure_by_hand():
+    from pruneopd.tools.card import first_departure
+
+    # teacher's top-2 ids [5, 6] everywhere, probabilities 0.95 / 0.05: nucleus(0.9) = {5}
+    ids_BTK = torch.tensor([[5, 6]]).expand(2, 4, 2)
+    logp_BTK = torch.tensor([0.95, 0.05]).log().expand(2, 4, 2)
+    tokens_BT = torch.tensor([[5, 6, 5, 5], [5, 5, 5, 0]])
+    mask_BT = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]).bool()
+    d = first_departure(tokens_BT, ids_BTK, logp_BTK, mask_BT)
+    assert d["positions"] == [1, 3] and d["never"] == 0.5
+    assert d["share_after"] == pytest.approx(2 / 7) and d["median"] == 1.0
+
+
 def test_card_on_the_zoo_writes_a_config_that_trains(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "card"
@@ -87,6 +100,12 @@ def test_card_on_the_zoo_writes_a_config_that_trains(tmp_path, capsys, monkeypat
     assert line == "recommended: " + " ".join(f"{k}={v}" for k, v in rec["keys"].items())
     assert rec["keys"]["loss_chunk"] == 4096 and rec["keys"]["max_len"] <= 64
     assert (out / "top1_by_position.png").exists()
+    dep = json.loads((out / "card.json").read_text())["card"]["departure"]
+    assert len(dep["positions"]) == 12 and 0.0 <= dep["share_after"] < 1.0
+    assert any(
+        x.startswith("the student leaves the teacher's top-0.9 nucleus")
+        for x in cap.out.splitlines()
+    )
     # method auto's horizon on these samples, and the line that says it
     horizon = rec["auto_horizon"]
     assert horizon is None or 32 <= horizon < 64

@@ -20,7 +20,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from pruneopd.method.drift import reliability_weights, topk_overlap_from_ids
+from pruneopd.method.drift import (
+    reliability_weights,
+    teacher_top_p_accept_events,
+    topk_overlap_from_ids,
+)
 from pruneopd.tools.testbed import (
     SWEEP_KS,
     SWEEP_TAUS,
@@ -30,6 +34,7 @@ from pruneopd.tools.testbed import (
 )
 
 STEP = 32  # budgets are rounded to the default budget_step
+DEPARTURE_P = 0.9  # the teacher's nucleus a sampled token must fall in to count as its own
 
 
 def separation_sweep(
@@ -134,6 +139,40 @@ def recommend(ps: PairSamples, max_len: int) -> dict:
     return {"keys": keys, "monitor": pick, "sweep": rows}
 
 
+def first_departure(
+    tokens_BT: torch.Tensor,
+    teacher_ids_BTK: torch.Tensor,
+    teacher_logprobs_BTK: torch.Tensor,
+    mask_BT: torch.Tensor,
+    top_p: float = DEPARTURE_P,
+) -> dict:
+    """Where each sample first leaves what the teacher would write: the first token outside
+    the teacher's top-p nucleus (within its top-K, `drift.teacher_top_p_accept_events`).
+    Past it the teacher scores a prefix it would not have written, so its per-token signal
+    there is guidance from off its own track (docs/benchmarks.md 12).
+
+    Returns {"positions": [first departure per sample, its length when it never leaves],
+    "median": median of them, "never": share of samples that never leave, "share_after":
+    share of all response tokens after a departure (the departing token itself excluded)}.
+    Example: lengths 4 and 3, departures at 1 and never -> positions [1, 3], share_after 2/7.
+    """
+    events_BT = teacher_top_p_accept_events(
+        tokens_BT, teacher_ids_BTK, teacher_logprobs_BTK, mask_BT, top_p
+    )
+    lengths_B = mask_BT.sum(dim=-1)
+    left_B = events_BT.any(dim=-1)
+    first_B = torch.where(left_B, events_BT.float().argmax(dim=-1), lengths_B)
+    after = (lengths_B - first_B - 1).clamp(min=0)[left_B].sum()
+    total = max(1, int(lengths_B.sum()))
+    return {
+        "top_p": top_p,
+        "positions": first_B.tolist(),
+        "median": float(first_B.float().median()) if len(first_B) else 0.0,
+        "never": float((~left_B).float().mean()) if len(first_B) else 1.0,
+        "share_after": float(after) / total,
+    }
+
+
 def auto_horizon(ps: PairSamples, cfg) -> int:
     """Where method `auto` would put this pair's horizon from these samples (its rule,
     `method.auto.reliability_horizon`, over the card's top-1 agreement by position with the
@@ -171,6 +210,7 @@ def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: 
         student, teacher, tok, task, problems, k=kmax, max_new_tokens=cfg.max_len, seed=cfg.seed
     )
     card = card_of(ps, k=cfg.monitor_k, tau=cfg.tau, w_drop=cfg.w_drop)
+    card["departure"] = first_departure(ps.tokens_BT, ps.t_BTK, ps.t_logprobs_BTK, ps.mask_BT)
     rec = recommend(ps, cfg.max_len)
     rec["keys"]["loss_chunk"] = loss_chunk_for(student.config.vocab_size)
     horizon = auto_horizon(ps, cfg)
@@ -199,6 +239,17 @@ def _auto_line(horizon: int | None) -> str:
     )
 
 
+def _departure_lines(d: dict | None) -> list[str]:
+    if not d:
+        return []
+    return [
+        f"the student leaves the teacher's top-{d['top_p']:g} nucleus first at token "
+        f"{d['median']:.0f} (median; {d['never']:.0%} of samples never): "
+        f"{d['share_after']:.0%} of response tokens are scored on a prefix the teacher would "
+        "not have written"
+    ]
+
+
 def summary_lines(result: dict, out: str) -> list[str]:
     """What `pruneopd card` prints."""
     c, rec = result["card"], result["recommended"]
@@ -212,6 +263,7 @@ def summary_lines(result: dict, out: str) -> list[str]:
         f"the config's monitor (K={c['k']}, tau {c['tau']}, w_drop {c['w_drop']}): events on "
         f"{c['event_rate']:.1%} of tokens, reliability runs out in {rel['share_run_out']:.0%} "
         f"of samples{where}",
+        *_departure_lines(c.get("departure")),
         f"monitor K={m['k']} tau={m['tau']} w_drop={m['w_drop']}: {m['reason']}",
         "recommended: " + " ".join(f"{k}={v}" for k, v in rec["keys"].items()),
         _auto_line(rec.get("auto_horizon")),
