@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from pruneopd.tools.bench_results import METHODS, PAIRS, binned, write_results  # noqa: F401
-from pruneopd.tools.report_plots import PAIR_TITLES, plots
+from pruneopd.tools.report_headline import auto_targets, render_headline
+from pruneopd.tools.report_plots import PAIR_TITLES, frontier_plot, plots
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -220,6 +221,7 @@ def render_markdown(results: dict, table: dict) -> str:
         "test split after training (mean ± std over seeds); `vs full` is the difference in "
         "points.",
     ]
+    lines += render_headline(results, table)
     for pair in PAIRS:
         rows = table.get(pair, {})
         if not rows:
@@ -314,7 +316,10 @@ def render_markdown(results: dict, table: dict) -> str:
             f"![cap and effective length](cap_{pair}.png)",
             f"![hit ratio](hit_ratio_{pair}.png)",
         ]
-    if results.get("suite") == "long":
+    goals = targets(results, table) if results.get("suite") == "long" else []
+    if "auto" in table.get("same", {}) or "auto" in table.get("cross", {}):
+        goals += auto_targets(results, table)
+    if goals:
         lines += [
             "",
             "## Targets",
@@ -325,7 +330,7 @@ def render_markdown(results: dict, table: dict) -> str:
             "| target | measured | met |",
             "| --- | --- | --- |",
         ]
-        for t in targets(results, table):
+        for t in goals:
             met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
             lines.append(f"| {t['target']} | {t['measured']} | {met} |")
     lines += ["", "![overlap histogram](overlap_hist.png)", ""]
@@ -357,6 +362,7 @@ def render_report(out: str | Path, results: dict | None = None) -> Path:
             print(f"{path}: per-token overlaps replaced by their histogram", file=sys.stderr)
     table = summarize(results)
     plots(out, results)
+    frontier_plot(out, results, table)
     report = out / "report.md"
     report.write_text(render_markdown(results, table))
     return report

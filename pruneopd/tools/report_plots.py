@@ -141,6 +141,68 @@ def plots(out: Path, results: dict) -> list[Path]:
     return written
 
 
+def frontier_plot(out: Path, results: dict, table: dict) -> Path | None:
+    """`frontier.png`: final accuracy against CPU time (both against full OPD), one panel per
+    pair: each method's mean over seeds with its spread, every seed faint, the frontier
+    (`report_headline.frontier`) joined, and full OPD's own evaluations along its run as the
+    curve of stopping it early."""
+    from pruneopd.tools.report_headline import cost, frontier, full_opd_stopped_early
+
+    pairs = [p for p in PAIRS if table.get(p) and "full" in table[p]]
+    if not pairs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.0 * len(pairs), 4.4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
+        rows = table[pair]
+        full = rows["full"]
+        for m, r in rows.items():
+            c = cost(r)
+            if c is None:
+                continue
+            seeds = [x for x in results["runs"] if x["pair"] == pair and x["method"] == m]
+            use_cpu = r.get("cpu_vs_full") is not None
+            xs = [
+                (x["cpu_seconds"] / full["cpu"]) if use_cpu else (x["train_seconds"] / full["time"])
+                for x in seeds
+            ]
+            color = METHOD_COLORS[m]
+            ax.scatter(
+                xs, [100 * x["accuracy_after"] for x in seeds], color=color, alpha=0.25, s=14
+            )
+            ax.errorbar([c], [r["acc"]], yerr=[r["acc_std"]], color=color, marker="o", capsize=3)
+            ax.annotate(m, (c, r["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        front = frontier(rows)
+        ax.plot(
+            [cost(rows[m]) for m in front],
+            [rows[m]["acc"] for m in front],
+            color="black",
+            linewidth=0.8,
+            alpha=0.5,
+            label="frontier",
+        )
+        curve = full_opd_stopped_early(results, pair)
+        if curve:
+            ax.plot(
+                [c["share"] for c in curve],
+                [c["acc"] for c in curve],
+                color=METHOD_COLORS["full"],
+                linestyle="--",
+                label="full OPD stopped early",
+            )
+        ax.set(
+            xlabel="CPU time vs full OPD",
+            ylabel="held-out accuracy (%)",
+            title=f"accuracy against compute: {pair}",
+        )
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out / "frontier.png")
+
+
 def _save(fig, path: Path) -> Path:
     """The figure as a 256-colour PNG (a third of the RGBA file's size, the same look)."""
     import io

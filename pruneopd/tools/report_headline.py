@@ -1,0 +1,151 @@
+"""The bench report's headline: every method against full OPD on both pairs in one table,
+which methods are on the accuracy / CPU-time frontier, what full OPD itself reaches when
+stopped early, and the targets of `auto` (issue 31). Pure functions of `report.summarize`'s
+table and results.json; `report.render_markdown` puts them first.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from pruneopd.tools.bench_results import PAIRS
+
+
+def cost(row: dict) -> float | None:
+    """A row's training time against full OPD: CPU time where every run logged it (the bench
+    runs two at a time on a shared machine, which inflates wall-clock far more), else
+    wall-clock."""
+    return row["cpu_vs_full"] if row.get("cpu_vs_full") is not None else row.get("time_vs_full")
+
+
+def frontier(rows: dict) -> list[str]:
+    """The methods no other method beats on both accuracy and cost: for each, no other row has
+    accuracy >= and cost <= with one of the two strict. In order of cost."""
+    pts = {m: (cost(r), r["acc"]) for m, r in rows.items() if cost(r) is not None}
+
+    def beaten(m):
+        c, a = pts[m]
+        return any(
+            c2 <= c and a2 >= a and (c2 < c or a2 > a) for m2, (c2, a2) in pts.items() if m2 != m
+        )
+
+    return sorted((m for m in pts if not beaten(m)), key=lambda m: pts[m])
+
+
+def gain_per_cpu_minute(row: dict) -> float | None:
+    """Accuracy gained by distillation (points over the student before) per CPU minute of
+    training: how much each unit of compute bought."""
+    if not row.get("cpu"):
+        return None
+    return (row["acc"] - row["before"]) / (row["cpu"] / 60.0)
+
+
+def full_opd_stopped_early(results: dict, pair: str) -> list[dict]:
+    """Full OPD's own curve: at each of its evaluations (every seed evaluated at the same
+    steps), the mean accuracy over seeds and the share of its training time spent so far
+    (wall-clock at the evaluation over the run's total, mean over seeds). The baseline a
+    cheaper method has to beat: what the same compute buys by stopping full OPD early."""
+    runs = [r for r in results["runs"] if r["pair"] == pair and r["method"] == "full"]
+    if not runs:
+        return []
+    steps = [e["step"] for e in runs[0]["evals"]]
+    if any([e["step"] for e in r["evals"]] != steps for r in runs):
+        return []
+    out = []
+    for i, step in enumerate(steps):
+        share = [r["evals"][i]["train_seconds"] / r["train_seconds"] for r in runs]
+        acc = [100 * r["evals"][i]["accuracy"] for r in runs]
+        out.append({"step": step, "share": statistics.fmean(share), "acc": statistics.fmean(acc)})
+    return out
+
+
+def auto_targets(results: dict, table: dict) -> list[dict]:
+    """Issue 31's targets for `auto` on this suite, each {"target", "measured", "met"}; met is
+    None where a run it needs is missing. Long suite: cross >= full - 1 point at <= 0.5x,
+    same >= full - 1 at <= 1.0x; short suite: both pairs >= full - 1 at <= 1.0x; both suites:
+    auto's accuracy gained per CPU minute above iw-opd's and window's on the cross pair."""
+    long = results.get("suite") == "long"
+    limits = {"cross": 0.5 if long else 1.0, "same": 1.0}
+    rows = []
+    for pair in PAIRS:
+        rs = table.get(pair, {})
+        limit = limits[pair]
+        target = f"{pair}: auto >= full OPD - 1 point at <= {limit:.1f}x its CPU time"
+        if "auto" not in rs or "full" not in rs:
+            rows.append({"target": target, "measured": "not run", "met": None})
+            continue
+        a, c = rs["auto"], cost(rs["auto"])
+        rows.append(
+            {
+                "target": target,
+                "measured": f"{a['acc_vs_full']:+.1f} points at {c:.2f}x ({a['n']} seeds)",
+                "met": a["acc_vs_full"] >= -1.0 and c <= limit,
+            }
+        )
+    cross = table.get("cross", {})
+    target = "cross: auto's accuracy gained per CPU minute above iw-opd's and window's"
+    have = [m for m in ("auto", "iw-opd", "window") if m in cross]
+    gains = {m: gain_per_cpu_minute(cross[m]) for m in have}
+    if len(have) < 3 or None in gains.values():
+        measured = ", ".join(f"{m} {g:.3f}" for m, g in gains.items() if g is not None)
+        rows.append({"target": target, "measured": measured or "not run", "met": None})
+    else:
+        rows.append(
+            {
+                "target": target,
+                "measured": ", ".join(f"{m} {g:.3f}" for m, g in gains.items())
+                + " points / CPU min",
+                "met": gains["auto"] > gains["iw-opd"] and gains["auto"] > gains["window"],
+            }
+        )
+    return rows
+
+
+def render_headline(results: dict, table: dict) -> list[str]:
+    """Markdown lines: the headline table (accuracy and CPU time against full OPD, every
+    method and pair, the frontier marked), full OPD stopped early, the frontier plot."""
+    pairs = [p for p in PAIRS if table.get(p)]
+    if not pairs:
+        return []
+    methods = list(dict.fromkeys(m for p in pairs for m in table[p]))
+    on_front = {p: set(frontier(table[p])) for p in pairs}
+    head = ["method"]
+    for p in pairs:
+        head += [f"{p}: accuracy vs full", f"{p}: CPU time vs full"]
+    lines = [
+        "",
+        "## Headline: every method against full OPD",
+        "",
+        "Mean over seeds (the number of seeds in brackets where it differs from the bench's); "
+        "accuracy in points against full OPD's, CPU time as a ratio to full OPD's. **Bold**: "
+        "on the frontier (no other method is both as accurate and as cheap).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- |" + " ---: |" * (len(head) - 1),
+    ]
+    for m in methods:
+        cells = [m]
+        for p in pairs:
+            r = table[p].get(m)
+            if r is None:
+                cells += ["-", "-"]
+                continue
+            n = "" if r["n"] == results.get("seeds") else f" ({r['n']})"
+            acc = "-" if r["acc_vs_full"] is None else f"{r['acc_vs_full']:+.1f}"
+            c = cost(r)
+            cpu = "-" if c is None else f"{c:.2f}x"
+            if m in on_front[p]:
+                acc, cpu = f"**{acc}**", f"**{cpu}**"
+            cells += [acc + n, cpu]
+        lines.append("| " + " | ".join(cells) + " |")
+    for p in pairs:
+        curve = [c for c in full_opd_stopped_early(results, p) if 0 < c["share"] < 1]
+        if curve and "full" in table[p]:
+            shown = "; ".join(
+                f"step {c['step']}: {c['acc']:.1f}% ({c['acc'] - table[p]['full']['acc']:+.1f}) "
+                f"at {c['share']:.2f}x"
+                for c in curve
+            )
+            lines += ["", f"Full OPD stopped early, {p} pair (its own evaluations): {shown}."]
+    lines += ["", "![accuracy against CPU time, every method](frontier.png)"]
+    return lines
