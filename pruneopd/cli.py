@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="short",
         help="short: the regs zoo (configs/); long: the long-horizon zoo (configs/long/)",
     )
+    b.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="run nothing: report the runs of the plan finished so far (a bench that spans "
+        "several sessions), naming the ones missing",
+    )
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser(

@@ -190,6 +190,7 @@ def cmd_bench(args) -> None:
         suite=args.suite,
         methods=tuple(args.methods.split(",")) if args.methods else METHODS,
         log=say,
+        finished_only=args.finished_only,
     )
     print(Path(args.out) / "report.md")
 

@@ -118,6 +118,35 @@ def test_finished_runs_are_not_run_again(bench):
     assert json.loads(before)["runs"] == json.loads((bench / "results.json").read_text())["runs"]
 
 
+def test_finished_only_reports_the_finished_runs_and_runs_nothing(bench, tmp_path):
+    import shutil
+
+    out = tmp_path / "partial"
+    shutil.copytree(bench, out)
+    (out / "runs" / "cross" / "prune" / "seed0" / "summary.json").unlink()
+    logs = []
+    res = run_bench(
+        out,
+        "quick",
+        steps=2,
+        eval_problems=4,
+        log=logs.append,
+        methods=SHORT_METHODS,
+        finished_only=True,
+    )
+    assert not any("start" in x for x in logs)  # nothing ran, nothing resumed
+    assert not (out / "runs" / "cross" / "prune" / "seed0" / "summary.json").exists()
+    assert res["missing"] == ["cross/prune/seed0"]
+    assert len(res["runs"]) == len(PAIRS) * len(SHORT_METHODS) - 1
+    assert res["wall_seconds"] is None
+    report = (out / "report.md").read_text()
+    assert "**Partial**: 1 runs of the plan had not finished" in report
+    assert "cross/prune/seed0" in report
+    empty = tmp_path / "empty"
+    with pytest.raises(ValueError, match="no finished bench run"):
+        run_bench(empty, "quick", log=logs.append, methods=SHORT_METHODS, finished_only=True)
+
+
 def test_report_without_results_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path)])

@@ -141,12 +141,14 @@ def run_bench(
     log=print,
     suite: str = "short",
     methods: tuple = METHODS,
+    finished_only: bool = False,
 ) -> dict:
     """Run (or finish) the benchmark into `out`; returns the gathered results.
 
     Resumable: a run with its summary is not run again, a half-finished one continues from
     its newest checkpoint (every 10 steps), so rerunning the command after an interruption
-    finishes the benchmark."""
+    finishes the benchmark. `finished_only`: run nothing, report the plan's finished runs
+    (results.json's `missing` names the others)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(
@@ -171,7 +173,7 @@ def run_bench(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = plan(preset, seeds, methods)
+    todo = [] if finished_only else plan(preset, seeds, methods)
     running: list[tuple[subprocess.Popen, tuple]] = []
     started: dict[tuple, float] = {}
     skipped = 0  # runs finished or begun by an earlier invocation
@@ -232,10 +234,12 @@ def run_bench(
         raise RuntimeError(
             f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
         )
-    results = gather(out, preset, preset_name, seeds, methods)
+    results = gather(out, preset, preset_name, seeds, methods, finished_only=finished_only)
+    if not results["runs"]:
+        raise ValueError(f"{out}: no finished bench run to report (run `pruneopd bench` first)")
     results["suite"] = suite
     # the bench's wall time, when this invocation ran every run from its start
-    results["wall_seconds"] = time.time() - t0 if not skipped else None
+    results["wall_seconds"] = time.time() - t0 if not (skipped or finished_only) else None
     results["jobs"] = jobs
     write_results(out / "results.json", results)
     from pruneopd.tools.report import render_report
@@ -248,15 +252,27 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int, methods=METHODS) -> dict:
-    """Every number the report needs, from the runs' summary.json / metrics.jsonl / samples."""
+def gather(
+    out: Path,
+    preset: BenchPreset,
+    preset_name: str,
+    seeds: int,
+    methods=METHODS,
+    finished_only: bool = False,
+) -> dict:
+    """Every number the report needs, from the runs' summary.json / metrics.jsonl / samples;
+    `finished_only`: the runs without a summary are left out and named in `missing`."""
     from pruneopd.training.runlog import versions
 
     runs = []
+    missing = []
     overlap: dict[str, list[float]] = {p: [] for p in PAIRS}  # per token, binned below
     by_position: dict[str, dict] = {}
     for pair, method, seed in plan(preset, seeds, methods):
         rd = run_dir(out, pair, method, seed)
+        if finished_only and not (rd / "summary.json").exists():
+            missing.append(f"{pair}/{method}/seed{seed}")
+            continue
         s = json.loads((rd / "summary.json").read_text())
         rows = [r for r in _read_jsonl(rd / "metrics.jsonl") if "loss" in r]
         runs.append(
@@ -322,4 +338,5 @@ def gather(out: Path, preset: BenchPreset, preset_name: str, seeds: int, methods
         "runs": runs,
         "overlap_histogram": {pair: overlap_histogram(xs) for pair, xs in overlap.items()},
         "overlap_by_position": by_position,
+        **({"missing": missing} if missing else {}),
     }

@@ -221,6 +221,12 @@ def render_markdown(results: dict, table: dict) -> str:
         "test split after training (mean ± std over seeds); `vs full` is the difference in "
         "points.",
     ]
+    if results.get("missing"):
+        lines += [
+            "",
+            f"**Partial**: {len(results['missing'])} runs of the plan had not finished and are "
+            f"left out (`pruneopd bench --finished-only`): {', '.join(results['missing'])}.",
+        ]
     lines += render_headline(results, table)
     for pair in PAIRS:
         rows = table.get(pair, {})
