@@ -88,6 +88,31 @@ def test_math_verify_checks_answers(tok, gold, response, ok):
     assert task.partial_credit(p, response) == float(ok)
 
 
+def test_steps_give_line_by_line_partial_credit(tok, tmp_path):
+    """A record's `steps` (the reference's lines): partial credit is the share written right
+    before the first wrong line, worked by hand; without them it is the answer's 0/1."""
+    rows = [
+        {
+            "prompt": "7, 3, 9",
+            "answer": "19",
+            "steps": ["7 + 3 = 10", "10 + 9 = 19", "The total is 19."],
+        },
+        {"prompt": "1, 1", "answer": "2"},
+    ]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = DataTask(path, tok)
+    p, plain = task.train
+    assert p.steps == ("7 + 3 = 10", "10 + 9 = 19", "The total is 19.")
+    assert task.partial_credit(p, "7 + 3 = 10\n10 + 9 = 19\nThe total is 19.") == 1.0
+    assert task.partial_credit(p, " 7 + 3 = 10\n\n10 + 9 = 18\nThe total is 18.") == 1 / 3
+    assert task.partial_credit(p, "7 + 3 = 11\n10 + 9 = 19") == 0.0
+    assert task.partial_credit(p, "7 + 3 = 10\n10 + 9 = 19") == 2 / 3  # stopped early
+    # extra lines after the reference's count nothing and cost nothing
+    assert task.partial_credit(p, "7 + 3 = 10\n10 + 9 = 19\nThe total is 19.\n19 + 1 = 20") == 1.0
+    assert task.partial_credit(plain, "so 2") == 1.0 and task.partial_credit(plain, "3") == 0.0
+
+
 def write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
@@ -107,6 +132,8 @@ def write(tmp_path, name, text):
         ('{"prompt": 5, "answer": "1"}\n', "line 1: field 'prompt' must be text"),
         ('{"prompt": "a", "answer": ""}\n', "line 1: field 'answer' is empty"),
         ('{"text": "a", "label": "1"}\n', "no prompt field found"),
+        ('{"prompt": "a", "answer": "1", "steps": []}\n', "line 1: field 'steps' must be"),
+        ('{"prompt": "a", "answer": "1", "steps": ["1", 2]}\n', "line 1: field 'steps' must be"),
     ],
 )
 def test_bad_data_files_name_the_problem(tok, tmp_path, text, needle):
@@ -321,6 +348,7 @@ def test_real_task_batches_train_on_the_answer_only_and_resume(tok, tmp_path):
     r = rows[0]
     xs = [int(x) for x in r["prompt"].splitlines()[1].split(", ")]
     assert r["answer"] == str(sum(xs)) and r["response"].endswith(f"The total is {sum(xs)}.")
+    assert r["steps"] == r["response"].splitlines() and len(r["steps"]) == len(xs)
     prompts = {
         json.loads(x)["prompt"]
         for f in ("train", "dev", "test")

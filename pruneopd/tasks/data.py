@@ -6,7 +6,9 @@ Layouts understood out of the box (`prompt_field=auto`, `answer_field=auto`):
                 "reward_model": {"ground_truth": "5"}}
 - GSM8K:       {"question": "...", "answer": "... reasoning ... #### 5"}
 Any other layout names its fields: `prompt_field=problem answer_field=extra.solution`
-(dots reach into nested objects). Chat-message prompts go through the tokenizer's chat
+(dots reach into nested objects). A record may add `"steps"`, the reference response's lines
+(`["7 + 3 = 10", "10 + 9 = 19", "The total is 19."]`): partial credit is then the share of them
+the response writes, line for line, before its first wrong line (else it is the answer's 0/1). Chat-message prompts go through the tokenizer's chat
 template; plain-text prompts too when `chat_template=true` and the tokenizer has one.
 
 Files are read with the `datasets` library; every record is checked before training, and a
@@ -223,7 +225,20 @@ class DataTask:
             extra = {"templated": use_template}
             if route is not None:
                 extra["teacher"] = _teacher_of(r, route, f"{p} {at}")
-            out.append(Problem(self.name, text, answer, (answer,), extra))
+            steps = r.get("steps")
+            if steps is not None and not (
+                isinstance(steps, list)
+                and steps
+                and all(isinstance(x, str) and x.strip() for x in steps)
+            ):
+                raise DataError(
+                    f"{p} {at}: field 'steps' must be a non-empty list of non-empty strings "
+                    f"(the reference response's lines), got {json.dumps(steps)[:60]}"
+                )
+            if steps is not None:
+                extra["step_lines"] = True
+            ref = tuple(x.strip() for x in steps) if steps else (answer,)
+            out.append(Problem(self.name, text, answer, ref, extra))
         return out
 
     def problems(self, split: str, n: int, seed: int = 0, difficulty=None) -> list[Problem]:
@@ -255,4 +270,18 @@ class DataTask:
             return False
 
     def partial_credit(self, problem: Problem, text: str) -> float:
-        return float(self.check(problem, text))
+        """With the record's `steps`: the share of the reference lines the response writes
+        in order (blank lines skipped) before its first line that differs. Without: the
+        answer's 0 or 1.
+
+        Example: steps ("7 + 3 = 10", "10 + 9 = 19", "The total is 19."), response
+        "7 + 3 = 10\n10 + 9 = 18\nThe total is 18." -> 1/3."""
+        if not problem.data.get("step_lines"):
+            return float(self.check(problem, text))
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        n_ok = 0
+        for ref, got in zip(problem.steps, lines, strict=False):
+            if ref != got:
+                break
+            n_ok += 1
+        return n_ok / len(problem.steps)

@@ -21,8 +21,10 @@ SmolLM2-135M-Instruct is not trained for it (its accuracy untouched: docs/benchm
 section 11): the teacher is fine-tuned on the reference responses (`pruneopd real tune teacher`), the depth-pruned student
 warmed up on them for fewer steps (`pruneopd real tune student`).
 
-Files are plain JSONL rows `{"prompt", "answer", "response"}`: `prompt`/`answer` are what
-`data=` reads; `response` is the reference used by the fine-tunes only.
+Files are plain JSONL rows `{"prompt", "answer", "response", "steps"}`: `prompt`/`answer` are
+what `data=` reads; `response` is the reference used by the fine-tunes; `steps`, its lines, give
+the evaluation's partial credit (the share of lines right before the first wrong one: a finer
+measure than the answer when few answers are right; `pruneopd.tasks.data`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def sums_problem(rng: random.Random, lo: int, hi: int) -> dict:
         total += x
     lines.append(f"The total is {total}.")
     prompt = f"{INSTRUCTION}\n{', '.join(map(str, xs))}"
-    return {"prompt": prompt, "answer": str(total), "response": "\n".join(lines)}
+    return {"prompt": prompt, "answer": str(total), "response": "\n".join(lines), "steps": lines}
 
 
 def write_task(
