@@ -124,13 +124,18 @@ class Task:
 
     def partial_credit(self, problem: Problem, text: str) -> float:
         """Share of leading reasoning steps written correctly (stops at the first error)."""
-        got = self.parse_steps(text)
-        n_ok = 0
-        for ref, val in zip(problem.steps, got, strict=False):
-            if ref != val:
-                break
-            n_ok += 1
-        return n_ok / len(problem.steps)
+        return leading_share(problem.steps, self.parse_steps(text))
+
+
+def leading_share(ref: tuple | list, got: list) -> float:
+    """The share of `ref` that `got` matches item for item from the start, up to its first
+    difference. Example: ref (1, 2, 3), got [1, 5, 3] -> 1/3."""
+    n_ok = 0
+    for r, g in zip(ref, got, strict=False):
+        if r != g:
+            break
+        n_ok += 1
+    return n_ok / len(ref)
 
 
 def in_test_split(prompt: str) -> bool:

@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from pruneopd.tasks.base import Problem
+from pruneopd.tasks.base import Problem, leading_share
 
 PROMPT_FIELDS = ("prompt", "question", "problem")
 ANSWER_FIELDS = ("reward_model.ground_truth", "answer", "solution", "ground_truth")
@@ -278,10 +278,4 @@ class DataTask:
         "7 + 3 = 10\n10 + 9 = 18\nThe total is 18." -> 1/3."""
         if not problem.data.get("step_lines"):
             return float(self.check(problem, text))
-        lines = [x.strip() for x in text.splitlines() if x.strip()]
-        n_ok = 0
-        for ref, got in zip(problem.steps, lines, strict=False):
-            if ref != got:
-                break
-            n_ok += 1
-        return n_ok / len(problem.steps)
+        return leading_share(problem.steps, [x.strip() for x in text.splitlines() if x.strip()])
