@@ -73,8 +73,9 @@ def test_report_and_plots_are_written_and_rerendered(bench, tmp_path):
     report = (bench / "report.md").read_text()
     for pair in ("same-family", "cross-family"):
         assert pair in report
-    # results, held-out split by drift, samples tables
-    assert report.count("| full | ") == 6 and "1.00x" in report
+    # the headline, and per pair the results, held-out split by drift, samples tables
+    assert report.count("| full | ") == 7 and "1.00x" in report
+    assert "## Headline" in report and (bench / "frontier.png").stat().st_size > 1000
     assert report.count("Held-out problems split by drift") == 2
     for p in PLOTS:
         assert (bench / p).stat().st_size > 1000, p

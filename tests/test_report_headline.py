@@ -43,10 +43,11 @@ def _run(pair, method, seed, acc, cpu, evals=((50, 0.5, 0.4),)):
 
 
 def _results(suite="long", cross_auto=(0.58, 450.0)):
-    # cross: full 0.60 at 1000 s (two seeds: 0.58 / 0.62 at 900 / 1100); prefix 0.40 at 300;
-    # prune 0.35 at 400 (beaten by prefix); iw-opd 0.55 at 800; window 0.50 at 500; auto given.
+    # cross: full seed 0 0.60 at 1000 s (seed 1: 0.62 at 1100, which the others did not run);
+    # prefix 0.40 at 300; prune 0.35 at 400 (beaten by prefix); iw-opd 0.55 at 800; window
+    # 0.50 at 500; auto given. Each is compared with full OPD's seed 0.
     runs = [
-        _run("cross", "full", 0, 0.58, 900.0, evals=((50, 0.5, 0.40),)),
+        _run("cross", "full", 0, 0.60, 1000.0, evals=((50, 0.5, 0.40),)),
         _run("cross", "full", 1, 0.62, 1100.0, evals=((50, 0.6, 0.50),)),
         _run("cross", "prefix", 0, 0.40, 300.0),
         _run("cross", "prune", 0, 0.35, 400.0),
@@ -85,17 +86,41 @@ def test_the_frontier_leaves_out_what_another_method_beats_on_both():
 def test_gain_per_cpu_minute_and_full_opd_stopped_early_by_hand():
     res = _results()
     table = summarize(res)
-    # auto: (58 - 20) points over 450 / 60 = 7.5 CPU minutes; full: 40 over 1000 / 60
+    # auto: (58 - 20) points over 450 / 60 = 7.5 CPU minutes; full (61% over 1050 s on
+    # average): 41 over 17.5
     assert gain_per_cpu_minute(table["cross"]["auto"]) == pytest.approx(38 / 7.5)
-    assert gain_per_cpu_minute(table["cross"]["full"]) == pytest.approx(40 / (1000 / 60))
+    assert gain_per_cpu_minute(table["cross"]["full"]) == pytest.approx(41 / 17.5)
     curve = full_opd_stopped_early(res, "cross")
     assert [c["step"] for c in curve] == [0, 50, 100]
     assert curve[1]["share"] == pytest.approx(0.55)  # (0.5 + 0.6) / 2
     assert curve[1]["acc"] == pytest.approx(45.0)  # (40 + 50) / 2
-    assert curve[2] == {"step": 100, "share": 1.0, "acc": pytest.approx(60.0)}
+    assert curve[2] == {"step": 100, "share": 1.0, "acc": pytest.approx(61.0)}
+    # with the steps' mean lengths, the share is of the tokens: 50 steps of 10 then 50 of 30
+    # tokens: a quarter at step 50, whatever the wall-clock said
+    for r in res["runs"][:2]:
+        r["steps"]["mean_len"] = [10.0] * 50 + [30.0] * 50
+    assert full_opd_stopped_early(res, "cross")[1]["share"] == pytest.approx(0.25)
     # seeds evaluated at different steps: no curve
     res["runs"][1]["evals"][1]["step"] = 40
     assert full_opd_stopped_early(res, "cross") == []
+
+
+def test_against_full_compares_over_the_seeds_both_ran():
+    res = _results()
+    cross = summarize(res)["cross"]
+    # full's own row: both seeds; the others: seed 0 against full's seed 0 only
+    assert cross["full"]["n_vs_full"] == 2 and cross["full"]["acc_vs_full"] == 0.0
+    assert cross["full"]["acc"] == pytest.approx(61.0)
+    assert cross["auto"]["n_vs_full"] == 1
+    assert cross["auto"]["acc_vs_full"] == pytest.approx(-2.0)  # 58 vs 60, not vs 61
+    assert cross["auto"]["cpu_vs_full"] == pytest.approx(0.45)  # 450 / 1000, not / 1050
+    # a method with no seed in common with full OPD: nothing to compare
+    res["runs"] = [
+        r
+        for r in res["runs"]
+        if not (r["pair"] == "cross" and r["method"] == "full" and r["seed"] == 0)
+    ]
+    assert summarize(res)["cross"]["auto"]["acc_vs_full"] is None
 
 
 def test_auto_targets_long_and_short_suite():
@@ -106,7 +131,7 @@ def test_auto_targets_long_and_short_suite():
     }
     same, cross, per_cpu = got["same0"], got["cross1"], got["cross2"]
     assert "<= 1.0x" in same["target"] and same["met"] is True
-    assert same["measured"] == "-0.5 points at 1.00x (1 seeds)"
+    assert same["measured"] == "-0.5 points at 1.00x (1 seeds)"  # same: full ran seed 0 only
     assert "<= 0.5x" in cross["target"] and cross["met"] is False  # -2.0 points
     # per CPU minute: auto 38 / 7.5 = 5.067, iw-opd 35 / 13.33 = 2.625, window 30 / 8.33 = 3.6
     assert per_cpu["met"] is True
@@ -134,7 +159,7 @@ def test_the_headline_marks_the_frontier_and_the_report_draws_it(tmp_path):
     # one seed where the bench ran two is said; auto beats prune on the cross pair
     assert "| prune | - | - | -25.0 (1) | 0.40x |" in table
     assert "| auto | -0.5 (1) | 1.00x | **-2.0** (1) | **0.45x** |" in table
-    assert any("step 50: 45.0% (-15.0) at 0.55x" in x for x in lines)
+    assert any("step 50: 45.0% (-16.0) at 0.55x" in x for x in lines)
     render_report(tmp_path, res)
     report = (tmp_path / "report.md").read_text()
     assert "## Headline" in report and "cross: auto >= full OPD - 1 point" in report

@@ -64,14 +64,43 @@ def summarize(results: dict) -> dict:
                 "ends": {k: _ends([r["steps"].get(k, []) for r in runs]) for k in ENDS},
                 "by_drift": _by_drift(runs),
             }
-        full = rows.get("full")
-        for r in rows.values():
-            r["time_vs_full"] = r["time"] / full["time"] if full else None
-            r["cpu_vs_full"] = r["cpu"] / full["cpu"] if full and r["cpu"] and full["cpu"] else None
-            r["tokens_vs_full"] = r["tokens"] / full["tokens"] if full else None
-            r["acc_vs_full"] = r["acc"] - full["acc"] if full else None
+        for m, r in rows.items():
+            r.update(_against_full(results["runs"], pair, m))
         table[pair] = rows
     return table
+
+
+def _against_full(all_runs: list[dict], pair: str, method: str) -> dict:
+    """A method's ratios (time, CPU time, tokens) and accuracy difference against full OPD,
+    over the seeds both ran (`n_vs_full` of them): a bench that is not finished compares
+    like with like. All None without a common seed."""
+    by_seed = {
+        m: {r["seed"]: r for r in all_runs if r["pair"] == pair and r["method"] == m}
+        for m in (method, "full")
+    }
+    common = sorted(set(by_seed[method]) & set(by_seed["full"]))
+    if not common:
+        return dict.fromkeys(
+            ("time_vs_full", "cpu_vs_full", "tokens_vs_full", "acc_vs_full", "n_vs_full")
+        )
+    mine = [by_seed[method][s] for s in common]
+    full = [by_seed["full"][s] for s in common]
+
+    def ratio(key):
+        a, b = (sum(r.get(key) or 0 for r in rs) for rs in (mine, full))
+        ok = all(r.get(key) for r in mine + full)
+        return a / b if ok and b else None
+
+    return {
+        "time_vs_full": ratio("train_seconds"),
+        "cpu_vs_full": ratio("cpu_seconds"),
+        "tokens_vs_full": ratio("tokens_trained"),
+        "acc_vs_full": 100
+        * statistics.fmean(
+            a["accuracy_after"] - b["accuracy_after"] for a, b in zip(mine, full, strict=True)
+        ),
+        "n_vs_full": len(common),
+    }
 
 
 def _by_drift(runs: list[dict]) -> dict | None:
