@@ -6,10 +6,11 @@ Layouts understood out of the box (`prompt_field=auto`, `answer_field=auto`):
                 "reward_model": {"ground_truth": "5"}}
 - GSM8K:       {"question": "...", "answer": "... reasoning ... #### 5"}
 Any other layout names its fields: `prompt_field=problem answer_field=extra.solution`
-(dots reach into nested objects). A record may add `"steps"`, the reference response's lines
-(`["7 + 3 = 10", "10 + 9 = 19", "The total is 19."]`): partial credit is then the share of them
-the response writes, line for line, before its first wrong line (else it is the answer's 0/1). Chat-message prompts go through the tokenizer's chat
-template; plain-text prompts too when `chat_template=true` and the tokenizer has one.
+(dots reach into nested objects). Chat-message prompts go through the tokenizer's chat
+template; plain-text prompts too when `chat_template=true` and the tokenizer has one. A record
+may add `"steps"`, the reference response's lines (`["7 + 3 = 10", "10 + 9 = 19", "The total
+is 19."]`): partial credit is then the share of them the response writes, line for line,
+before its first wrong line (else it is the answer's 0/1).
 
 Files are read with the `datasets` library; every record is checked before training, and a
 bad one stops with its line (JSONL) or row (Parquet) number.
@@ -235,7 +236,7 @@ class DataTask:
                     f"{p} {at}: field 'steps' must be a non-empty list of non-empty strings "
                     f"(the reference response's lines), got {json.dumps(steps)[:60]}"
                 )
-            if steps is not None:
+            if steps is not None:  # only then: a file without steps keeps its evaluation cache key
                 extra["step_lines"] = True
             ref = tuple(x.strip() for x in steps) if steps else (answer,)
             out.append(Problem(self.name, text, answer, ref, extra))
