@@ -177,6 +177,16 @@ class TrainConfig:
         2, "auto: consecutive buckets that must agree that much less to make a horizon"
     )
     auto_bucket: int = _f(32, "auto: positions pooled per bucket of the top-1 agreement")
+    auto_audit_every: int = _f(
+        5,
+        "auto: once the prefix has reached the horizon, every N-th step samples to max_len, "
+        "trains as full OPD and audits the tail past the prefix (0 = never: stop at the horizon)",
+    )
+    auto_tail_share: float = _f(
+        0.2,
+        "auto: an audit grows the prefix by prefix_step when more than this share of its OPD "
+        "signal sum |a_t| lies past the prefix",
+    )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(
         "lean",

@@ -111,6 +111,50 @@ def test_auto_measures_then_trains_an_adaptive_prefix_up_to_the_horizon():
     assert caps == [2, 4, 4, 5, 5, 5] and m.final_cap() == 5
 
 
+def _to_the_horizon(m):
+    """Measure (R = 5, as above), then grow the prefix 2 -> 4 -> 5; returns the caps set by
+    steps 2-6 (8 samples of 8 tokens, positions 5 and 6 disagreeing on 6 of 8)."""
+    tw, mask_BT = _batch([[1, 1, 1, 1, 1, 0, 0, 1]] * 6 + [[1] * 8] * 2)
+    for s in range(2):
+        m.learn(s, None, {**m.weigh(tw, mask_BT, [0.0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
+    assert m.horizon == 5
+    return [m.learn(s, None, {"rkl": 0.1})["next_cap"] for s in range(2, 7)]
+
+
+def test_auto_audits_the_tail_past_the_horizon():
+    m = build_method(_cfg(auto_audit_every=2, auto_tail_share=0.4))
+    # no audit before P reaches R (steps 3 and 5 would be): then step 7 samples to L_max
+    assert _to_the_horizon(m) == [2, 4, 4, 5, 8]
+    mask_BT = torch.ones(8, 8, dtype=torch.bool)
+    a_BT = torch.ones(8, 8)  # |a_t| = 1 everywhere: the tail (3 of 8 positions) holds 0.375
+    mw = m.weigh(None, mask_BT, [0.0] * 8, a_BT)
+    assert mw.train_mask_BT.all()  # an audit trains as full OPD
+    assert mw.audit == {"auto_tail_mass": 24.0, "auto_mass": 64.0}
+    metrics = {**mw.audit, "rkl": 5.0}
+    out = m.learn(7, None, metrics)
+    assert out == {"tail_share": 0.375, "horizon": 5, "next_cap": 5}  # 0.375 <= 0.4: P holds
+    assert set(metrics) == {"rkl"} and m.prefix.kls == []  # consumed; the KL record untouched
+    mw = m.weigh(None, mask_BT, [0.0] * 8, a_BT)  # step 8: the prefix again
+    assert mw.audit is None and mw.train_mask_BT[0].tolist() == [True] * 5 + [False] * 3
+    assert m.learn(8, None, {"rkl": 0.1})["next_cap"] == 8
+    a_BT[:, 5:] = 2.0  # tail 48 of 88: 0.545 > 0.4 -> P grows by prefix_step (2)
+    out = m.learn(9, None, {**m.weigh(None, mask_BT, [0.0] * 8, a_BT).audit, "rkl": 1})
+    assert out["tail_share"] == pytest.approx(48 / 88) and out["next_cap"] == 7
+    assert m.learn(10, None, {"rkl": 0.1})["next_cap"] == 8  # step 11 audits
+    a_BT[:, 7] = 10.0  # past P = 7: 80 of 152, 0.526 > 0.4
+    out = m.learn(11, None, {**m.weigh(None, mask_BT, [0.0] * 8, a_BT).audit, "rkl": 1})
+    # P = min(7 + 2, L_max): at L_max there is nothing left to audit; full OPD from here
+    assert out["next_cap"] == 8 and m.final_cap() == 8
+    assert not any(m.is_audit(s) for s in range(12, 20))
+    assert m.weigh(None, mask_BT, [0.0] * 8, a_BT).audit is None
+
+
+def test_auto_without_audits_stops_at_the_horizon():
+    m = build_method(_cfg(auto_audit_every=0))
+    assert _to_the_horizon(m) == [2, 4, 4, 5, 5]
+    assert [m.learn(s, None, {"rkl": 0.1})["next_cap"] for s in range(7, 20)] == [5] * 13
+
+
 def test_auto_without_a_decay_stays_full_opd():
     m = build_method(_cfg(auto_probe_steps=1))
     tw, mask_BT = _batch([[1] * 8] * 8)
@@ -130,6 +174,19 @@ def test_auto_state_round_trips():
     assert again.state_dict() == m.state_dict() and again.cap(0) == m.cap(0)
     with pytest.raises(ValueError, match="buckets saved"):
         build_method(_cfg(max_len=16)).load_state_dict(m.state_dict())
+    # past the horizon: an audit grew P, and the step count places the next audit
+    m = build_method(_cfg(auto_audit_every=2, auto_tail_share=0.0))
+    _to_the_horizon(m)
+    ones_BT = torch.ones(8, 8)
+    m.learn(7, None, {**m.weigh(None, ones_BT.bool(), [0] * 8, ones_BT).audit, "rkl": 1})
+    assert m.cap(8) == 7 and m.cap(9) == 8
+    again = build_method(_cfg(auto_audit_every=2, auto_tail_share=0.0))
+    again.load_state_dict(m.state_dict())
+    assert again.state_dict() == m.state_dict() and again.past == 2 and again.steps == 8
+    assert [again.cap(s) for s in (8, 9)] == [7, 8]
+    old_state = {k: v for k, v in m.state_dict().items() if k not in ("past", "steps")}
+    with pytest.raises(ValueError, match="before the tail's audits"):
+        again.load_state_dict(old_state)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +196,8 @@ def test_auto_state_round_trips():
         (dict(auto_drop=1.5), "auto_drop"),
         (dict(auto_bucket=0), "auto_bucket"),
         (dict(auto_persist=0), "auto_persist"),
+        (dict(auto_audit_every=-1), "auto_audit_every"),
+        (dict(auto_tail_share=1.5), "auto_tail_share"),
     ],
 )
 def test_bad_keys_are_config_errors(kw, key):
@@ -190,6 +249,25 @@ def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path, monkeypatch):
     ref, two = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "two")
     caps = [r["cap"] for r in ref]
     assert caps[:4] == [48, 48, 16, 16] and caps[4] > 16  # the prefix grew after the stop
+    assert ref == two
+    wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_run_with_audits_stopped_and_resumed_is_exact(zoo, tmp_path, monkeypatch):
+    # the horizon, then audits every 2nd step that always grow P (tail share 0): a run stopped
+    # between audits and resumed ends as one never stopped
+    monkeypatch.setattr(auto_mod, "MIN_BUCKET_SAMPLES", 1)
+    kw = dict(method="auto", auto_probe_steps=2, auto_bucket=2, auto_drop=0.0, auto_persist=1)
+    kw.update(min_len=16, prefix_step=8, prefix_window=2, prefix_kl_threshold=100.0)
+    kw.update(auto_audit_every=2, auto_tail_share=0.0)
+    train(short_run_config(tmp_path, "ref", max_steps=12, **kw))
+    train(short_run_config(tmp_path, "two", max_steps=10, **kw))  # stops after an audit
+    train(short_run_config(tmp_path, "two", max_steps=12, resume="auto", **kw))
+    ref, two = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "two")
+    audits = [r["step"] for r in ref if "tail_share" in r]
+    assert audits == [10, 12] and all(ref[s - 1]["cap"] == 48 for s in audits)
+    assert ref[10]["cap"] == ref[8]["cap"] + 8  # the first audit grew P
     assert ref == two
     wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

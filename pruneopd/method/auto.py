@@ -1,6 +1,7 @@
 """Method `auto` (ours): measure where the teacher stops agreeing with the student's top choice,
 then train the pair as the measurement says: full OPD where the agreement holds all along the
-response, an adaptive prefix up to where it decays otherwise.
+response, otherwise an adaptive prefix up to where it decays and past it while full-length
+audits say the tail still carries the signal.
 
 What it answers (docs/benchmarks.md section 0): on the long suite's cross pair the released
 monitor (top-16 overlap) calls every sample drifted by token ~71, so Prune-OPD trains a
@@ -21,6 +22,10 @@ a prefix that grows from 128 to 448 as its KL is learnt matched full OPD at 0.47
 - Train: R = L_max (the agreement holds): full OPD to the end. R < L_max: the adaptive prefix
   (`budget.AdaptivePrefix`, the `prefix_*` keys) from L_min up to R: P grows by
   `prefix_step` whenever the KL over the trained prefix is learnt or has flattened.
+- Audit the tail past R: once P has reached R, every `auto_audit_every`-th step samples to
+  L_max and trains as full OPD; when more than `auto_tail_share` of its signal sum |a_t| lies
+  past P, P grows by `prefix_step` (it never shrinks). Where the pair drifts is not where
+  training stops paying: on the long cross pair the tokens past the decay carried points.
 
 docs/method.md, "Measured horizon (auto)".
 """
@@ -32,7 +37,7 @@ import torch
 from pruneopd.errors import ConfigError
 from pruneopd.method.base import Method, MethodWeights
 from pruneopd.method.budget import AdaptivePrefix
-from pruneopd.method.window import window_mask
+from pruneopd.method.window import tail_signal, window_mask
 
 MIN_BUCKET_SAMPLES = 8  # a bucket speaks with at least 8 x auto_bucket tokens
 
@@ -132,7 +137,10 @@ def configured_horizon(agrees: list[float], counts: list[float], cfg) -> int:
 
 class AutoOPD(Method):
     """Method `auto`: full OPD while it measures the top-1 agreement by position, then full OPD
-    (no decay) or the adaptive prefix from L_min up to the horizon R."""
+    (no decay) or the adaptive prefix from L_min up to the horizon R, and past R by the tail's
+    audits: every `auto_audit_every`-th step samples to L_max and is trained as full OPD, and
+    P grows by `prefix_step` when the tail past P holds more than `auto_tail_share` of that
+    step's OPD signal."""
 
     name = "auto"
 
@@ -142,6 +150,8 @@ class AutoOPD(Method):
         self.agrees = [0.0] * -(-cfg.max_len // cfg.auto_bucket)
         self.counts = [0.0] * len(self.agrees)
         self.prefix: AdaptivePrefix | None = None  # the curriculum up to R (R < L_max)
+        self.past = 0  # tokens P has grown past R by the tail's audits
+        self.steps = 0  # steps learnt from: the next step's number
 
     @classmethod
     def check(cls, cfg, *, world: int) -> None:
@@ -163,17 +173,39 @@ class AutoOPD(Method):
             cfg.prefix_flat,
         )
 
+    def length(self) -> int:
+        """P: the trained prefix (L_max while measuring and without a horizon)."""
+        if self.prefix is None:
+            return self.cfg.max_len
+        return min(self.prefix.length + self.past, self.cfg.max_len)
+
+    def is_audit(self, step: int) -> bool:
+        """Step `step` samples to L_max and audits the tail past P: once P has reached R, every
+        `auto_audit_every`-th step (steps k-1, 2k-1, ...) while P < L_max."""
+        every = self.cfg.auto_audit_every
+        return (
+            self.prefix is not None
+            and self.prefix.length >= self.horizon
+            and self.length() < self.cfg.max_len
+            and every > 0
+            and (step + 1) % every == 0
+        )
+
     def cap(self, step: int) -> int:
-        return self.prefix.length if self.prefix is not None else self.cfg.max_len
+        return self.cfg.max_len if self.is_audit(step) else self.length()
 
     def weigh(self, tw, mask_BT, rewards, logratio_BT) -> MethodWeights:
-        cap = self.cap(0)  # the current cap: every step trains what it sampled
-        train_mask_BT = window_mask(mask_BT, cap)
+        P = self.length()
         audit = None
         if self.horizon is None:  # still measuring
             agrees, counts = measured_agreement(tw.agree_BT.bool(), mask_BT, self.cfg)
             audit = {f"auto_agree_{i}": a for i, a in enumerate(agrees)}
             audit.update({f"auto_count_{i}": c for i, c in enumerate(counts)})
+        elif self.is_audit(self.steps):  # an audit: full OPD, the tail's signal measured
+            signal = tail_signal(logratio_BT, mask_BT, P)
+            audit = {"auto_tail_mass": signal["tail"], "auto_mass": signal["total"]}
+            P = self.cfg.max_len
+        train_mask_BT = window_mask(mask_BT, P)
         return MethodWeights(train_mask_BT.float(), train_mask_BT, audit=audit)
 
     def learn(self, step, eff_len_all_B, metrics: dict) -> dict:
@@ -192,12 +224,19 @@ class AutoOPD(Method):
                 ]
                 if self.horizon < cfg.max_len:
                     self._start_prefix()
-        elif self.prefix is not None:
+        elif "auto_tail_mass" in metrics:  # this step was an audit
+            tail, total = metrics.pop("auto_tail_mass"), metrics.pop("auto_mass")
+            share = tail / total if total > 0 else 0.0
+            if share > cfg.auto_tail_share:
+                self.past += cfg.prefix_step
+            out["tail_share"] = share
+        elif self.prefix is not None and self.prefix.length < self.horizon:
             self.prefix.update(metrics["rkl"])
+        self.steps = step + 1
         return {**out, "horizon": self.horizon or cfg.max_len, "next_cap": self.cap(step + 1)}
 
     def final_cap(self) -> int:
-        return self.cap(0)
+        return self.length()
 
     def state_dict(self) -> dict:
         return {
@@ -205,6 +244,8 @@ class AutoOPD(Method):
             "agrees": list(self.agrees),
             "counts": list(self.counts),
             "prefix": self.prefix.state_dict() if self.prefix is not None else None,
+            "past": self.past,
+            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -214,9 +255,15 @@ class AutoOPD(Method):
                 f"AutoOPD.load_state_dict: {len(state['agrees'])} buckets saved, {n} configured "
                 "(max_len or auto_bucket changed since the checkpoint)"
             )
+        if "steps" not in state:
+            raise ValueError(
+                "AutoOPD.load_state_dict: the checkpoint is from auto before the tail's audits "
+                "(no 'steps' saved); start the run afresh (another out folder, no resume)"
+            )
         self.agrees = [float(x) for x in state["agrees"]]
         self.counts = [float(x) for x in state["counts"]]
         self.horizon = None if state["horizon"] is None else int(state["horizon"])
+        self.past, self.steps = int(state["past"]), int(state["steps"])
         self.prefix = None
         if self.horizon is not None and self.horizon < self.cfg.max_len:
             self._start_prefix()
