@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("PRUNEOPD_ZOO", str(ZOO))
     torch.set_num_threads(args.threads)
-    from pruneopd.engines import fused, rollout
+    from pruneopd.engines import fused, rollout, sampling_plan
     from pruneopd.models import cache_kwarg, load_model, load_tokenizer
     from pruneopd.tasks import get_task
 
@@ -78,7 +78,7 @@ def main() -> None:
     def run(mode):
         fused.FusedDecoder.can_sample_steps = (lambda self: False) if mode == "token" else blocks
         if mode != "token":
-            fused.SAMPLE_GROUP = mode
+            sampling_plan.SAMPLE_GROUP = mode
         t0 = time.perf_counter()
         r = rollout.sample(
             student,
@@ -104,7 +104,7 @@ def main() -> None:
             differ[m] = max(differ[m], sum(a != b for a, b in same))
     fused.FusedDecoder.can_sample_steps = blocks
     print(f"{len(prompts)} samples x {n} tokens, {args.threads} threads, {args.repeats} repeats")
-    fused.SAMPLE_GROUP = 4
+    sampling_plan.SAMPLE_GROUP = 4
     blk = run(4)[1]
     for i, (a, b) in enumerate(zip(ref.responses, blk.responses, strict=True)):
         if a != b:  # where the first different token is, and how close the draw was
