@@ -164,3 +164,19 @@ def test_the_headline_marks_the_frontier_and_the_report_draws_it(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Headline" in report and "cross: auto >= full OPD - 1 point" in report
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_the_difference_to_full_carries_its_standard_error_over_seeds():
+    # auto against full on two seeds: +2 and -4 points -> mean -1.0, stdev 4.243, se 3.0
+    res = _results()
+    res["runs"].append(_run("cross", "auto", 1, 0.58, 450.0))  # full's seed 1: 0.62
+    res["runs"][6]["accuracy_after"] = 0.62  # seed 0: 0.62 vs 0.60
+    cross = summarize(res)["cross"]
+    assert cross["auto"]["acc_vs_full"] == pytest.approx(-1.0)
+    assert cross["auto"]["acc_vs_full_se"] == pytest.approx(3.0)
+    assert cross["prefix"]["acc_vs_full_se"] is None  # one seed: no spread to speak of
+    table = [x for x in render_headline(res, summarize(res)) if x.startswith("| auto")]
+    assert table == ["| auto | -0.5 (1) | 1.00x | **-1.0 ± 3.0** | **0.43x** |"]
+    assert (
+        auto_targets(res, summarize(res))[1]["measured"] == "-1.0 ± 3.0 points at 0.43x (2 seeds)"
+    )

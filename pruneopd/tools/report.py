@@ -73,7 +73,8 @@ def summarize(results: dict) -> dict:
 def _against_full(all_runs: list[dict], pair: str, method: str) -> dict:
     """A method's ratios (time, CPU time, tokens) and accuracy difference against full OPD,
     over the seeds both ran (`n_vs_full` of them): a bench that is not finished compares
-    like with like. All None without a common seed."""
+    like with like; `acc_vs_full_se` is the difference's standard error over those seeds.
+    All None without a common seed."""
     by_seed = {
         m: {r["seed"]: r for r in all_runs if r["pair"] == pair and r["method"] == m}
         for m in (method, "full")
@@ -81,7 +82,14 @@ def _against_full(all_runs: list[dict], pair: str, method: str) -> dict:
     common = sorted(set(by_seed[method]) & set(by_seed["full"]))
     if not common:
         return dict.fromkeys(
-            ("time_vs_full", "cpu_vs_full", "tokens_vs_full", "acc_vs_full", "n_vs_full")
+            (
+                "time_vs_full",
+                "cpu_vs_full",
+                "tokens_vs_full",
+                "acc_vs_full",
+                "acc_vs_full_se",
+                "n_vs_full",
+            )
         )
     mine = [by_seed[method][s] for s in common]
     full = [by_seed["full"][s] for s in common]
@@ -91,14 +99,17 @@ def _against_full(all_runs: list[dict], pair: str, method: str) -> dict:
         ok = all(r.get(key) for r in mine + full)
         return a / b if ok and b else None
 
+    diffs = [
+        100 * (a["accuracy_after"] - b["accuracy_after"]) for a, b in zip(mine, full, strict=True)
+    ]
     return {
         "time_vs_full": ratio("train_seconds"),
         "cpu_vs_full": ratio("cpu_seconds"),
         "tokens_vs_full": ratio("tokens_trained"),
-        "acc_vs_full": 100
-        * statistics.fmean(
-            a["accuracy_after"] - b["accuracy_after"] for a, b in zip(mine, full, strict=True)
-        ),
+        "acc_vs_full": statistics.fmean(diffs),
+        # the standard error of the per-seed differences: how far the mean may be from the
+        # method's true difference (None with one seed)
+        "acc_vs_full_se": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
         "n_vs_full": len(common),
     }
 

@@ -94,7 +94,9 @@ def auto_targets(results: dict, table: dict) -> list[dict]:
         rows.append(
             {
                 "target": target,
-                "measured": f"{a['acc_vs_full']:+.1f} points at {c:.2f}x ({a['n_vs_full']} seeds)",
+                "measured": f"{a['acc_vs_full']:+.1f}"
+                + (f" ± {a['acc_vs_full_se']:.1f}" if a.get("acc_vs_full_se") is not None else "")
+                + f" points at {c:.2f}x ({a['n_vs_full']} seeds)",
                 "met": a["acc_vs_full"] >= -1.0 and c <= limit,
             }
         )
@@ -133,8 +135,10 @@ def render_headline(results: dict, table: dict) -> list[str]:
         "## Headline: every method against full OPD",
         "",
         "Against full OPD over the seeds both ran (their number in brackets where it differs "
-        "from the bench's): accuracy in points, CPU time as a ratio. **Bold**: "
-        "on the frontier (no other method is both as accurate and as cheap).",
+        "from the bench's): accuracy in points (± the standard error of the per-seed "
+        "differences: a difference inside about twice it is not one the seeds can tell from "
+        "noise), CPU time as a ratio. **Bold**: on the frontier (no other method is both as "
+        "accurate and as cheap).",
         "",
         "| " + " | ".join(head) + " |",
         "| --- |" + " ---: |" * (len(head) - 1),
@@ -149,6 +153,8 @@ def render_headline(results: dict, table: dict) -> list[str]:
             paired = r.get("n_vs_full") or r["n"]
             n = "" if paired == results.get("seeds") else f" ({paired})"
             acc = "-" if r["acc_vs_full"] is None else f"{r['acc_vs_full']:+.1f}"
+            if r.get("acc_vs_full_se") is not None and m != "full":
+                acc += f" ± {r['acc_vs_full_se']:.1f}"
             c = cost(r)
             cpu = "-" if c is None else f"{c:.2f}x"
             if m in on_front[p]:
