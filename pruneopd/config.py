@@ -171,7 +171,8 @@ class TrainConfig:
     auto_drop: float = _f(
         0.03,
         "auto: the horizon is the first bucket past min_len whose top-1 agreement is more than "
-        "this below the agreement before min_len (none: full OPD; else the adaptive prefix up to it)",
+        "this below the agreement before min_len (none: full OPD; else the adaptive prefix up to it, "
+        "then the tail's audits)",
     )
     auto_persist: int = _f(
         2, "auto: consecutive buckets that must agree that much less to make a horizon"

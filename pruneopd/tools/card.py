@@ -235,7 +235,8 @@ def _auto_line(horizon: int | None) -> str:
         return "method auto: the top-1 agreement holds along the responses (no horizon): full OPD"
     return (
         f"method auto: the top-1 agreement decays from token {horizon}: an adaptive prefix up "
-        "to there (docs/method.md, 'Measured horizon (auto)')"
+        "to there, and past it while full-length audits find signal in the tail (docs/method.md, "
+        "'Measured horizon (auto)')"
     )
 
 
