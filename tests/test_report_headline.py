@@ -131,7 +131,9 @@ def test_auto_targets_long_and_short_suite():
     }
     same, cross, per_cpu = got["same0"], got["cross1"], got["cross2"]
     assert "<= 1.0x" in same["target"] and same["met"] is True
-    assert same["measured"] == "-0.5 points at 1.00x (1 seeds)"  # same: full ran seed 0 only
+    assert (
+        same["measured"] == "-0.5 points at 1.00x (tokens 1.00x) (1 seeds)"
+    )  # same: full ran seed 0 only
     assert "<= 0.5x" in cross["target"] and cross["met"] is False  # -2.0 points
     # per CPU minute: auto 38 / 7.5 = 5.067, iw-opd 35 / 13.33 = 2.625, window 30 / 8.33 = 3.6
     assert per_cpu["met"] is True
@@ -177,6 +179,6 @@ def test_the_difference_to_full_carries_its_standard_error_over_seeds():
     assert cross["prefix"]["acc_vs_full_se"] is None  # one seed: no spread to speak of
     table = [x for x in render_headline(res, summarize(res)) if x.startswith("| auto")]
     assert table == ["| auto | -0.5 (1) | 1.00x | **-1.0 ± 3.0** | **0.43x** |"]
-    assert (
-        auto_targets(res, summarize(res))[1]["measured"] == "-1.0 ± 3.0 points at 0.43x (2 seeds)"
+    assert auto_targets(res, summarize(res))[1]["measured"] == (
+        "-1.0 ± 3.0 points at 0.43x (tokens 0.43x) (2 seeds)"
     )

@@ -25,7 +25,7 @@ a prefix that grows from 128 to 448 as its KL is learnt matched full OPD at 0.47
 - Audit the tail past R: once P has reached R, every `auto_audit_every`-th step samples to
   L_max and trains as full OPD; when more than `auto_tail_share` of its signal sum |a_t| lies
   past P, P grows by `prefix_step` (it never shrinks). Where the pair drifts is not where
-  training stops paying: on the long cross pair the tokens past the decay carried points.
+  training stops paying: a false horizon (a noisy decay) must not stop the run for good.
 
 docs/method.md, "Measured horizon (auto)".
 """

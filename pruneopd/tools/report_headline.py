@@ -96,7 +96,9 @@ def auto_targets(results: dict, table: dict) -> list[dict]:
                 "target": target,
                 "measured": f"{a['acc_vs_full']:+.1f}"
                 + (f" ± {a['acc_vs_full_se']:.1f}" if a.get("acc_vs_full_se") is not None else "")
-                + f" points at {c:.2f}x ({a['n_vs_full']} seeds)",
+                + f" points at {c:.2f}x"
+                + (f" (tokens {a['tokens_vs_full']:.2f}x)" if a.get("tokens_vs_full") else "")
+                + f" ({a['n_vs_full']} seeds)",
                 "met": a["acc_vs_full"] >= -1.0 and c <= limit,
             }
         )
