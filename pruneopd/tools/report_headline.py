@@ -77,7 +77,9 @@ def full_opd_stopped_early(results: dict, pair: str) -> list[dict]:
 
 def auto_targets(results: dict, table: dict) -> list[dict]:
     """Issue 31's targets for `auto` on this suite, each {"target", "measured", "met"}; met is
-    None where a run it needs is missing. Long suite: cross >= full - 1 point at <= 0.5x,
+    None where a run it needs is missing. "measured" gives the accuracy difference with its
+    standard error over seeds, the CPU-time ratio the target is judged on and the ratio of
+    tokens trained (which the machine's load does not move). Long suite: cross >= full - 1 point at <= 0.5x,
     same >= full - 1 at <= 1.0x; short suite: both pairs >= full - 1 at <= 1.0x; both suites:
     auto's accuracy gained per CPU minute above iw-opd's and window's on the cross pair."""
     long = results.get("suite") == "long"
