@@ -113,7 +113,8 @@ def plots(out: Path, results: dict) -> list[Path]:
         ylabel="density",
         title="student/teacher overlap on the student's samples (full OPD runs)",
     )
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no histogram without full OPD's samples
+        ax.legend()
     written.append(_save(fig, out / "overlap_hist.png"))
 
     by_position = results.get("overlap_by_position") or {}
