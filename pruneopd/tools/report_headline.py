@@ -75,12 +75,19 @@ def full_opd_stopped_early(results: dict, pair: str) -> list[dict]:
     ]
 
 
+def accuracy_vs_full(row: dict) -> str:
+    """A row's accuracy against full OPD in points, with its standard error over seeds where
+    there are several: "+1.8", "-0.9 ± 0.9"."""
+    se = row.get("acc_vs_full_se")
+    return f"{row['acc_vs_full']:+.1f}" + (f" ± {se:.1f}" if se is not None else "")
+
+
 def auto_targets(results: dict, table: dict) -> list[dict]:
     """Issue 31's targets for `auto` on this suite, each {"target", "measured", "met"}; met is
     None where a run it needs is missing. "measured" gives the accuracy difference with its
     standard error over seeds, the CPU-time ratio the target is judged on and the ratio of
-    tokens trained (which the machine's load does not move). Long suite: cross >= full - 1 point at <= 0.5x,
-    same >= full - 1 at <= 1.0x; short suite: both pairs >= full - 1 at <= 1.0x; both suites:
+    tokens trained (which the machine's load does not move). Long suite: cross >= full - 1
+    point at <= 0.5x, same >= full - 1 at <= 1.0x; short suite: both pairs >= full - 1 at <= 1.0x; both suites:
     auto's accuracy gained per CPU minute above iw-opd's and window's on the cross pair."""
     long = results.get("suite") == "long"
     limits = {"cross": 0.5 if long else 1.0, "same": 1.0}
@@ -96,9 +103,7 @@ def auto_targets(results: dict, table: dict) -> list[dict]:
         rows.append(
             {
                 "target": target,
-                "measured": f"{a['acc_vs_full']:+.1f}"
-                + (f" ± {a['acc_vs_full_se']:.1f}" if a.get("acc_vs_full_se") is not None else "")
-                + f" points at {c:.2f}x"
+                "measured": f"{accuracy_vs_full(a)} points at {c:.2f}x"
                 + (f" (tokens {a['tokens_vs_full']:.2f}x)" if a.get("tokens_vs_full") else "")
                 + f" ({a['n_vs_full']} seeds)",
                 "met": a["acc_vs_full"] >= -1.0 and c <= limit,
@@ -156,9 +161,9 @@ def render_headline(results: dict, table: dict) -> list[str]:
                 continue
             paired = r.get("n_vs_full") or r["n"]
             n = "" if paired == results.get("seeds") else f" ({paired})"
-            acc = "-" if r["acc_vs_full"] is None else f"{r['acc_vs_full']:+.1f}"
-            if r.get("acc_vs_full_se") is not None and m != "full":
-                acc += f" ± {r['acc_vs_full_se']:.1f}"
+            acc = "-" if r["acc_vs_full"] is None else accuracy_vs_full(r)
+            if m == "full":
+                acc = "+0.0"  # against itself, seed by seed
             c = cost(r)
             cpu = "-" if c is None else f"{c:.2f}x"
             if m in on_front[p]:
