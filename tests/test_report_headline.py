@@ -12,6 +12,8 @@ from pruneopd.tools.report_headline import (
     full_opd_stopped_early,
     gain_per_cpu_minute,
     render_headline,
+    render_seed_by_seed,
+    seed_by_seed,
 )
 
 
@@ -177,8 +179,33 @@ def test_the_difference_to_full_carries_its_standard_error_over_seeds():
     assert cross["auto"]["acc_vs_full"] == pytest.approx(-1.0)
     assert cross["auto"]["acc_vs_full_se"] == pytest.approx(3.0)
     assert cross["prefix"]["acc_vs_full_se"] is None  # one seed: no spread to speak of
-    table = [x for x in render_headline(res, summarize(res)) if x.startswith("| auto")]
+    lines = render_headline(res, summarize(res))
+    table = [x for x in lines[: lines.index("### Seed by seed")] if x.startswith("| auto")]
     assert table == ["| auto | -0.5 (1) | 1.00x | **-1.0 ± 3.0** | **0.43x** |"]
+    # seed by seed: +2.0 at 0.45x and -4.0 at 0.41x
+    assert "| auto | +2.0 at 0.45x | -4.0 at 0.41x |" in lines
     assert auto_targets(res, summarize(res))[1]["measured"] == (
         "-1.0 ± 3.0 points at 0.43x (tokens 0.43x) (2 seeds)"
     )
+
+
+def test_seed_by_seed_against_full_opds_same_seed_by_hand():
+    res = _results()
+    per = seed_by_seed(res, "cross")
+    # prefix seed 0: 40% against full's 60% on seed 0 at 300 / 1000 CPU s
+    assert per["prefix"][0] == pytest.approx({"acc": 40.0, "vs_full": -20.0, "cpu_vs_full": 0.3})
+    assert per["full"][1] == pytest.approx({"acc": 62.0, "vs_full": 0.0, "cpu_vs_full": 1.0})
+    # a seed full OPD did not run: the accuracy alone
+    res["runs"].append(_run("same", "auto", 1, 0.91, 900.0))
+    assert seed_by_seed(res, "same")["auto"][1] == {
+        "acc": 91.0,
+        "vs_full": None,
+        "cpu_vs_full": None,
+    }
+    lines = render_seed_by_seed(res, summarize(res))
+    assert "| cross | seed 0 | seed 1 |" in lines
+    assert "| prefix | -20.0 at 0.30x | - |" in lines
+    assert "| auto | -0.5 at 1.00x | 91.0% |" in lines
+    # one seed: nothing to show beyond the headline
+    one = {**res, "runs": [r for r in res["runs"] if r["seed"] == 0]}
+    assert render_seed_by_seed(one, summarize(one)) == []

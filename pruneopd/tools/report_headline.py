@@ -1,7 +1,8 @@
 """The bench report's headline: every method against full OPD on both pairs in one table,
 which methods are on the accuracy / CPU-time frontier, what full OPD itself reaches when
-stopped early, and the targets of `auto` (issue 31). Pure functions of `report.summarize`'s
-table and results.json; `report.render_markdown` puts them first.
+stopped early, every seed against full OPD's same seed, and the targets of `auto` (issue
+31). Pure functions of `report.summarize`'s table and results.json; `report.render_markdown`
+puts them first.
 """
 
 from __future__ import annotations
@@ -128,6 +129,63 @@ def auto_targets(results: dict, table: dict) -> list[dict]:
     return rows
 
 
+def seed_by_seed(results: dict, pair: str) -> dict[str, dict[int, dict]]:
+    """Per method and seed on `pair`: the run's accuracy (%) and, where full OPD ran the same
+    seed, its difference in points and its CPU-time ratio against that run ({"acc",
+    "vs_full", "cpu_vs_full"}; the last two None without full OPD's seed). What the mean over
+    seeds hides: one seed far off, or a method that wins on one seed and loses on the next."""
+    runs = [r for r in results["runs"] if r["pair"] == pair]
+    full = {r["seed"]: r for r in runs if r["method"] == "full"}
+    out: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        f = full.get(r["seed"])
+        both = f is not None and r.get("cpu_seconds") and f.get("cpu_seconds")
+        out.setdefault(r["method"], {})[r["seed"]] = {
+            "acc": 100 * r["accuracy_after"],
+            "vs_full": None if f is None else 100 * (r["accuracy_after"] - f["accuracy_after"]),
+            "cpu_vs_full": r["cpu_seconds"] / f["cpu_seconds"] if both else None,
+        }
+    return out
+
+
+def render_seed_by_seed(results: dict, table: dict) -> list[str]:
+    """Markdown lines: per pair, every method's seeds against full OPD's same seed (accuracy
+    difference in points and CPU-time ratio; the accuracy alone where full OPD did not run
+    that seed). Nothing with a single seed."""
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    if len(seeds) < 2:
+        return []
+    lines = [
+        "",
+        "### Seed by seed",
+        "",
+        "Each run against full OPD's run of the same seed: accuracy difference in points and "
+        "CPU time as a ratio (the accuracy in % where full OPD's seed is missing).",
+    ]
+    for pair in PAIRS:
+        if not table.get(pair):
+            continue
+        per = seed_by_seed(results, pair)
+        lines += [
+            "",
+            f"| {pair} | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "| --- |" + " ---: |" * len(seeds),
+        ]
+        for m in table[pair]:
+            cells = []
+            for s in seeds:
+                c = per.get(m, {}).get(s)
+                if c is None:
+                    cells.append("-")
+                elif c["vs_full"] is None:
+                    cells.append(f"{c['acc']:.1f}%")
+                else:
+                    ratio = "" if c["cpu_vs_full"] is None else f" at {c['cpu_vs_full']:.2f}x"
+                    cells.append(f"{c['vs_full']:+.1f}{ratio}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_headline(results: dict, table: dict) -> list[str]:
     """Markdown lines: the headline table (accuracy and CPU time against full OPD, every
     method and pair, the frontier marked), full OPD stopped early, the frontier plot."""
@@ -180,4 +238,4 @@ def render_headline(results: dict, table: dict) -> list[str]:
             )
             lines += ["", f"Full OPD stopped early, {p} pair (its own evaluations): {shown}."]
     lines += ["", "![accuracy against CPU time, every method](frontier.png)"]
-    return lines
+    return lines + render_seed_by_seed(results, table)
