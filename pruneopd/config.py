@@ -188,6 +188,11 @@ class TrainConfig:
         "auto: an audit grows the prefix by prefix_step when more than this share of its OPD "
         "signal sum |a_t| lies past the prefix",
     )
+    auto_curriculum: bool = _f(
+        False,
+        "auto: with no horizon, the adaptive prefix from min_len up to max_len instead of "
+        "full OPD (false: full OPD to the end, the fifth design)",
+    )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(
         "lean",

@@ -163,6 +163,21 @@ def test_auto_without_a_decay_stays_full_opd():
     assert [m.learn(s, None, {"rkl": 0.0})["next_cap"] for s in range(1, 4)] == [8, 8, 8]
 
 
+def test_auto_curriculum_without_a_decay_grows_a_prefix_to_l_max():
+    m = build_method(_cfg(auto_probe_steps=1, auto_curriculum=True, auto_audit_every=2))
+    tw, mask_BT = _batch([[1] * 8] * 8)
+    out = m.learn(0, None, {**m.weigh(tw, mask_BT, [0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
+    # no horizon (R = L_max = 8): the adaptive prefix from L_min = 2, +2 each time the KL is
+    # learnt (<= 0.5 over a window of 2), to L_max; no audit on the way (R is not below L_max)
+    assert out["horizon"] == 8 and out["next_cap"] == 2
+    caps = [m.learn(s, None, {"rkl": 0.1})["next_cap"] for s in range(1, 12)]
+    assert caps == [2, 4, 4, 6, 6, 8, 8, 8, 8, 8, 8] and m.final_cap() == 8
+    assert not any(m.is_audit(s) for s in range(12))
+    again = build_method(_cfg(auto_probe_steps=1, auto_curriculum=True, auto_audit_every=2))
+    again.load_state_dict(m.state_dict())
+    assert again.state_dict() == m.state_dict() and again.cap(12) == 8
+
+
 def test_auto_state_round_trips():
     m = build_method(_cfg())
     tw, mask_BT = _batch([[1, 1, 1, 1, 1, 0, 0, 1]] * 8)

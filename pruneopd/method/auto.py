@@ -19,7 +19,9 @@ a prefix that grows from 128 to 448 as its KL is learnt matched full OPD at 0.47
   `head - auto_drop` (a bucket with fewer than 8 x `auto_bucket` tokens says nothing), or L_max
   when there is none. The reference is the pair's own head, not an absolute level: a pair that
   differs alike all along the response has no horizon.
-- Train: R = L_max (the agreement holds): full OPD to the end. R < L_max: the adaptive prefix
+- Train: R = L_max (the agreement holds): full OPD to the end, or with `auto_curriculum` the
+  adaptive prefix from L_min up to L_max (what beat full OPD on both short pairs at 0.8x its
+  CPU time, docs/benchmarks.md section 14). R < L_max: the adaptive prefix
   (`budget.AdaptivePrefix`, the `prefix_*` keys) from L_min up to R: P grows by
   `prefix_step` whenever the KL over the trained prefix is learnt or has flattened.
 - Audit the tail past R: once P has reached R, every `auto_audit_every`-th step samples to
@@ -162,6 +164,11 @@ class AutoOPD(Method):
                 "another method"
             )
 
+    def _prefixed(self) -> bool:
+        """Whether the run trains a growing prefix once the horizon is known: below a horizon,
+        and with `auto_curriculum` also where there is none (up to L_max)."""
+        return self.horizon < self.cfg.max_len or self.cfg.auto_curriculum
+
     def _start_prefix(self) -> None:
         cfg = self.cfg
         self.prefix = AdaptivePrefix(
@@ -222,7 +229,7 @@ class AutoOPD(Method):
                     round(a / c, 4) if c else None
                     for a, c in zip(self.agrees, self.counts, strict=True)
                 ]
-                if self.horizon < cfg.max_len:
+                if self._prefixed():
                     self._start_prefix()
         elif "auto_tail_mass" in metrics:  # this step was an audit
             tail, total = metrics.pop("auto_tail_mass"), metrics.pop("auto_mass")
@@ -265,6 +272,6 @@ class AutoOPD(Method):
         self.horizon = None if state["horizon"] is None else int(state["horizon"])
         self.past, self.steps = int(state["past"]), int(state["steps"])
         self.prefix = None
-        if self.horizon is not None and self.horizon < self.cfg.max_len:
+        if self.horizon is not None and self._prefixed():
             self._start_prefix()
             self.prefix.load_state_dict(state["prefix"])
