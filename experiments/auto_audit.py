@@ -1,12 +1,17 @@
-"""`auto` with the tail's audits (the fifth design) against the fourth (stop at the horizon),
-full OPD and the probe-audited window, seed by seed (docs/benchmarks.md section 15).
+"""`auto`'s designs against full OPD, the probe-audited window and the adaptive prefix, seed by
+seed: the fifth (the tail's audits) against the fourth (stop at the horizon), docs/benchmarks.md
+section 15, and the sixth (`auto_curriculum=true`: the adaptive prefix up to L_max where there
+is no horizon), section 16.
 
     python experiments/auto_audit.py
 
-Reads committed files only: the fifth design's runs in docs/bench-long-auto/audit/ (made with
-the bench's overrides); on the short suite the other methods from the bench of section 14
-(`git show c39cd15:docs/bench-short/results.json`, the fourth design's auto included); on the
-long cross pair from docs/bench-long-auto/{full-today,rule4,field}/.
+Reads committed files only: the fifth design's runs in docs/bench-long-auto/audit/ and the
+sixth's in docs/bench-long-auto/curriculum/ (made with the bench's overrides); on the short
+suite the other methods from the bench of section 14 (`git show
+c39cd15:docs/bench-short/results.json`, the fourth design's auto included); on the long cross
+pair from docs/bench-long-auto/{full-today,rule4,field}/; the long same pair's full OPD, the
+fifth design and the adaptive prefix from the long bench at today's code
+(docs/bench-long-next/results.json).
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs" / "bench-long-auto"
 SHORT_BENCH = "c39cd15:docs/bench-short/results.json"  # section 14's bench, the fourth design
 LONG = {"full": "full-today", "auto (4th)": "rule4", "window": "field"}
+LONG_BENCH = ROOT / "docs" / "bench-long-next" / "results.json"  # the long bench at today's code
+LABELS = ("full", "auto (4th)", "auto (5th)", "auto (6th)", "window", "prefix-adaptive")
+
+
+def _designs(runs: dict, suite: str, pairs: tuple[str, ...]) -> None:
+    """Add the fifth and sixth designs' committed runs of `suite` to `runs`."""
+    for label, folder in (("auto (5th)", "audit"), ("auto (6th)", "curriculum")):
+        for pair in pairs:
+            for seed in range(3):
+                path = DOCS / folder / suite / pair / "auto" / f"seed{seed}" / "summary.json"
+                s = _summary(path)
+                if s is not None:
+                    runs[(pair, label, seed)] = s
 
 
 def _summary(path: Path) -> dict | None:
@@ -35,16 +53,13 @@ def short_runs() -> dict:
     for r in json.loads(text)["runs"]:
         label = {"auto": "auto (4th)"}.get(r["method"], r["method"])
         runs[(r["pair"], label, r["seed"])] = r
-    for pair in ("same", "cross"):
-        for seed in range(3):
-            s = _summary(DOCS / "audit" / "short" / pair / "auto" / f"seed{seed}" / "summary.json")
-            if s is not None:
-                runs[(pair, "auto (5th)", seed)] = s
+    _designs(runs, "short", ("same", "cross"))
     return runs
 
 
 def long_runs() -> dict:
-    """(pair, label, seed) -> run summary, long cross pair."""
+    """(pair, label, seed) -> run summary, long suite: the cross pair from the folders of
+    sections 13 and 15, the same pair from the long bench (its auto is the fifth design)."""
     runs = {}
     for seed in range(3):
         for label, folder in LONG.items():
@@ -52,9 +67,12 @@ def long_runs() -> dict:
             s = _summary(DOCS / folder / "cross" / method / f"seed{seed}" / "summary.json")
             if s is not None:
                 runs[("cross", label, seed)] = s
-        s = _summary(DOCS / "audit" / "long" / "cross" / "auto" / f"seed{seed}" / "summary.json")
-        if s is not None:
-            runs[("cross", "auto (5th)", seed)] = s
+    if LONG_BENCH.exists():
+        for r in json.loads(LONG_BENCH.read_text())["runs"]:
+            label = {"auto": "auto (5th)"}.get(r["method"], r["method"])
+            if label in LABELS and (r["pair"] == "same" or label == "prefix-adaptive"):
+                runs[(r["pair"], label, r["seed"])] = r
+    _designs(runs, "long", ("same", "cross"))
     return runs
 
 
@@ -66,7 +84,7 @@ def table(title: str, runs: dict, pairs: tuple[str, ...]) -> None:
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for pair in pairs:
-        for label in ("full", "auto (4th)", "auto (5th)", "window", "prefix-adaptive"):
+        for label in LABELS:
             seeds = [s for s in range(3) if (pair, label, s) in runs and (pair, "full", s) in runs]
             if not seeds:
                 continue
@@ -93,7 +111,7 @@ def table(title: str, runs: dict, pairs: tuple[str, ...]) -> None:
 
 def main() -> None:
     table("Short suite (3 seeds where run)", short_runs(), ("same", "cross"))
-    table("Long suite, cross pair", long_runs(), ("cross",))
+    table("Long suite", long_runs(), ("same", "cross"))
 
 
 if __name__ == "__main__":
