@@ -246,11 +246,24 @@ def test_auto_measures_then_trains_up_to_the_horizon(zoo, tmp_path, monkeypatch)
 
 def test_auto_without_a_horizon_trains_exactly_like_full(zoo, tmp_path):
     train(short_run_config(tmp_path, "full", method="full"))
-    train(short_run_config(tmp_path, "auto", method="auto", auto_probe_steps=1, auto_drop=1.0))
+    kw = dict(method="auto", auto_probe_steps=1, auto_drop=1.0, auto_curriculum=False)
+    train(short_run_config(tmp_path, "auto", **kw))
     full, auto = metric_rows(tmp_path / "full"), metric_rows(tmp_path / "auto")
     assert [r["loss"] for r in auto] == [r["loss"] for r in full]
     wf, wa = final_weights(tmp_path / "full"), final_weights(tmp_path / "auto")
     assert all(torch.equal(wf[k], wa[k]) for k in wf)
+
+
+def test_auto_curriculum_without_a_horizon_grows_from_l_min(zoo, tmp_path):
+    # no horizon (drop 1): after the measuring step the adaptive prefix from min_len, growing
+    # by prefix_step whenever the KL is under the (high) threshold, up to max_len
+    kw = dict(method="auto", auto_probe_steps=1, auto_drop=1.0, auto_curriculum=True)
+    kw.update(min_len=16, prefix_step=16, prefix_window=2, prefix_kl_threshold=100.0)
+    s = train(short_run_config(tmp_path, "c", max_steps=7, **kw))
+    rows = metric_rows(tmp_path / "c")
+    assert [r["cap"] for r in rows] == [48, 16, 16, 32, 32, 48, 48]
+    assert all(r["horizon"] == 48 for r in rows) and s["final_cap"] == 48
+    assert all(r["tokens_trained"] <= 4 * r["cap"] for r in rows)
 
 
 def test_auto_run_stopped_and_resumed_is_exact(zoo, tmp_path, monkeypatch):
