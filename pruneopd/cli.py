@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing: report the runs of the plan finished so far (a bench that spans "
         "several sessions), naming the ones missing",
     )
+    b.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="an earlier bench's results.json: its finished runs with this bench's preset and "
+        "config are taken instead of run again (repeatable; a bench on another machine)",
+    )
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser(

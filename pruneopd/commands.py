@@ -191,6 +191,7 @@ def cmd_bench(args) -> None:
         methods=tuple(args.methods.split(",")) if args.methods else METHODS,
         log=say,
         finished_only=args.finished_only,
+        reuse=tuple(args.reuse),
     )
     print(Path(args.out) / "report.md")
 

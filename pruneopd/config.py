@@ -189,9 +189,9 @@ class TrainConfig:
         "signal sum |a_t| lies past the prefix",
     )
     auto_curriculum: bool = _f(
-        False,
-        "auto: with no horizon, the adaptive prefix from min_len up to max_len instead of "
-        "full OPD (false: full OPD to the end, the fifth design)",
+        True,
+        "auto: with no horizon, the adaptive prefix from min_len up to max_len (false: full "
+        "OPD to the end, auto's fifth design; docs/benchmarks.md section 16)",
     )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(

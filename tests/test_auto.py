@@ -155,8 +155,8 @@ def test_auto_without_audits_stops_at_the_horizon():
     assert [m.learn(s, None, {"rkl": 0.1})["next_cap"] for s in range(7, 20)] == [5] * 13
 
 
-def test_auto_without_a_decay_stays_full_opd():
-    m = build_method(_cfg(auto_probe_steps=1))
+def test_auto_without_a_decay_and_curriculum_stays_full_opd():
+    m = build_method(_cfg(auto_probe_steps=1, auto_curriculum=False))
     tw, mask_BT = _batch([[1] * 8] * 8)
     out = m.learn(0, None, {**m.weigh(tw, mask_BT, [0] * 8, torch.zeros(8, 8)).audit, "rkl": 1})
     assert out["horizon"] == 8 and m.prefix is None

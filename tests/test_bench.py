@@ -374,3 +374,66 @@ def test_runs_use_the_bench_own_code_whatever_the_working_directory(tmp_path):
         timeout=120,
     )
     assert "OTHER CODE" in naive.stdout  # what `python -m` would have done
+
+
+def test_config_mismatch_by_hand():
+    from pruneopd.tools.bench_reuse import config_mismatch
+
+    want = {"lr": 1e-3, "auto_drop": 0.03, "out": "b/runs/x", "eval_cache": "b/eval_cache"}
+    old = {"lr": 1e-3, "out": "a/runs/x", "eval_cache": "a/eval_cache"}
+    assert config_mismatch(old, want, "full") == []  # auto_* is auto's; paths never count
+    assert config_mismatch(old, want, "auto") == ["auto_drop: (none) -> 0.03"]
+    assert config_mismatch({**old, "lr": 2e-3}, want, "full") == ["lr: 0.002 -> 0.001"]
+
+
+def test_reuse_takes_an_earlier_benchs_runs_and_reruns_what_differs(bench, tmp_path, fast_zoo):
+    earlier = json.loads((bench / "results.json").read_text())
+    changed = json.loads(json.dumps(earlier))
+    rec = next(r for r in changed["runs"] if (r["pair"], r["method"]) == ("same", "prune"))
+    rec["config"]["tau"] += 0.1  # not the run this bench would start: run again
+    src = tmp_path / "earlier.json"
+    src.write_text(json.dumps(changed))
+    out, logs = tmp_path / "here", []
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
+    try:
+        res = run_bench(
+            out,
+            "quick",
+            steps=2,
+            eval_problems=4,
+            log=logs.append,
+            methods=SHORT_METHODS,
+            reuse=(src,),
+        )
+    finally:
+        mp.undo()
+    assert [x for x in logs if "start" in x] == ["bench: start same/prune/seed0"]
+    assert any("same/prune/seed0" in x and "not reused (tau:" in x for x in logs)
+    by_key = {(r["pair"], r["method"]): r for r in res["runs"]}
+    assert "reused_from" not in by_key["same", "prune"]
+    for (pair, method), r in by_key.items():
+        if (pair, method) != ("same", "prune"):
+            old = next(o for o in earlier["runs"] if (o["pair"], o["method"]) == (pair, method))
+            assert r == {**old, "reused_from": str(src)}
+    assert res["overlap_histogram"] == earlier["overlap_histogram"]  # full OPD's runs reused
+    assert res["overlap_by_position"] == earlier["overlap_by_position"]
+    assert res["wall_seconds"] is None and res["reused_from"] == [str(src)]
+    assert (
+        f"**Reused**: {len(res['runs']) - 1} of the {len(res['runs'])} runs"
+        in (out / "report.md").read_text()
+    )
+
+
+def test_reuse_refuses_a_file_of_other_settings_or_no_bench(bench, tmp_path):
+    other = json.loads((bench / "results.json").read_text())
+    other["settings"]["steps"] = 3
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "none.json").write_text("{}")
+    kw = dict(steps=2, eval_problems=4, log=lambda s: None, methods=SHORT_METHODS)
+    with pytest.raises(ValueError, match="other.json: made with preset settings"):
+        run_bench(tmp_path / "o", "quick", reuse=(tmp_path / "other.json",), **kw)
+    with pytest.raises(ValueError, match="none.json: not a bench's results.json"):
+        run_bench(tmp_path / "o", "quick", reuse=(tmp_path / "none.json",), **kw)
+    with pytest.raises(ValueError, match="absent.json: no such file"):
+        run_bench(tmp_path / "o", "quick", reuse=(tmp_path / "absent.json",), **kw)

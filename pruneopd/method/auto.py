@@ -19,11 +19,11 @@ a prefix that grows from 128 to 448 as its KL is learnt matched full OPD at 0.47
   `head - auto_drop` (a bucket with fewer than 8 x `auto_bucket` tokens says nothing), or L_max
   when there is none. The reference is the pair's own head, not an absolute level: a pair that
   differs alike all along the response has no horizon.
-- Train: R = L_max (the agreement holds): full OPD to the end, or with `auto_curriculum` the
-  adaptive prefix from L_min up to L_max (what beat full OPD on both short pairs at 0.8x its
-  CPU time, docs/benchmarks.md section 14). R < L_max: the adaptive prefix
-  (`budget.AdaptivePrefix`, the `prefix_*` keys) from L_min up to R: P grows by
-  `prefix_step` whenever the KL over the trained prefix is learnt or has flattened.
+- Train: R = L_max (the agreement holds): the adaptive prefix from L_min up to L_max (what
+  beat full OPD on both short pairs at 0.8x its CPU time, docs/benchmarks.md section 14),
+  with `auto_curriculum` (the default; false: full OPD to the end, docs/benchmarks.md
+  section 16). R < L_max: the adaptive prefix (`budget.AdaptivePrefix`, the `prefix_*`
+  keys) from L_min up to R: P grows by `prefix_step` whenever the KL over the trained prefix is learnt or has flattened.
 - Audit the tail past R: once P has reached R, every `auto_audit_every`-th step samples to
   L_max and trains as full OPD; when more than `auto_tail_share` of its signal sum |a_t| lies
   past P, P grows by `prefix_step` (it never shrinks). Where the pair drifts is not where

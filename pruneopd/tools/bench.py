@@ -38,10 +38,12 @@ from pruneopd.tools.bench_results import (  # noqa: F401  (this module's interfa
     PAIRS,
     STEP_KEYS,
     SUITE_CONFIGS,
+    binned,
     overlap_by_position,
     overlap_histogram,
     write_results,
 )
+from pruneopd.tools.bench_reuse import expected_config, load_reused
 from pruneopd.training.checkpoint import GracefulStop
 
 
@@ -142,13 +144,15 @@ def run_bench(
     suite: str = "short",
     methods: tuple = METHODS,
     finished_only: bool = False,
+    reuse: tuple = (),
 ) -> dict:
     """Run (or finish) the benchmark into `out`; returns the gathered results.
 
     Resumable: a run with its summary is not run again, a half-finished one continues from
     its newest checkpoint (every 10 steps), so rerunning the command after an interruption
     finishes the benchmark. `finished_only`: run nothing, report the plan's finished runs
-    (results.json's `missing` names the others)."""
+    (results.json's `missing` names the others). `reuse`: earlier results.json files whose
+    finished runs are taken instead of running them again (`bench_reuse`)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(
@@ -173,7 +177,10 @@ def run_bench(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    reused, reused_files = _reusable(reuse, out, preset, suite, seeds, methods, log)
     todo = [] if finished_only else plan(preset, seeds, methods)
+    done_here = {k for k in todo if (run_dir(out, *k) / "summary.json").exists()}
+    todo = [k for k in todo if k not in reused or k in done_here]
     running: list[tuple[subprocess.Popen, tuple]] = []
     started: dict[tuple, float] = {}
     skipped = 0  # runs finished or begun by an earlier invocation
@@ -234,18 +241,37 @@ def run_bench(
         raise RuntimeError(
             f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
         )
-    results = gather(out, preset, preset_name, seeds, methods, finished_only=finished_only)
+    results = gather(out, preset, preset_name, seeds, methods, finished_only, reused, reused_files)
     if not results["runs"]:
         raise ValueError(f"{out}: no finished bench run to report (run `pruneopd bench` first)")
     results["suite"] = suite
     # the bench's wall time, when this invocation ran every run from its start
-    results["wall_seconds"] = time.time() - t0 if not (skipped or finished_only) else None
+    results["wall_seconds"] = time.time() - t0 if not (skipped or finished_only or reused) else None
     results["jobs"] = jobs
     write_results(out / "results.json", results)
     from pruneopd.tools.report import render_report
 
     render_report(out, results)
     return results
+
+
+def _reusable(reuse, out, preset, suite, seeds, methods, log) -> tuple[dict, dict]:
+    """The runs of the `reuse` files this bench takes as finished (`bench_reuse.load_reused`)."""
+    if not reuse:
+        return {}, {}
+    planned = set(plan(preset, seeds, methods))
+
+    def expected_for(pair, method, seed):
+        if (pair, method, seed) not in planned:
+            return None
+        return expected_config(
+            SUITE_CONFIGS[suite] / f"{method}-{pair}.yaml",
+            run_overrides(preset, out, pair, method, seed),
+        )
+
+    reused, files = load_reused(list(reuse), asdict(preset), expected_for, log)
+    log(f"bench: {len(reused)} finished runs reused from {', '.join(files)}")
+    return reused, files
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -259,9 +285,16 @@ def gather(
     seeds: int,
     methods=METHODS,
     finished_only: bool = False,
+    reused: dict | None = None,
+    reused_files: dict | None = None,
 ) -> dict:
     """Every number the report needs, from the runs' summary.json / metrics.jsonl / samples;
-    `finished_only`: the runs without a summary are left out and named in `missing`."""
+    `finished_only`: the runs without a summary are left out and named in `missing`.
+    `reused`: (pair, method, seed) -> an earlier results.json's record, taken where OUT has
+    no summary; a pair with a reused full OPD run takes its overlap histogram (and, for
+    seed 0, its curves along the response) from that record's file."""
+    reused, reused_files = reused or {}, reused_files or {}
+    overlap_from: dict[str, str] = {}  # pair -> the reused file its overlap histogram comes from
     from pruneopd.training.runlog import versions
 
     runs = []
@@ -270,6 +303,15 @@ def gather(
     by_position: dict[str, dict] = {}
     for pair, method, seed in plan(preset, seeds, methods):
         rd = run_dir(out, pair, method, seed)
+        if (pair, method, seed) in reused and not (rd / "summary.json").exists():
+            rec = reused[(pair, method, seed)]
+            runs.append(rec)
+            if method == "full":
+                src = reused_files[rec["reused_from"]]
+                overlap_from.setdefault(pair, rec["reused_from"])
+                if seed == 0 and pair in src.get("overlap_by_position", {}):
+                    by_position[pair] = src["overlap_by_position"][pair]
+            continue
         if finished_only and not (rd / "summary.json").exists():
             missing.append(f"{pair}/{method}/seed{seed}")
             continue
@@ -328,6 +370,9 @@ def gather(
                     when: overlap_by_position([r["overlap"] for r in logged if r["step"] in sel])
                     for when, sel in (("first", set(steps[:tenth])), ("last", set(steps[-tenth:])))
                 }
+    histogram = {pair: overlap_histogram(xs) for pair, xs in overlap.items()}
+    for pair, path in overlap_from.items():
+        histogram[pair] = binned(reused_files[path])["overlap_histogram"][pair]
     return {
         "preset": preset_name,
         "settings": asdict(preset),
@@ -336,7 +381,8 @@ def gather(
         "versions": versions(),
         "cpu_count": os.cpu_count(),
         "runs": runs,
-        "overlap_histogram": {pair: overlap_histogram(xs) for pair, xs in overlap.items()},
+        "overlap_histogram": histogram,
         "overlap_by_position": by_position,
         **({"missing": missing} if missing else {}),
+        **({"reused_from": sorted({r["reused_from"] for r in reused.values()})} if reused else {}),
     }

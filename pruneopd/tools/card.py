@@ -215,6 +215,7 @@ def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: 
     rec["keys"]["loss_chunk"] = loss_chunk_for(student.config.vocab_size)
     horizon = auto_horizon(ps, cfg)
     rec["auto_horizon"] = horizon if horizon < cfg.max_len else None  # None: no decay
+    rec["auto_curriculum"] = cfg.auto_curriculum  # what auto trains where there is none
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     plot_curves({"pair": card}, outp / "top1_by_position.png", "top1_curve", "top-1 agreement")
@@ -230,9 +231,11 @@ def run_card(overrides: list[str], config, n: int, out: str, log=print, origin: 
     return result
 
 
-def _auto_line(horizon: int | None) -> str:
+def _auto_line(horizon: int | None, curriculum: bool = True) -> str:
     if horizon is None:
-        return "method auto: the top-1 agreement holds along the responses (no horizon): full OPD"
+        return "method auto: the top-1 agreement holds along the responses (no horizon): " + (
+            "an adaptive prefix from min_len up to max_len" if curriculum else "full OPD"
+        )
     return (
         f"method auto: the top-1 agreement decays from token {horizon}: an adaptive prefix up "
         "to there, and past it while full-length audits find signal in the tail (docs/method.md, "
@@ -267,7 +270,7 @@ def summary_lines(result: dict, out: str) -> list[str]:
         *_departure_lines(c.get("departure")),
         f"monitor K={m['k']} tau={m['tau']} w_drop={m['w_drop']}: {m['reason']}",
         "recommended: " + " ".join(f"{k}={v}" for k, v in rec["keys"].items()),
-        _auto_line(rec.get("auto_horizon")),
+        _auto_line(rec.get("auto_horizon"), rec.get("auto_curriculum", True)),
         f"written: {Path(out) / 'card.json'}, {Path(out) / 'card.yaml'} (pruneopd train --config "
         f"{Path(out) / 'card.yaml'})",
     ]

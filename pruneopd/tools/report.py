@@ -167,6 +167,15 @@ def render_markdown(results: dict, table: dict) -> str:
             f"**Partial**: {len(results['missing'])} runs of the plan had not finished and are "
             f"left out (`pruneopd bench --finished-only`): {', '.join(results['missing'])}.",
         ]
+    if results.get("reused_from"):
+        n = sum("reused_from" in r for r in results["runs"])
+        lines += [
+            "",
+            f"**Reused**: {n} of the {len(results['runs'])} runs were finished by an earlier "
+            f"bench and taken from {', '.join(results['reused_from'])} (`pruneopd bench "
+            "--reuse`: same preset, same config key for key; each run's `reused_from` names "
+            "its file, whose `versions` say which code ran it).",
+        ]
     lines += render_headline(results, table)
     for pair in PAIRS:
         rows = table.get(pair, {})

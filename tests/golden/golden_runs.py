@@ -16,6 +16,11 @@ bucket) with
 
     python tests/golden/golden_runs.py --write --only short/auto-cross,long/auto-cross
 
+and `auto`'s sixth design (auto_curriculum, the default from 2026-12-05 night; the cases
+above keep the fifth with auto_curriculum=false) with
+
+    python tests/golden/golden_runs.py --write --only short/auto-curriculum-cross,long/auto-curriculum-cross
+
 Floats are compared exactly, so the record holds only on the CPU it was made on: the file
 keeps that CPU's model name and ISA flags, and the test skips (saying so) on another one.
 """
@@ -52,7 +57,10 @@ _COMMON = [
 _METHODS = ["full", "prefix", "prefix-sched", "prefix-adaptive", "prune", "prune-online", "hybrid"]
 _ADAPTIVE = ["prefix_window=2", "prefix_kl_threshold=10"]  # P moves within 3 steps
 _WINDOW = ["window_probe_every=2"]  # step 1 probes to L_max and moves H
-_AUTO = ["auto_probe_steps=2"]  # steps 0-1 measure, step 2 trains their verdict
+# steps 0-1 measure, step 2 trains their verdict (no horizon on 3 steps): the fifth design
+# (full OPD) as recorded, and the sixth (the default since: the adaptive prefix from L_min)
+_AUTO = ["auto_probe_steps=2", "auto_curriculum=false"]
+_CURRICULUM = ["auto_probe_steps=2", "auto_curriculum=true"]
 _FIELD = ["iw-opd", "window", "auto"]  # issue 31's methods, added later (--write --only)
 
 
@@ -71,6 +79,8 @@ def cases() -> list[tuple[str, str, list[str]]]:
         for m in _FIELD:
             extra = {"window": _WINDOW, "auto": _AUTO}.get(m, [])
             out.append((f"{suite}/{m}-cross", f"{folder}/{m}-cross.yaml", extra))
+    for suite, folder in (("short", "pruneopd/configs"), ("long", "pruneopd/configs/long")):
+        out.append((f"{suite}/auto-curriculum-cross", f"{folder}/auto-cross.yaml", _CURRICULUM))
     out.append(  # the paper's sampled-token objective
         (
             "short/iw-opd-cross-sampled_rkl",
