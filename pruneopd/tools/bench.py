@@ -177,7 +177,7 @@ def run_bench(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reused, reused_files = _reusable(reuse, out, preset, suite, seeds, methods, log)
+    reused, reused_files, origins = _reusable(reuse, out, preset, suite, seeds, methods, log)
     todo = [] if finished_only else plan(preset, seeds, methods)
     done_here = {k for k in todo if (run_dir(out, *k) / "summary.json").exists()}
     todo = [k for k in todo if k not in reused or k in done_here]
@@ -242,6 +242,9 @@ def run_bench(
             f"{len(failed)} bench run(s) failed, e.g. {'/'.join(map(str, failed[0]))}; see {first}"
         )
     results = gather(out, preset, preset_name, seeds, methods, finished_only, reused, reused_files)
+    used = {r["reused_from"] for r in results["runs"] if "reused_from" in r}
+    if used:  # where each reused run was made: the date and code of its bench
+        results["reused_from"] = {o: origins[o] for o in sorted(used)}
     if not results["runs"]:
         raise ValueError(f"{out}: no finished bench run to report (run `pruneopd bench` first)")
     results["suite"] = suite
@@ -258,7 +261,7 @@ def run_bench(
 def _reusable(reuse, out, preset, suite, seeds, methods, log) -> tuple[dict, dict]:
     """The runs of the `reuse` files this bench takes as finished (`bench_reuse.load_reused`)."""
     if not reuse:
-        return {}, {}
+        return {}, {}, {}
     planned = set(plan(preset, seeds, methods))
 
     def expected_for(pair, method, seed):
@@ -269,9 +272,9 @@ def _reusable(reuse, out, preset, suite, seeds, methods, log) -> tuple[dict, dic
             run_overrides(preset, out, pair, method, seed),
         )
 
-    reused, files = load_reused(list(reuse), asdict(preset), expected_for, log)
+    reused, files, origins = load_reused(list(reuse), asdict(preset), expected_for, log)
     log(f"bench: {len(reused)} finished runs reused from {', '.join(files)}")
-    return reused, files
+    return reused, files, origins
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -305,10 +308,11 @@ def gather(
         rd = run_dir(out, pair, method, seed)
         if (pair, method, seed) in reused and not (rd / "summary.json").exists():
             rec = reused[(pair, method, seed)]
-            runs.append(rec)
+            runs.append({k: v for k, v in rec.items() if k != "_file"})
             if method == "full":
-                src = reused_files[rec["reused_from"]]
-                overlap_from.setdefault(pair, rec["reused_from"])
+                path = rec["_file"]
+                src = reused_files[path]
+                overlap_from.setdefault(pair, path)
                 if seed == 0 and pair in src.get("overlap_by_position", {}):
                     by_position[pair] = src["overlap_by_position"][pair]
             continue
@@ -384,5 +388,4 @@ def gather(
         "overlap_histogram": histogram,
         "overlap_by_position": by_position,
         **({"missing": missing} if missing else {}),
-        **({"reused_from": sorted({r["reused_from"] for r in reused.values()})} if reused else {}),
     }

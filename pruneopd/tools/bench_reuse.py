@@ -13,7 +13,10 @@ preset settings (steps, evaluation) and the same training config, key for key, e
 
 A key the earlier run's config lacks otherwise, or a different value, and the run is run
 again. The reused record goes into the new results.json as it was, with `reused_from` naming
-the file; a run finished in OUT (its summary.json) always wins over a reused one.
+the file it first came from (a file that reused runs itself passes their origin on); the new
+results.json's `reused_from` maps each such file to the date and versions (code commit) of
+the bench that made it. A run finished in OUT (its summary.json) always wins over a reused
+one.
 """
 
 from __future__ import annotations
@@ -70,16 +73,17 @@ def config_mismatch(recorded: dict, expected: dict, method: str) -> list[str]:
 
 def load_reused(
     paths: list[str | Path], settings: dict, expected_for, log=print
-) -> tuple[dict[tuple, dict], dict[str, dict]]:
+) -> tuple[dict[tuple, dict], dict[str, dict], dict[str, dict]]:
     """The runs of earlier results.json files that this bench may take as finished.
 
     `settings`: this bench's preset (asdict of BenchPreset); `expected_for(pair, method,
     seed)`: the config dict of that run, or None when the run is not in this bench's plan.
-    Returns ({(pair, method, seed): record}, {path: the file's results}); the first file
-    that has a key wins. Raises ValueError (one line, naming the file) on a file that is not
+    Returns ({(pair, method, seed): record}, {path: the file's results}, {origin path:
+    {"date", "versions"}}); the first file that has a key wins. Raises ValueError (one line, naming the file) on a file that is not
     a bench's results.json or was made with other preset settings."""
     reused: dict[tuple, dict] = {}
     files: dict[str, dict] = {}
+    origins: dict[str, dict] = {}
     for path in map(Path, paths):
         try:
             res = json.loads(path.read_text())
@@ -95,6 +99,8 @@ def load_reused(
                 f"runs {settings}"
             )
         files[str(path)] = res
+        earlier = res.get("reused_from")
+        earlier = earlier if isinstance(earlier, dict) else {}
         for rec in res["runs"]:
             key = (rec.get("pair"), rec.get("method"), rec.get("seed"))
             if key in reused:
@@ -107,5 +113,10 @@ def load_reused(
                 pair, method, seed = key
                 log(f"bench: {pair}/{method}/seed{seed} in {path} not reused ({'; '.join(diff)})")
                 continue
-            reused[key] = {**rec, "reused_from": str(path)}
-    return reused, files
+            origin = rec.get("reused_from") or str(path)
+            origins.setdefault(
+                origin,
+                earlier.get(origin) or {"date": res.get("date"), "versions": res.get("versions")},
+            )
+            reused[key] = {**rec, "reused_from": origin, "_file": str(path)}
+    return reused, files, origins

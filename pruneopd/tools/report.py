@@ -169,12 +169,16 @@ def render_markdown(results: dict, table: dict) -> str:
         ]
     if results.get("reused_from"):
         n = sum("reused_from" in r for r in results["runs"])
+        made = "; ".join(
+            f"{path} ({o.get('date') or '?'}, pruneopd at "
+            f"{((o.get('versions') or {}).get('git_commit') or 'no git')[:10]})"
+            for path, o in results["reused_from"].items()
+        )
         lines += [
             "",
             f"**Reused**: {n} of the {len(results['runs'])} runs were finished by an earlier "
-            f"bench and taken from {', '.join(results['reused_from'])} (`pruneopd bench "
-            "--reuse`: same preset, same config key for key; each run's `reused_from` names "
-            "its file, whose `versions` say which code ran it).",
+            f"bench and taken from its results.json (`pruneopd bench --reuse`: same preset, "
+            f"same config key for key; each run's `reused_from` names it): {made}.",
         ]
     lines += render_headline(results, table)
     for pair in PAIRS:
