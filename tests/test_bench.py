@@ -394,20 +394,7 @@ def test_reuse_takes_an_earlier_benchs_runs_and_reruns_what_differs(bench, tmp_p
     src = tmp_path / "earlier.json"
     src.write_text(json.dumps(changed))
     out, logs = tmp_path / "here", []
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PRUNEOPD_ZOO", str(fast_zoo))
-    try:
-        res = run_bench(
-            out,
-            "quick",
-            steps=2,
-            eval_problems=4,
-            log=logs.append,
-            methods=SHORT_METHODS,
-            reuse=(src,),
-        )
-    finally:
-        mp.undo()
+    res = _quick(out, logs, fast_zoo, reuse=(src,))
     assert [x for x in logs if "start" in x] == ["bench: start same/prune/seed0"]
     assert any("same/prune/seed0" in x and "not reused (tau:" in x for x in logs)
     by_key = {(r["pair"], r["method"]): r for r in res["runs"]}
@@ -426,6 +413,26 @@ def test_reuse_takes_an_earlier_benchs_runs_and_reruns_what_differs(bench, tmp_p
         f"**Reused**: {len(res['runs']) - 1} of the {len(res['runs'])} runs"
         in (out / "report.md").read_text()
     )
+    # a bench that reuses this one's results passes the reused runs' origin on
+    logs2 = []
+    again = _quick(tmp_path / "again", logs2, fast_zoo, reuse=(out / "results.json",))
+    assert not any("start" in x for x in logs2)
+    mine = str(out / "results.json")
+    assert again["runs"] == [{**r, "reused_from": r.get("reused_from", mine)} for r in res["runs"]]
+    assert set(again["reused_from"]) == {str(src), mine}
+    assert again["reused_from"][str(src)] == res["reused_from"][str(src)]
+
+
+def _quick(out, logs, zoo, **kw):
+    """The quick preset at 2 steps on the fast zoo, the short methods."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRUNEOPD_ZOO", str(zoo))
+    try:
+        return run_bench(
+            out, "quick", steps=2, eval_problems=4, log=logs.append, methods=SHORT_METHODS, **kw
+        )
+    finally:
+        mp.undo()
 
 
 def test_reuse_refuses_a_file_of_other_settings_or_no_bench(bench, tmp_path):
