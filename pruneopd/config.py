@@ -193,6 +193,11 @@ class TrainConfig:
         "auto: with no horizon, the adaptive prefix from min_len up to max_len (false: full "
         "OPD to the end, auto's fifth design; docs/benchmarks.md section 16)",
     )
+    auto_iw_gamma: float = _f(
+        0.0,
+        "auto: > 0 weights each trained token as iw-opd does with iw_gamma = this, over the "
+        "trained tokens of its sample (0 = every token weight 1)",
+    )
     # ---- engines (docs/scaling.md) ------------------------------------------------------
     rollout_engine: str = _f(
         "lean",

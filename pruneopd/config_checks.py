@@ -75,6 +75,7 @@ def validate(c: TrainConfig) -> None:
     _need(c.auto_persist >= 1, "auto_persist", c.auto_persist, "must be >= 1")
     _need(c.auto_audit_every >= 0, "auto_audit_every", c.auto_audit_every, "must be >= 0")
     _need(0 <= c.auto_tail_share <= 1, "auto_tail_share", c.auto_tail_share, "must be in [0, 1]")
+    _need(c.auto_iw_gamma >= 0, "auto_iw_gamma", c.auto_iw_gamma, "must be >= 0")
     _need(c.prefix_window >= 2, "prefix_window", c.prefix_window, "must be >= 2")
     _need(c.prefix_step >= 1, "prefix_step", c.prefix_step, "must be >= 1")
     _need(c.prefix_kl_threshold >= 0, "prefix_kl_threshold", c.prefix_kl_threshold, "must be >= 0")

@@ -299,3 +299,20 @@ def test_auto_run_with_audits_stopped_and_resumed_is_exact(zoo, tmp_path, monkey
     assert ref == two
     wa, wb = final_weights(tmp_path / "ref"), final_weights(tmp_path / "two")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_iw_gamma_weights_the_trained_tokens_as_iw_opd():
+    from pruneopd.method.iw_opd import iw_opd_weights
+
+    m = build_method(_cfg(auto_probe_steps=1, auto_iw_gamma=0.5))
+    tw, mask_BT = _batch([[1] * 8] * 8)
+    a_BT = torch.tensor([[-1.0, 2.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0]] * 8)
+    mw = m.weigh(tw, mask_BT, [0.0] * 8, a_BT)  # measuring: every token, IW-OPD's weights
+    assert mw.mult_BT[0, :4].tolist() == [1.5, 1.375, 1.125, 1.125]  # worked in iw_opd.py
+    m.learn(0, None, {**mw.audit, "rkl": 1.0})  # no horizon: the prefix from L_min = 2
+    mw = m.weigh(tw, mask_BT, [0.0] * 8, a_BT)
+    # over the trained prefix only: d [1, 2], D 3, D_<t [0, 1] -> [1.5, 1 + 0.5 * 2 / 3]
+    assert mw.mult_BT[0].tolist() == pytest.approx([1.5, 1 + 1 / 3] + [0.0] * 6)
+    assert torch.equal(mw.mult_BT, iw_opd_weights(a_BT, mw.train_mask_BT, 0.5))
+    off = build_method(_cfg(auto_probe_steps=1))
+    assert torch.equal(off.weigh(tw, mask_BT, [0.0] * 8, a_BT).mult_BT, mask_BT.float())

@@ -384,6 +384,14 @@ def test_config_mismatch_by_hand():
     assert config_mismatch(old, want, "full") == []  # auto_* is auto's; paths never count
     assert config_mismatch(old, want, "auto") == ["auto_drop: (none) -> 0.03"]
     assert config_mismatch({**old, "lr": 2e-3}, want, "full") == ["lr: 0.002 -> 0.001"]
+    # a key added later matches a config without it only at the value that trains as before
+    assert config_mismatch(old, {**want, "auto_drop": None, "auto_iw_gamma": 0.0}, "auto") == [
+        "auto_drop: (none) -> None"
+    ]
+    assert config_mismatch(old, {"lr": 1e-3, "auto_curriculum": True}, "auto") == [
+        "auto_curriculum: (none) -> True"
+    ]
+    assert config_mismatch(old, {"lr": 1e-3, "auto_curriculum": False}, "auto") == []
 
 
 def test_reuse_takes_an_earlier_benchs_runs_and_reruns_what_differs(bench, tmp_path, fast_zoo):

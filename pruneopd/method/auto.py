@@ -29,6 +29,9 @@ a prefix that grows from 128 to 448 as its KL is learnt matched full OPD at 0.47
   past P, P grows by `prefix_step` (it never shrinks). Where the pair drifts is not where
   training stops paying: a false horizon (a noisy decay) must not stop the run for good.
 
+- Weights: 1 on every trained token, or with `auto_iw_gamma` > 0 IW-OPD's soft weights
+  (`iw_opd.iw_opd_weights`) over the trained tokens of each sample.
+
 docs/method.md, "Measured horizon (auto)".
 """
 
@@ -39,6 +42,7 @@ import torch
 from pruneopd.errors import ConfigError
 from pruneopd.method.base import Method, MethodWeights
 from pruneopd.method.budget import AdaptivePrefix
+from pruneopd.method.iw_opd import iw_opd_weights
 from pruneopd.method.window import tail_signal, window_mask
 
 MIN_BUCKET_SAMPLES = 8  # a bucket speaks with at least 8 x auto_bucket tokens
@@ -213,7 +217,13 @@ class AutoOPD(Method):
             audit = {"auto_tail_mass": signal["tail"], "auto_mass": signal["total"]}
             P = self.cfg.max_len
         train_mask_BT = window_mask(mask_BT, P)
-        return MethodWeights(train_mask_BT.float(), train_mask_BT, audit=audit)
+        if self.cfg.auto_iw_gamma > 0:  # IW-OPD's soft weights over the trained tokens
+            mult_BT = iw_opd_weights(
+                logratio_BT, train_mask_BT, self.cfg.auto_iw_gamma, self.cfg.iw_eps
+            )
+        else:
+            mult_BT = train_mask_BT.float()
+        return MethodWeights(mult_BT, train_mask_BT, audit=audit)
 
     def learn(self, step, eff_len_all_B, metrics: dict) -> dict:
         cfg = self.cfg
