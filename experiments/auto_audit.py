@@ -11,7 +11,8 @@ suite the other methods from the bench of section 14 (`git show
 c39cd15:docs/bench-short/results.json`, the fourth design's auto included); on the long cross
 pair from docs/bench-long-auto/{full-today,rule4,field}/; the long same pair's full OPD, the
 fifth design and the adaptive prefix from the long bench at today's code
-(docs/bench-long-next/results.json).
+(`git show 6afd5f8:docs/bench-long-next/results.json`, before its auto runs became the sixth
+design's; the finished bench is docs/bench-long/).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs" / "bench-long-auto"
 SHORT_BENCH = "c39cd15:docs/bench-short/results.json"  # section 14's bench, the fourth design
 LONG = {"full": "full-today", "auto (4th)": "rule4", "window": "field"}
-LONG_BENCH = ROOT / "docs" / "bench-long-next" / "results.json"  # the long bench at today's code
+# the long bench in progress when sections 15-16 were written (its auto: the fifth design)
+LONG_BENCH = "6afd5f8:docs/bench-long-next/results.json"
 LABELS = ("full", "auto (4th)", "auto (5th)", "auto (6th)", "window", "prefix-adaptive")
 
 
@@ -67,8 +69,11 @@ def long_runs() -> dict:
             s = _summary(DOCS / folder / "cross" / method / f"seed{seed}" / "summary.json")
             if s is not None:
                 runs[("cross", label, seed)] = s
-    if LONG_BENCH.exists():
-        for r in json.loads(LONG_BENCH.read_text())["runs"]:
+    text = subprocess.run(
+        ["git", "show", LONG_BENCH], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    if text:
+        for r in json.loads(text)["runs"]:
             label = {"auto": "auto (5th)"}.get(r["method"], r["method"])
             if label in LABELS and (r["pair"] == "same" or label == "prefix-adaptive"):
                 runs[(r["pair"], label, r["seed"])] = r
