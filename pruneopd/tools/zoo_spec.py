@@ -74,20 +74,24 @@ FAST = ZooSpec(
 # The long-horizon suite (docs/testbed.md): `loop` programs of 5-9 rounds, 463-831-token
 # traces. Models train on 1-9 rounds, one number of rounds per batch, so short batches are
 # cheap and every round is the same skill wherever it sits in a response.
-LONG = ZooSpec(
+# what makes a zoo the long suite's, at full size (LONG) and at the tests' (FAST_LONG)
+_LOOP = dict(
     tasks=("loop",),
-    # 60 of 64: a build to 0.96 wobbled between 64% and 94% over steps 500-1000 at lr
-    # 0.7-0.9e-3 (cosine over 2,500 steps) and did not get there in 1,000 steps
-    teacher_target=0.93,
     student_task="loop",
     teacher_styles={"terse": 1.0},
-    teacher_steps=2500,
-    student_steps=2000,
     cross_own_share=0.0,
     same_distill=0.1,
     cross_seed_offset=2,
     min_difficulty=1,
     per_batch_difficulty=True,
+)
+LONG = ZooSpec(
+    **_LOOP,
+    # 60 of 64: a build to 0.96 wobbled between 64% and 94% over steps 500-1000 at lr
+    # 0.7-0.9e-3 (cosine over 2,500 steps) and did not get there in 1,000 steps
+    teacher_target=0.93,
+    teacher_steps=2500,
+    student_steps=2000,
     teacher_eval_every=100,
     student_eval_every=10,
     student_eval_from=300,  # before the jump every evaluation runs to the cap: ~30 s each
@@ -97,18 +101,7 @@ LONG = ZooSpec(
     eval_problems=64,
 )
 
-FAST_LONG = replace(
-    FAST,
-    tasks=("loop",),
-    student_task="loop",
-    teacher_styles={"terse": 1.0},
-    cross_own_share=0.0,
-    same_distill=0.1,
-    cross_seed_offset=2,
-    min_difficulty=1,
-    per_batch_difficulty=True,
-    eval_difficulty=2,
-)
+FAST_LONG = replace(FAST, **_LOOP)
 
 
 def model_spec(spec: ZooSpec, name: str) -> dict:
